@@ -1,0 +1,1 @@
+"""cgspn-bench harness: scenarios, measurement, runner, profiling, reports, gates, distillation."""

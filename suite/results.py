@@ -1,0 +1,159 @@
+"""The one results schema: a :class:`Row` per measured case, a run directory per run.
+
+A run directory holds ``run.json`` (environment and scenario), ``rows.jsonl`` (one row per
+line, appended and flushed as each case finishes, so a killed run loses nothing it measured)
+and ``rows.csv`` (a flat pandas export written at the end). The runner, the pytest benchmarks,
+reports and gates all read and write rows through this module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+STATUSES = ("ok", "oom", "unsupported", "error", "failed-check")
+ROWS_FILE = "rows.jsonl"
+RUN_FILE = "run.json"
+CSV_FILE = "rows.csv"
+
+
+def case_id(implementation: str, level: str, mode: str, dtype: str, params: dict) -> str:
+    """Stable 12-hex id of a case: same implementation, level, mode, dtype and parameters."""
+    key = json.dumps([implementation, level, mode, dtype, sorted(params.items())], separators=(",", ":"))
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+@dataclass
+class Row:
+    """One measured (or failed) case. Times in milliseconds, sizes in bytes."""
+
+    case_id: str
+    implementation: str
+    family: str
+    level: str
+    mode: str
+    dtype: str
+    params: dict[str, Any]
+    status: str = "ok"
+    message: str = ""
+    samples_ms: list[float] = field(default_factory=list)
+    median_ms: float | None = None
+    iqr_ms: float | None = None
+    min_ms: float | None = None
+    mean_ms: float | None = None
+    n: int = 0
+    outliers: int = 0  # samples beyond 1.5 IQR of the quartiles
+    timer: str = ""  # "cuda-events", "cuda-graph", "cpu-perf-counter"
+    l2_flush: bool = False
+    flops: float | None = None
+    bytes_ideal: float | None = None
+    tflops: float | None = None
+    gbps: float | None = None
+    bw_fraction: float | None = None  # of the measured device copy bandwidth
+    peak_mem_bytes: int | None = None
+    correctness: dict[str, Any] | None = None  # reference, max_rel_err, rel_rms, tolerance, passed
+    nvml: dict[str, Any] | None = None  # summary of the NVML samples during the measurement
+    backend_detail: str = ""
+    profile: dict[str, Any] | None = None  # per-kernel table, categories, occupancy (profiling)
+    rank: int = 0
+    gpu_index: int | None = None
+    gpu_uuid: str | None = None
+    device: str = ""  # device name, e.g. "NVIDIA H200"
+    run_id: str = ""  # the run.json this row belongs to
+    scenario: str = ""
+    timestamp: float | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), separators=(",", ":"), default=_jsonable)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Row":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+class RunDir:
+    """A run directory: append rows as they come, read them back, export CSV."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    @property
+    def rows_path(self) -> Path:
+        return self.path / ROWS_FILE
+
+    def write_meta(self, meta: dict) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        tmp = self.path / (RUN_FILE + ".tmp")
+        tmp.write_text(json.dumps(meta, indent=2, default=_jsonable))
+        tmp.replace(self.path / RUN_FILE)
+
+    def meta(self) -> dict:
+        p = self.path / RUN_FILE
+        return json.loads(p.read_text()) if p.exists() else {}
+
+    def append(self, row: Row) -> None:
+        """Append one row and fsync, so a SIGKILL right after loses nothing."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.rows_path, "a", encoding="utf-8") as f:
+            f.write(row.to_json() + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def rows(self) -> list[Row]:
+        """All complete rows; a torn last line (killed mid-write) is ignored."""
+        if not self.rows_path.exists():
+            return []
+        out = []
+        for line in self.rows_path.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            try:
+                out.append(Row.from_dict(json.loads(line)))
+            except json.JSONDecodeError:
+                continue
+        return out
+
+    def done_ids(self) -> set[str]:
+        return {r.case_id for r in self.rows()}
+
+    def write_csv(self) -> Path:
+        return write_rows_csv(self.rows(), self.path / CSV_FILE)
+
+
+def flatten(row: Row) -> dict[str, Any]:
+    """A flat dict for tables: params as ``p_<name>``, nested dicts as ``<key>_<name>``, no samples."""
+    flat: dict[str, Any] = {}
+    for key, value in dataclasses.asdict(row).items():
+        if key == "samples_ms":
+            continue
+        if isinstance(value, dict) and key in ("params", "correctness", "nvml"):
+            prefix = "p" if key == "params" else key
+            for k, v in value.items():
+                if not isinstance(v, (list, dict)):
+                    flat[f"{prefix}_{k}"] = v
+        elif isinstance(value, (list, dict)):
+            continue
+        else:
+            flat[key] = value
+    return flat
+
+
+def write_rows_csv(rows: Iterable[Row], path: Path) -> Path:
+    import pandas as pd
+
+    pd.DataFrame([flatten(r) for r in rows]).to_csv(path, index=False)
+    return path
