@@ -24,7 +24,7 @@ import torch
 
 from kernels.params import Params
 
-FAMILIES = ("attention", "gspn", "cgspn")
+FAMILIES = ("attention", "gspn", "cgspn", "vit")  # vit: parts shared by every block (e.g. the MLP half)
 LEVELS = ("sublayer", "layer", "block", "network")
 MODES = ("fwd", "fwd+bwd")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
