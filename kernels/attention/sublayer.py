@@ -1,0 +1,210 @@
+"""Attention sublayers: ``softmax(Q K^T / sqrt(d)) V`` on ``(B, heads, N, head_dim)`` tensors.
+
+Backends (tritonbench-style: optional imports set ``HAS_*`` flags, each backend is resolved once
+per device into an :class:`AttentionKernel` whose ``fn(q, k, v)`` is the only thing timed):
+
+- ``math``: explicit ``Q K^T`` in the input dtype, softmax in float32, then ``P V`` — the
+  textbook quadratic-memory attention; it runs everywhere and runs out of memory first.
+- ``flash``: the flash-attn package when importable (FA3 ``flash_attn_interface`` on Hopper,
+  else FA2 ``flash_attn``), otherwise PyTorch SDPA restricted to its bundled FlashAttention-2
+  backend. ``AttentionKernel.detail`` records which one it is.
+- ``cudnn`` / ``mem-efficient``: PyTorch SDPA restricted to ``CUDNN_ATTENTION`` /
+  ``EFFICIENT_ATTENTION``.
+
+SDPA backends are always pinned with ``torch.nn.attention.sdpa_kernel`` to exactly one backend,
+so a case the backend cannot run raises instead of silently falling back to math;
+:func:`backend_unavailable` turns that into the reason recorded for an ``unsupported`` row.
+
+FLOPs (forward): ``4 * B * heads * N^2 * head_dim`` (two GEMMs); backward counted as 2.5x
+forward (five GEMMs incl. the recomputed ``Q K^T``), the FlashAttention convention.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+try:  # FlashAttention-3 (Hopper build of the flash-attn repository)
+    import flash_attn_interface
+
+    HAS_FLASH_ATTN_3 = True
+except (ImportError, OSError):
+    flash_attn_interface = None
+    HAS_FLASH_ATTN_3 = False
+
+try:  # FlashAttention-2
+    import flash_attn
+
+    HAS_FLASH_ATTN_2 = True
+except (ImportError, OSError):
+    flash_attn = None
+    HAS_FLASH_ATTN_2 = False
+
+BACKENDS = ("math", "flash", "cudnn", "mem-efficient")
+SDPA_BACKENDS = {
+    "flash": SDPBackend.FLASH_ATTENTION,
+    "cudnn": SDPBackend.CUDNN_ATTENTION,
+    "mem-efficient": SDPBackend.EFFICIENT_ATTENTION,
+}
+BWD_FLOP_FACTOR = 2.5
+
+AttentionFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class AttentionKernel:
+    """One resolved backend: ``fn(q, k, v) -> o`` on ``(B, heads, N, head_dim)``."""
+
+    backend: str  # one of BACKENDS (or "reference")
+    detail: str  # what actually runs, e.g. "sdpa-flash-attention-2 (torch 2.11.0)"
+    fn: AttentionFn
+
+
+def attention_flops(batch: int, heads: int, tokens: int, head_dim: int) -> float:
+    """Forward FLOPs of one attention over ``tokens`` keys and queries: QK^T and PV."""
+    return 4.0 * batch * heads * tokens * tokens * head_dim
+
+
+def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """Shapes must agree and be 4-D ``(B, heads, N, head_dim)``; the message names the tensor."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != 4:
+            raise ValueError(f"attention: {name} must be (B, heads, N, head_dim), got shape {tuple(t.shape)}")
+    if not (q.shape == k.shape == v.shape):
+        raise ValueError(f"attention: q, k, v shapes differ: {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+
+
+def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Explicit attention: ``S = (Q / sqrt(d)) K^T`` in the input dtype (the GEMM a naive model
+    runs), ``P = softmax(S)`` in float32 (so bf16 does not saturate), ``O = P V`` in the input
+    dtype. Materializes the ``(B, heads, N, N)`` scores: memory grows as N^2."""
+    scores = torch.matmul(q * (1.0 / math.sqrt(q.shape[-1])), k.transpose(-2, -1))
+    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    return torch.matmul(probs, v)
+
+
+def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dtype: torch.dtype | None = None,
+                        max_scores: int = 1 << 28) -> torch.Tensor:
+    """Math attention in ``dtype`` (default float64 on CPU or for float64 inputs, else float32), chunked over
+    (batch x head) slices and query rows so that at most ``max_scores`` scores exist at once:
+    the reference of a 2K-resolution case must not run out of memory where FlashAttention fits.
+    Returns ``dtype``; no autograd (a reference is evaluated, not differentiated)."""
+    check_qkv(q, k, v)
+    if dtype is None:
+        dtype = torch.float64 if q.device.type == "cpu" or q.dtype == torch.float64 else torch.float32
+    b, h, n, d = q.shape
+    qs, ks, vs = (t.detach().reshape(b * h, n, d) for t in (q, k, v))
+    out = torch.empty(b * h, n, d, device=q.device, dtype=dtype)
+    rows = max(1, min(n, max_scores // n))  # query rows per slice that fit in the budget
+    slices = max(1, max_scores // (rows * n))  # (batch x head) slices per chunk
+    scale = 1.0 / math.sqrt(d)
+    with torch.no_grad():
+        for s0 in range(0, b * h, slices):
+            kc = ks[s0:s0 + slices].to(dtype)
+            vc = vs[s0:s0 + slices].to(dtype)
+            for r0 in range(0, n, rows):
+                qc = qs[s0:s0 + slices, r0:r0 + rows].to(dtype) * scale
+                probs = torch.softmax(torch.matmul(qc, kc.transpose(-2, -1)), dim=-1)
+                out[s0:s0 + slices, r0:r0 + rows] = torch.matmul(probs, vc)
+    return out.reshape(b, h, n, d)
+
+
+def _sdpa(backend: SDPBackend) -> AttentionFn:
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        with sdpa_kernel(backend):  # exactly one backend: no silent fallback to math
+            return F.scaled_dot_product_attention(q, k, v)
+
+    return attend
+
+
+def _flash_attn_package(func: Callable) -> AttentionFn:
+    """flash-attn takes ``(B, N, heads, d)``; transposed views keep the last dim contiguous,
+    which is all it needs. FA3 versions return ``(out, lse)``, FA2 returns ``out``."""
+
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        out = func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        if isinstance(out, tuple):
+            out = out[0]
+        return out.transpose(1, 2)
+
+    return attend
+
+
+def _version(module) -> str:
+    return getattr(module, "__version__", "unknown version")
+
+
+@functools.cache
+def resolve(backend: str, device_type: str) -> AttentionKernel:
+    """The kernel ``backend`` means on ``device_type`` ("cuda" | "cpu"); raises ValueError for an
+    unknown backend. For ``flash`` on CUDA: FA3 on compute capability 9.x, else FA2, else SDPA."""
+    torch_v = f"torch {torch.__version__}"
+    if backend == "math":
+        return AttentionKernel("math", "math: explicit QK^T, fp32 softmax", math_attention)
+    if backend == "reference":
+        return AttentionKernel("reference", "reference: chunked math attention in fp32/fp64", reference_attention)
+    if backend not in SDPA_BACKENDS:
+        raise ValueError(f"attention backend {backend!r} unknown; allowed: {', '.join(BACKENDS)}")
+    if backend == "flash" and device_type == "cuda":
+        if HAS_FLASH_ATTN_3 and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9:
+            return AttentionKernel("flash", f"flash-attn-3 ({_version(flash_attn_interface)})",
+                                   _flash_attn_package(flash_attn_interface.flash_attn_func))
+        if HAS_FLASH_ATTN_2:
+            return AttentionKernel("flash", f"flash-attn-2 ({_version(flash_attn)})",
+                                   _flash_attn_package(flash_attn.flash_attn_func))
+        return AttentionKernel("flash", f"sdpa-flash-attention-2 ({torch_v})", _sdpa(SDPBackend.FLASH_ATTENTION))
+    if backend == "flash":  # PyTorch's CPU FlashAttention-style kernel (blockwise online softmax)
+        return AttentionKernel("flash", f"sdpa-flash-attention-cpu ({torch_v})", _sdpa(SDPBackend.FLASH_ATTENTION))
+    name = {"cudnn": "sdpa-cudnn-attention", "mem-efficient": "sdpa-mem-efficient-attention"}[backend]
+    return AttentionKernel(backend, f"{name} ({torch_v})", _sdpa(SDPA_BACKENDS[backend]))
+
+
+@functools.cache
+def _probe(backend: str, dtype: torch.dtype, head_dim: int, device_type: str) -> str | None:
+    """Run the backend once on a tiny input; the SDPA warnings say why it refused."""
+    kernel = resolve(backend, device_type)
+    q = torch.randn(1, 1, 16, head_dim, device=device_type, dtype=dtype)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            kernel.fn(q, q, q)
+        except (RuntimeError, NotImplementedError, ValueError, TypeError) as err:
+            why = "; ".join(str(w.message) for w in caught) or str(err)
+            return f"{kernel.detail} cannot run dtype={str(dtype).removeprefix('torch.')} head_dim={head_dim}: {why}"
+    return None
+
+
+def backend_unavailable(backend: str, dtype: torch.dtype, head_dim: int, device_type: str) -> str | None:
+    """Why ``backend`` cannot run here (None when it can). FlashAttention and cuDNN attention
+    need CUDA and fp16/bf16; everything else is decided by running the pinned backend once."""
+    if backend not in BACKENDS:
+        return f"attention backend {backend!r} unknown; allowed: {', '.join(BACKENDS)}"
+    if backend == "math":
+        return None
+    if device_type != "cuda":
+        return f"attention-{backend}: needs a CUDA GPU (device here: {device_type})"
+    if not torch.cuda.is_available():
+        return f"attention-{backend}: CUDA is not available"
+    if backend in ("flash", "cudnn") and dtype not in (torch.float16, torch.bfloat16):
+        return f"attention-{backend}: supports float16/bfloat16 only, not {str(dtype).removeprefix('torch.')}"
+    return _probe(backend, dtype, head_dim, device_type)
+
+
+def fastest_backend(device_type: str, dtype: torch.dtype, head_dim: int) -> str:
+    """The strongest attention baseline that runs here: cuDNN attention on Hopper (it beats
+    FlashAttention-2 there, DESIGN.md "Measured here"), else FlashAttention, else
+    memory-efficient, else math."""
+    order = ["flash", "mem-efficient", "math"]
+    if device_type == "cuda" and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9:
+        order.insert(0, "cudnn")
+    for backend in order:
+        if backend_unavailable(backend, dtype, head_dim, device_type) is None:
+            return backend
+    return "math"
