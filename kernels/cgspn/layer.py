@@ -1,0 +1,107 @@
+"""The C-GSPN layer (paper Fig. 4 right, Sec. 4.1): a token mixer for a ViT attention slot.
+
+Channels-last in and out, ``(B, H, W, C) -> (B, H, W, C)`` (the token-mixer contract of
+:mod:`kernels.vit`). With ``C_c = C // s`` (paper Eq. 3; s in {12, 18, 72}, s=18 gives 64 at
+C=1152)::
+
+    x_c          = P_down(x)                       Linear(C, C_c)            Eq. 3
+    u, lam, w~   = heads(x_c)                      Linear(C_c, 5 C_c)        Eq. 4 (shared by the 4 directions)
+    y_c          = u * sum_dir h_dir(x_c; lam, w)  fused four-direction scan Eq. 5-6, w = norm(w~) (Eq. 2)
+    y            = P_up(y_c)                       Linear(C_c, C)            Eq. 6
+
+The three heads are one ``Linear(C_c, 5*C_c)`` whose output is viewed as ``(B, H, W, 5, C_c)``;
+u, lambda and the three raw gates are strided views of it (no copies), which the fused scan
+accepts because their channel stride is 1. No inner residual, no channel extension and no
+attention-template projections: those are the components of the original GSPN layer that
+C-GSPN removes (paper Sec. 4.1 "Non-GSPN overhead reduction"; see :mod:`kernels.gspn.layer`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from kernels.cgspn import cgspn_scan, cgspn_scan_reference, normalize_gates_eager, propagate
+
+SCANS = ("fused", "reference")
+HEADS = ("u", "lam", "gate_l", "gate_m", "gate_r")  # order of the 5 C_c slices of the fused head output
+
+
+def latent_width(channels: int, compression: int = 18, latent_channels: int | None = None) -> int:
+    """C_c: ``latent_channels`` when given, else ``channels // compression`` (paper Eq. 3)."""
+    if latent_channels is not None:
+        if latent_channels < 1:
+            raise ValueError(f"latent_channels: must be >= 1, got {latent_channels}")
+        return latent_channels
+    if compression < 1:
+        raise ValueError(f"compression: must be >= 1, got {compression}")
+    if channels // compression < 1:
+        raise ValueError(f"compression: {compression} leaves no latent channel at channels={channels}; allowed: 1..{channels}")
+    return channels // compression
+
+
+class CGSPNLayer(nn.Module):
+    """C-GSPN token mixer; ``forward(x: (B, H, W, C)) -> (B, H, W, C)``, any dtype the scan takes.
+
+    Args:
+        channels: model width C.
+        compression: s, so that ``C_c = channels // s`` (ignored when ``latent_channels`` is given).
+        latent_channels: C_c directly.
+        scan: ``"fused"`` (the Triton four-direction scan, ``kernels.cgspn.cgspn_scan``) or
+            ``"reference"`` (the PyTorch loop ``cgspn_scan_reference``, float32 math: the ground
+            truth the fused layer is checked against, with the same weights).
+        fused_norm: with ``scan="fused"``, True folds the gate normalization (Eq. 2) into the scan;
+            False runs it as eager PyTorch (materialized normalized gates per scan axis) followed
+            by four single-direction fast scans on the pre-normalized gates, so a benchmark can
+            isolate what the fused normalization buys (paper Sec. 4.1, 2.15x).
+    """
+
+    def __init__(self, channels: int, compression: int = 18, latent_channels: int | None = None,
+                 scan: str = "fused", fused_norm: bool = True):
+        super().__init__()
+        if scan not in SCANS:
+            raise ValueError(f"scan: {scan!r} is not one of {', '.join(SCANS)}")
+        self.channels = channels
+        self.latent = latent_width(channels, compression, latent_channels)
+        self.scan = scan
+        self.fused_norm = fused_norm
+        self.down = nn.Linear(channels, self.latent)  # P_down, Eq. 3
+        self.heads = nn.Linear(self.latent, len(HEADS) * self.latent)  # L_u, L_lambda, L_w fused, Eq. 4
+        self.up = nn.Linear(self.latent, channels)  # P_up, Eq. 6
+
+    def propagation_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(x_c, lam, u, raw gates)`` for the scan: ``(B, H, W, C_c)`` x3 and ``(B, H, W, 3, C_c)``,
+        all but x_c strided views of one head output."""
+        x_c = self.down(x)
+        params = self.heads(x_c).unflatten(-1, (len(HEADS), self.latent))  # (B, H, W, 5, C_c), a view
+        return x_c, params[..., 1, :], params[..., 0, :], params[..., 2:, :]
+
+    def propagate(self, x_c: torch.Tensor, lam: torch.Tensor, u: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+        """``y_c = u * sum over the four directions of h`` (Eq. 5-6) with the selected scan."""
+        if self.scan == "reference":
+            return cgspn_scan_reference(x_c, lam, u, gates)
+        if self.fused_norm:
+            return cgspn_scan(x_c, lam, u, gates)
+        total = None
+        for axis, pair in (("vertical", ("tb", "bt")), ("horizontal", ("lr", "rl"))):
+            normalized = normalize_gates_eager(gates, axis)  # eager PyTorch, materialized (Sec. 4.1 baseline)
+            for direction in pair:
+                h = propagate(x_c, lam, normalized, direction, normalize=False)
+                total = h if total is None else total + h
+        return u * total
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[-1] != self.channels:
+            raise ValueError(f"x: expected (B, H, W, {self.channels}), got {tuple(x.shape)}")
+        y_c = self.propagate(*self.propagation_inputs(x))
+        return self.up(y_c)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, latent={self.latent}, scan={self.scan}, fused_norm={self.fused_norm}"
+
+
+def cgspn_layer_flops(tokens: int, channels: int, latent: int) -> float:
+    """Forward FLOPs: the three projections (P_down, heads, P_up) plus the scan's ~4 x 8 per
+    latent element (3 gate products, lambda*x, the sum and the u product, per direction)."""
+    gemms = 2.0 * tokens * (channels * latent + latent * len(HEADS) * latent + latent * channels)
+    return gemms + 4 * 8.0 * tokens * latent
