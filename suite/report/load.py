@@ -1,0 +1,139 @@
+"""Read a run directory into what the report needs: metadata, rows, a flat table, the scenarios.
+
+A run directory (``suite.results.RunDir``) holds ``run.json`` (environment, the scenarios as run)
+and ``rows.jsonl``. The report never re-measures: everything it shows comes from these two files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from kernels.params import ParamError, Params
+from suite.results import ROWS_FILE, RUN_FILE, Row, RunDir, flatten
+
+# Params fields that only describe the token grid; selectors and sweeps compare the derived grid.
+GRID_KEYS = ("resolution", "grid", "grid_h", "grid_w", "patch")
+
+
+class ReportError(ValueError):
+    """A run directory or option the report cannot use; the message says which and why."""
+
+
+def grid_of(params: dict) -> tuple[int, int] | None:
+    """Token grid ``(H, W)`` of a row's params, or None when the case has no grid (e.g. a bad row)."""
+    try:
+        p = Params(**{k: v for k, v in params.items() if k in Params.names()})
+        return p.H, p.W
+    except (ParamError, TypeError):
+        return None
+
+
+def resolution_of(params: dict) -> int | None:
+    """Image side in pixels: ``resolution`` when given, else grid side x patch."""
+    if params.get("resolution") is not None:
+        return int(params["resolution"])
+    grid = grid_of(params)
+    return None if grid is None else grid[0] * int(params.get("patch", Params.patch))
+
+
+def scenario_hash(scenario: dict) -> str:
+    """12-hex hash of a scenario's content (canonical JSON), for the environment table."""
+    text = json.dumps(scenario, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def scenarios_of(meta: dict) -> list[dict]:
+    """The scenarios stored in run.json under ``"scenarios"``, as a list of scenario dicts.
+
+    Accepts a list of scenario dicts, or a mapping ``name -> scenario`` (a scenario may be wrapped
+    as ``{"content": {...}, "path": ..., "hash": ...}``); the wrapper's path/hash are kept as
+    ``_path``/``_hash``.
+    """
+    raw = meta.get("scenarios") or []
+    items = list(raw.items()) if isinstance(raw, dict) else [(None, s) for s in raw]
+    out = []
+    for name, entry in items:
+        if not isinstance(entry, dict):
+            raise ReportError(f"run.json scenarios: expected a mapping per scenario, got {type(entry).__name__}")
+        inner = entry.get("content", entry.get("scenario"))
+        scenario = dict(inner) if isinstance(inner, dict) else dict(entry)
+        if isinstance(inner, dict):
+            for key in ("path", "hash", "sha256"):
+                if key in entry:
+                    scenario[f"_{key}"] = entry[key]
+        if name is not None:
+            scenario.setdefault("name", name)
+        out.append(scenario)
+    return out
+
+
+@dataclass
+class Run:
+    """One run directory, loaded."""
+
+    path: Path
+    meta: dict[str, Any]
+    rows: list[Row] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.meta.get("name") or self.meta.get("run_id") or self.path.name
+
+    @property
+    def environment(self) -> dict[str, Any]:
+        return self.meta.get("environment") or {}
+
+    @property
+    def synthetic(self) -> bool:
+        return bool(self.meta.get("synthetic"))
+
+    @cached_property
+    def scenarios(self) -> list[dict]:
+        return scenarios_of(self.meta)
+
+    @property
+    def device_name(self) -> str:
+        """The card: the environment's GPU name, else the rows' device, else the device type."""
+        gpu = self.environment.get("gpu")
+        if isinstance(gpu, dict) and gpu.get("name"):
+            return gpu["name"]
+        names = sorted({r.device for r in self.rows if r.device})
+        return ", ".join(names) or str(self.meta.get("device", "unknown"))
+
+    @cached_property
+    def frame(self) -> pd.DataFrame:
+        """One line per row: flat Row fields, ``p_<param>`` columns and derived grid columns."""
+        return rows_frame(self.rows)
+
+
+def rows_frame(rows: list[Row]) -> pd.DataFrame:
+    records = []
+    for row in rows:
+        rec = flatten(row)
+        grid = grid_of(row.params)
+        rec["grid_h"], rec["grid_w"] = grid if grid else (None, None)
+        rec["resolution_px"] = resolution_of(row.params)
+        rec["tokens"] = grid[0] * grid[1] if grid else None
+        records.append(rec)
+    frame = pd.DataFrame.from_records(records)
+    if frame.empty:
+        frame = pd.DataFrame(columns=["case_id", "implementation", "family", "level", "mode", "dtype", "status", "median_ms"])
+    return frame
+
+
+def load_run(path: str | Path) -> Run:
+    """Load ``path`` (a run directory); raises :class:`ReportError` when it is not one."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ReportError(f"run directory {str(path)!r} does not exist")
+    if not (path / RUN_FILE).exists() and not (path / ROWS_FILE).exists():
+        raise ReportError(f"{str(path)!r} is not a run directory: neither {RUN_FILE} nor {ROWS_FILE} is there")
+    run_dir = RunDir(path)
+    return Run(path=path, meta=run_dir.meta(), rows=run_dir.rows())
