@@ -1,0 +1,233 @@
+"""Compare two snapshots case by case and decide whether the gate passes.
+
+Rows are matched by ``case_id`` (same implementation, level, mode, dtype and params). Each case
+gets one verdict:
+
+==============  ==============================================================  =========
+verdict         meaning                                                         fails?
+==============  ==============================================================  =========
+regression      slower beyond threshold, noise and significance (decision.py)   yes
+failed-check    the current row failed its correctness check                    yes
+broken          the current row errored or ran out of memory; the baseline      yes
+                did not
+inconclusive    slower than the threshold but within the noise                  no
+improvement     faster beyond threshold, noise and significance                 no
+unchanged       within the threshold (or the same non-ok status on both sides)  no
+not-run         ok in the baseline, unsupported now (e.g. a missing library)    no
+missing         in the baseline, absent from the current run                    --fail-on-missing
+new             absent from (or not measured in) the baseline                   no
+==============  ==============================================================  =========
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from suite.gate.baseline import Snapshot, slugify
+from suite.gate.decision import DecisionRule, compare_samples
+from suite.gate.slowdown import was_slowed
+from suite.gate.thresholds import Thresholds
+from suite.measure import Timing
+from suite.results import Row
+
+VERDICTS = ("regression", "failed-check", "broken", "inconclusive", "not-run", "missing", "new", "improvement", "unchanged")
+FAILING = frozenset({"regression", "failed-check", "broken"})
+
+
+class GpuMismatch(RuntimeError):
+    """The baseline was measured on another GPU model."""
+
+
+def check_same_gpu(baseline: Snapshot, current: Snapshot, allow_other_gpu: bool = False) -> str | None:
+    """Raise :class:`GpuMismatch` when the models differ (unless allowed); return a warning then."""
+    if slugify(baseline.gpu_model) == slugify(current.gpu_model):
+        return None
+    text = (f"the baseline {baseline.source} was measured on {baseline.gpu_model!r}, the current run {current.source} "
+            f"on {current.gpu_model!r}")
+    if not allow_other_gpu:
+        raise GpuMismatch(f"refusing to compare: {text}; a ratio across GPU models measures the cards, not the code. "
+                          f"Use the baseline of this card (cgspn-bench baseline update --from {current.source}), "
+                          "A/B mode (cgspn-bench gate --ab REF), or pass --allow-other-gpu")
+    return f"comparing across GPU models ({text}), as --allow-other-gpu asked"
+
+
+def failed_check(row: Row) -> bool:
+    return row.status == "failed-check" or (row.correctness or {}).get("passed") is False
+
+
+def merge_rows(rows: list[Row]) -> Row:
+    """One row per case: several ``ok`` rows of a case (rounds, GPUs of one model, a resumed run)
+    are pooled into one sample set; a correctness failure in any of them wins."""
+    if len(rows) == 1:
+        return rows[0]
+    bad = [r for r in rows if failed_check(r)] or [r for r in rows if r.status != "ok"]
+    ok = [r for r in rows if r.status == "ok"]
+    if bad and (failed_check(bad[0]) or not ok):
+        return bad[0]
+    samples = [s for r in ok for s in r.samples_ms]
+    if not samples:
+        return ok[0]
+    t = Timing.from_samples(samples)  # the measurement core's statistics, so pooled rows read like measured ones
+    return dataclasses.replace(
+        ok[0], samples_ms=t.samples_ms, median_ms=t.median_ms, iqr_ms=t.iqr_ms, min_ms=t.min_ms, mean_ms=t.mean_ms,
+        n=t.n, outliers=t.outliers, message="; ".join(filter(None, [ok[0].message, f"pooled from {len(ok)} rows"])),
+    )
+
+
+def by_case(rows: list[Row]) -> dict[str, Row]:
+    groups: dict[str, list[Row]] = defaultdict(list)
+    for r in rows:
+        groups[r.case_id].append(r)
+    return {cid: merge_rows(group) for cid, group in groups.items()}
+
+
+def _summary(row: Row | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    return {"status": row.status, "median_ms": row.median_ms, "iqr_ms": row.iqr_ms, "min_ms": row.min_ms, "n": row.n,
+            "backend_detail": row.backend_detail, "message": row.message}
+
+
+@dataclass
+class CaseResult:
+    """The verdict for one case, with what it was based on."""
+
+    case_id: str
+    verdict: str
+    implementation: str
+    level: str
+    mode: str
+    dtype: str
+    params: dict[str, Any]
+    threshold: float | None
+    baseline: dict[str, Any] | None
+    current: dict[str, Any] | None
+    reason: str = ""
+    ratio: float | None = None
+    ci: tuple[float, float] | None = None
+    p_value: float | None = None  # one-sided Mann-Whitney U in the direction of the change
+    delta_ms: float | None = None
+    noise_ms: float | None = None
+
+    @property
+    def label(self) -> str:
+        params = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()))
+        return f"{self.implementation} {self.level} {self.mode} {self.dtype} [{params}]"
+
+
+@dataclass
+class GateReport:
+    """All verdicts plus what was compared; ``passed`` is the gate's answer."""
+
+    cases: list[CaseResult]
+    rule: DecisionRule
+    baseline: dict[str, Any]
+    current: dict[str, Any]
+    fail_on_missing: bool = False
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def failures(self) -> list[CaseResult]:
+        failing = FAILING | ({"missing"} if self.fail_on_missing else set())
+        return [c for c in self.cases if c.verdict in failing]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def counts(self) -> dict[str, int]:
+        return {v: sum(c.verdict == v for c in self.cases) for v in VERDICTS}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "counts": self.counts(),
+            "failures": [c.case_id for c in self.failures],
+            "rule": self.rule.to_dict(),
+            "baseline": self.baseline,
+            "current": self.current,
+            "warnings": self.warnings,
+            "cases": [dataclasses.asdict(c) | {"label": c.label} for c in self.cases],
+        }
+
+    def write_json(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=1, default=_json_default) + "\n")
+        return path
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, float) and value != value:
+        return None
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def _describe(snapshot: Snapshot) -> dict[str, Any]:
+    return {"source": snapshot.source, "gpu_model": snapshot.gpu_model, "commit": snapshot.commit,
+            "created": snapshot.created or None, "rows": len(snapshot.rows)}
+
+
+def judge_case(base: Row | None, cur: Row | None, threshold: float, rule: DecisionRule) -> CaseResult:
+    """The verdict for one case_id (either side may be absent)."""
+    ref = cur or base
+    assert ref is not None
+    result = CaseResult(case_id=ref.case_id, verdict="unchanged", implementation=ref.implementation, level=ref.level,
+                        mode=ref.mode, dtype=ref.dtype, params=dict(ref.params), threshold=threshold,
+                        baseline=_summary(base), current=_summary(cur))
+    if cur is None:
+        result.verdict, result.reason = "missing", "in the baseline, not in the current run"
+        return result
+    if failed_check(cur):
+        corr = cur.correctness or {}
+        detail = ", ".join(f"{k}={corr[k]}" for k in ("rel_rms", "max_rel_err", "tolerance") if k in corr)
+        result.verdict, result.reason = "failed-check", f"correctness check failed ({detail or cur.message})"
+        return result
+    if cur.status != "ok":
+        if base is not None and base.status == cur.status:
+            result.reason = f"{cur.status} on both sides"
+        elif cur.status == "unsupported":
+            result.verdict = "not-run" if base is not None and base.status == "ok" else "new"
+            result.reason = f"unsupported here: {cur.message}"
+        elif base is None:
+            result.verdict, result.reason = "broken", f"new case, {cur.status}: {cur.message}"
+        else:
+            result.verdict, result.reason = "broken", f"{cur.status} (baseline: {base.status}): {cur.message}"
+        return result
+    if base is None or base.status != "ok":
+        result.verdict = "new"
+        result.reason = "not in the baseline" if base is None else f"baseline status {base.status}: {base.message}"
+        return result
+    cmp = compare_samples(base.samples_ms, cur.samples_ms, rule, threshold)
+    result.verdict, result.reason = cmp.verdict, cmp.reason
+    result.ratio, result.delta_ms, result.noise_ms = cmp.ratio, cmp.delta_ms, cmp.noise_ms
+    result.ci = (cmp.ci_low, cmp.ci_high)
+    result.p_value = cmp.p_faster if cmp.ratio < 1 else cmp.p_slower
+    if was_slowed(cur.backend_detail, cur.message):
+        result.reason += " [current run measured with the test slowdown on]"
+    return result
+
+
+def compare_snapshots(baseline: Snapshot, current: Snapshot, *, thresholds: Thresholds | None = None,
+                      rule: DecisionRule | None = None, allow_other_gpu: bool = False,
+                      fail_on_missing: bool = False) -> GateReport:
+    """Match rows by case_id and judge every case (see the module docstring for the verdicts)."""
+    rule = rule or DecisionRule()
+    thresholds = thresholds or Thresholds(default=rule.max_slowdown)
+    warning = check_same_gpu(baseline, current, allow_other_gpu)
+    base_rows, cur_rows = by_case(baseline.rows), by_case(current.rows)
+    cases = []
+    for cid in list(dict.fromkeys([*base_rows, *cur_rows])):
+        base, cur = base_rows.get(cid), cur_rows.get(cid)
+        cases.append(judge_case(base, cur, thresholds.for_row(cur or base), rule))
+    order = {v: i for i, v in enumerate(VERDICTS)}
+    cases.sort(key=lambda c: (order[c.verdict], c.implementation, c.level, c.mode, c.dtype, sorted(c.params.items())))
+    return GateReport(cases=cases, rule=rule, baseline=_describe(baseline), current=_describe(current),
+                      fail_on_missing=fail_on_missing, warnings=[warning] if warning else [])

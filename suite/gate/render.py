@@ -1,0 +1,60 @@
+"""The gate's console output: a rich table of cases, failures first, and a one-line verdict."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from suite.gate.compare import FAILING, GateReport
+
+STYLES = {"regression": "bold red", "failed-check": "bold red", "broken": "bold red", "inconclusive": "yellow",
+          "not-run": "yellow", "missing": "yellow", "new": "cyan", "improvement": "green", "unchanged": "dim"}
+
+
+def _ms(summary: dict | None) -> str:
+    if not summary:
+        return "-"
+    if summary["status"] != "ok" or summary["median_ms"] is None:
+        return summary["status"]
+    iqr = summary["iqr_ms"] or 0.0
+    return f"{summary['median_ms']:.4g} ±{iqr / 2:.2g} (n={summary['n']})"
+
+
+def render(report: GateReport, console: Console | None = None, show_unchanged: bool = True) -> None:
+    """Print the comparison table and the verdict line."""
+    console = console or Console(width=200)
+    b, c = report.baseline, report.current
+    console.print(f"[bold]baseline[/] {b['source']} ({b['gpu_model']}, commit {str(b['commit'])[:12]})")
+    console.print(f"[bold]current [/] {c['source']} ({c['gpu_model']}, commit {str(c['commit'])[:12]})")
+    rule = report.rule
+    console.print(f"rule: slower than max-slowdown (default {100 * rule.max_slowdown:.0f}%) AND shift > mean IQR AND "
+                  f"{100 * rule.confidence:.0f}% bootstrap CI of the ratio excludes 1 AND Mann-Whitney p < {rule.alpha}")
+    for warning in report.warnings:
+        console.print(f"[yellow]warning:[/] {escape(warning)}")
+    table = Table(show_lines=False, header_style="bold")
+    for name, justify in (("verdict", "left"), ("case", "left"), ("baseline ms (median ±IQR/2)", "right"),
+                          ("current ms", "right"), ("ratio", "right"), ("CI", "right"), ("p", "right"),
+                          ("max", "right"), ("why", "left")):
+        table.add_column(name, justify=justify, overflow="fold")
+    hidden = 0
+    for case in report.cases:
+        if case.verdict == "unchanged" and not show_unchanged:
+            hidden += 1
+            continue
+        style = STYLES[case.verdict]
+        ratio = f"{case.ratio:.3f}" if case.ratio is not None and case.ratio == case.ratio else "-"
+        ci = f"[{case.ci[0]:.3f}, {case.ci[1]:.3f}]" if case.ci and case.ci[0] == case.ci[0] else "-"
+        p = f"{case.p_value:.2g}" if case.p_value is not None and case.p_value == case.p_value else "-"
+        threshold = f"{100 * case.threshold:.0f}%" if case.threshold is not None else "-"
+        table.add_row(f"[{style}]{case.verdict}[/]", escape(case.label), _ms(case.baseline), _ms(case.current), ratio,
+                      ci, p, threshold, escape(case.reason))
+    console.print(table)
+    if hidden:
+        console.print(f"({hidden} unchanged cases not shown)")
+    counts = ", ".join(f"{n} {v}" for v, n in report.counts().items() if n)
+    if report.passed:
+        console.print(f"[bold green]GATE PASSED[/] ({counts})")
+    else:
+        kinds = sorted({f.verdict for f in report.failures}, key=lambda v: v not in FAILING)
+        console.print(f"[bold red]GATE FAILED[/]: {len(report.failures)} case(s) {'/'.join(kinds)} ({counts})")

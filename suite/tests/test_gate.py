@@ -1,0 +1,246 @@
+"""The regression gate on synthetic runs: planted slowdowns, noise, correctness failures, other cards.
+
+Runs are written with the real schema (suite.results.Row / RunDir) and judged through the real
+CLI entry (``suite.gate.cli.main``), so the tests exercise what CI runs. Timings are drawn from
+seeded lognormal distributions: the planted effects (20% slowdown, a shift inside the IQR) are
+set relative to the drawn spread, never tuned to a particular verdict.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from kernels.registry import Workload
+from suite.gate.baseline import Snapshot
+from suite.gate.cli import main
+from suite.gate.compare import GpuMismatch, compare_snapshots, merge_rows
+from suite.gate.decision import DecisionRule, compare_samples
+from suite.gate.slowdown import ENV_VAR, SlowdownError, apply_test_slowdown, parse_slowdown, was_slowed
+from suite.gate.thresholds import ThresholdError, Thresholds, parse_percent
+from suite.results import Row, RunDir, case_id
+
+H100 = "NVIDIA H100 80GB HBM3"
+H200 = "NVIDIA H200"
+CASES = [  # (implementation, level, mode, params, median ms)
+    ("cgspn-scan", "sublayer", "fwd", {"batch": 32, "grid": 74, "channels": 1152, "compression": 18}, 0.21),
+    ("attention-cudnn", "sublayer", "fwd", {"batch": 32, "grid": 27, "channels": 1152, "heads": 16}, 0.30),
+    ("cgspn", "block", "fwd+bwd", {"batch": 8, "grid": 37, "channels": 1152}, 4.1),
+]
+
+
+def samples(median: float, spread: float, n: int, seed: int) -> list[float]:
+    """``n`` lognormal timings around ``median`` with log-sd ``spread`` (0.02 = ~2% jitter)."""
+    rng = np.random.default_rng(seed)
+    return (median * np.exp(rng.normal(0.0, spread, n))).tolist()
+
+
+def make_row(impl: str, level: str, mode: str, params: dict, timings: list[float], device: str = H100, **fields) -> Row:
+    row = Row(case_id=case_id(impl, level, mode, "bfloat16", params), implementation=impl, family=impl.split("-")[0],
+              level=level, mode=mode, dtype="bfloat16", params=params, samples_ms=list(timings), n=len(timings),
+              device=device, correctness={"passed": True, "rel_rms": 1e-3, "tolerance": 2e-2}, **fields)
+    if timings:
+        arr = np.asarray(timings)
+        q1, q3 = np.percentile(arr, [25, 75])
+        row.median_ms, row.iqr_ms = float(np.median(arr)), float(q3 - q1)
+        row.min_ms, row.mean_ms = float(arr.min()), float(arr.mean())
+    return row
+
+
+def write_run(path, rows: list[Row], gpu: str = H100, commit: str = "a" * 40) -> str:
+    run = RunDir(path)
+    run.write_meta({"environment": {"gpu": {"name": gpu}, "device": "cuda", "git": {"commit": commit, "dirty": False}}})
+    for row in rows:
+        run.append(row)
+    return str(path)
+
+
+def standard_run(path, seed: int, scale: dict[str, float] | None = None, spread: float = 0.02, n: int = 60,
+                 gpu: str = H100) -> str:
+    """The three CASES, each implementation's median multiplied by ``scale[impl]`` (default 1)."""
+    scale = scale or {}
+    rows = [make_row(impl, level, mode, params, samples(med * scale.get(impl, 1.0), spread, n, seed + i), device=gpu)
+            for i, (impl, level, mode, params, med) in enumerate(CASES)]
+    return write_run(path, rows, gpu=gpu)
+
+
+def gate(tmp_path, baseline: str, current: str, *extra: str) -> tuple[int, dict]:
+    out = tmp_path / "verdicts.json"
+    code = main(["gate", "--baseline", baseline, "--current", current, "--json", str(out), *extra])
+    return code, (json.loads(out.read_text()) if out.exists() else {})
+
+
+def verdicts(result: dict) -> dict[str, str]:
+    return {c["implementation"]: c["verdict"] for c in result["cases"]}
+
+
+def test_planted_20_percent_slowdown_fails(tmp_path):
+    base = standard_run(tmp_path / "base", seed=0)
+    cur = standard_run(tmp_path / "cur", seed=100, scale={"cgspn-scan": 1.20})
+    code, result = gate(tmp_path, base, cur)
+    assert code == 1 and result["passed"] is False
+    assert verdicts(result) == {"cgspn-scan": "regression", "attention-cudnn": "unchanged", "cgspn": "unchanged"}
+    scan = next(c for c in result["cases"] if c["implementation"] == "cgspn-scan")
+    assert scan["ratio"] == pytest.approx(1.20, rel=0.03)  # 2% jitter, 60 samples: the median ratio is close
+    assert scan["ci"][0] > 1.0 and scan["p_value"] < 0.01
+
+
+def test_same_distribution_passes(tmp_path):
+    base = standard_run(tmp_path / "base", seed=0)
+    cur = standard_run(tmp_path / "cur", seed=100)
+    code, result = gate(tmp_path, base, cur)
+    assert code == 0 and result["passed"] is True
+    assert set(verdicts(result).values()) == {"unchanged"}
+
+
+def test_shift_within_iqr_noise_passes_but_same_shift_on_quiet_card_fails(tmp_path):
+    # A noisy card: log-sd 0.25, so the IQR is ~1.35 * 25% = ~34% of the median. A 15% shift exceeds
+    # the 10% threshold but sits inside that spread: not a regression (at most inconclusive).
+    spread, shift = 0.25, 1.15
+    base = standard_run(tmp_path / "base", seed=0, spread=spread, n=40)
+    cur = standard_run(tmp_path / "cur", seed=100, spread=spread, n=40, scale={"cgspn-scan": shift})
+    snap_b, snap_c = Snapshot.from_run(base), Snapshot.from_run(cur)
+    scan_b = next(r for r in snap_b.rows if r.implementation == "cgspn-scan")
+    scan_c = next(r for r in snap_c.rows if r.implementation == "cgspn-scan")
+    assert scan_c.median_ms - scan_b.median_ms < (scan_b.iqr_ms + scan_c.iqr_ms) / 2  # the premise: inside the IQR
+    code, result = gate(tmp_path, base, cur)
+    assert code == 0 and verdicts(result)["cgspn-scan"] in ("unchanged", "inconclusive")
+    # The same 15% on a quiet card (2% jitter) is beyond the noise: a regression.
+    quiet_b = standard_run(tmp_path / "qb", seed=0, spread=0.02)
+    quiet_c = standard_run(tmp_path / "qc", seed=100, spread=0.02, scale={"cgspn-scan": shift})
+    code, result = gate(tmp_path, quiet_b, quiet_c)
+    assert code == 1 and verdicts(result)["cgspn-scan"] == "regression"
+
+
+def test_planted_correctness_failure_fails(tmp_path):
+    base = standard_run(tmp_path / "base", seed=0)
+    impl, level, mode, params, med = CASES[1]
+    failed = make_row(impl, level, mode, params, [], status="failed-check", message="relative RMS error 0.4 exceeds 0.02")
+    failed.correctness = {"passed": False, "rel_rms": 0.4, "tolerance": 2e-2}
+    other = [make_row(i, lv, m, p, samples(md, 0.02, 60, 7)) for i, lv, m, p, md in (CASES[0], CASES[2])]
+    code, result = gate(tmp_path, base, write_run(tmp_path / "cur", [failed, *other]))
+    assert code == 1 and verdicts(result)["attention-cudnn"] == "failed-check"
+    # An ok-status row whose check says passed=False fails just the same.
+    flagged = make_row(impl, level, mode, params, samples(med, 0.02, 60, 8))
+    flagged.correctness = {"passed": False, "rel_rms": 0.4, "tolerance": 2e-2}
+    code, result = gate(tmp_path, base, write_run(tmp_path / "cur2", [flagged, *other]))
+    assert code == 1 and verdicts(result)["attention-cudnn"] == "failed-check"
+
+
+def test_missing_and_new_cases_are_listed(tmp_path):
+    base = standard_run(tmp_path / "base", seed=0)
+    kept = [make_row(i, lv, m, p, samples(md, 0.02, 60, 9)) for i, lv, m, p, md in CASES[:2]]
+    extra = make_row("attention-flash", "sublayer", "fwd", {"batch": 32, "grid": 27, "channels": 1152, "heads": 16},
+                     samples(0.48, 0.02, 60, 10))
+    cur = write_run(tmp_path / "cur", [*kept, extra])
+    code, result = gate(tmp_path, base, cur)
+    assert code == 0
+    assert verdicts(result) == {"cgspn-scan": "unchanged", "attention-cudnn": "unchanged", "cgspn": "missing",
+                                "attention-flash": "new"}
+    assert result["counts"]["missing"] == 1 and result["counts"]["new"] == 1
+    code, result = gate(tmp_path, base, cur, "--fail-on-missing")
+    assert code == 1 and result["failures"] == [case_id("cgspn", "block", "fwd+bwd", "bfloat16", CASES[2][3])]
+
+
+def test_errors_and_oom_that_the_baseline_did_not_have_fail(tmp_path):
+    base = standard_run(tmp_path / "base", seed=0)
+    impl, level, mode, params, _ = CASES[2]
+    oom = make_row(impl, level, mode, params, [], status="oom", message="CUDA out of memory")
+    others = [make_row(i, lv, m, p, samples(md, 0.02, 60, 11)) for i, lv, m, p, md in CASES[:2]]
+    code, result = gate(tmp_path, base, write_run(tmp_path / "cur", [*others, oom]))
+    assert code == 1 and verdicts(result)["cgspn"] == "broken"
+    # The same OOM in baseline and current is a known outcome, not a failure.
+    code, result = gate(tmp_path, write_run(tmp_path / "b2", [*others, oom]), write_run(tmp_path / "c2", [*others, oom]))
+    assert code == 0 and verdicts(result)["cgspn"] == "unchanged"
+
+
+def test_improvement_is_reported_and_passes(tmp_path):
+    base = standard_run(tmp_path / "base", seed=0)
+    cur = standard_run(tmp_path / "cur", seed=100, scale={"cgspn": 0.7})
+    code, result = gate(tmp_path, base, cur)
+    assert code == 0 and verdicts(result)["cgspn"] == "improvement"
+
+
+def test_other_gpu_baseline_is_refused_unless_allowed(tmp_path, capsys):
+    base = standard_run(tmp_path / "base", seed=0, gpu=H200)
+    cur = standard_run(tmp_path / "cur", seed=100)
+    code, result = gate(tmp_path, base, cur)
+    out = capsys.readouterr().out
+    assert code == 2 and result == {}
+    assert H200 in out and H100 in out and "--allow-other-gpu" in out
+    with pytest.raises(GpuMismatch, match="H200"):
+        compare_snapshots(Snapshot.from_run(base), Snapshot.from_run(cur))
+    code, result = gate(tmp_path, base, cur, "--allow-other-gpu")
+    assert code == 0 and result["warnings"] and H200 in result["warnings"][0]
+
+
+def test_thresholds_file_loosens_one_case(tmp_path):
+    base = standard_run(tmp_path / "base", seed=0)
+    cur = standard_run(tmp_path / "cur", seed=100, scale={"cgspn-scan": 1.20})
+    rules = tmp_path / "thresholds.yaml"
+    rules.write_text("default: 10%\nrules:\n  - implementation: cgspn-scan\n    params: {grid: 74}\n    max_slowdown: 30%\n")
+    code, result = gate(tmp_path, base, cur, "--thresholds", str(rules))
+    assert code == 0 and verdicts(result)["cgspn-scan"] == "unchanged"
+    scan = next(c for c in result["cases"] if c["implementation"] == "cgspn-scan")
+    assert scan["threshold"] == pytest.approx(0.30)
+    # --max-slowdown overrides only the default; the rule still applies to its case
+    code, result = gate(tmp_path, base, cur, "--thresholds", str(rules), "--max-slowdown", "50%")
+    assert next(c for c in result["cases"] if c["implementation"] == "cgspn")["threshold"] == pytest.approx(0.50)
+
+
+def test_thresholds_validation_names_the_field(tmp_path):
+    with pytest.raises(ThresholdError, match=r"rules\[0\]: max_slowdown is required"):
+        Thresholds.from_dict({"rules": [{"implementation": "cgspn-scan"}]})
+    with pytest.raises(ThresholdError, match=r"rules\[0\]: unknown key\(s\) \['implementaton'\]"):
+        Thresholds.from_dict({"rules": [{"implementaton": "x", "max_slowdown": 5}]})
+    with pytest.raises(ThresholdError, match="default: expected a percentage"):
+        Thresholds.from_dict({"default": "fast"})
+    assert parse_percent("12.5%", "x") == pytest.approx(0.125) and parse_percent(10, "x") == pytest.approx(0.10)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("default: -5%\n")
+    assert main(["gate", "--baseline", str(tmp_path), "--current", str(tmp_path), "--thresholds", str(bad)]) == 2
+
+
+def test_decision_rule_needs_enough_samples():
+    rule = DecisionRule(min_samples=5)
+    result = compare_samples([1.0, 1.0, 1.0], [2.0, 2.0, 2.0], rule)
+    assert result.verdict == "inconclusive" and "too few samples" in result.reason
+    with pytest.raises(ValueError, match="current samples"):
+        compare_samples([1.0] * 5, [1.0, float("nan"), 1.0, 1.0, 1.0], rule)
+
+
+def test_rows_of_one_case_are_pooled():
+    impl, level, mode, params, med = CASES[0]
+    a, b = samples(med, 0.02, 30, 1), samples(med, 0.02, 20, 2)
+    merged = merge_rows([make_row(impl, level, mode, params, a), make_row(impl, level, mode, params, b)])
+    assert merged.n == 50 and merged.median_ms == pytest.approx(float(np.median(a + b)))
+    failed = make_row(impl, level, mode, params, [], status="failed-check")
+    assert merge_rows([make_row(impl, level, mode, params, a), failed]).status == "failed-check"
+
+
+def test_slowdown_switch_is_off_unless_set_and_adds_real_work(monkeypatch):
+    calls = []
+    x = torch.randn(16, 16)
+
+    def fn():
+        calls.append(1)
+        return x @ x
+
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    workload = Workload(fn=fn)
+    assert apply_test_slowdown("cgspn-scan", workload).fn is fn and workload.backend_detail == ""
+    monkeypatch.setenv(ENV_VAR, "cgspn-scan=3, attention-math=2@block")
+    expected = x @ x
+    slowed = apply_test_slowdown("cgspn-scan", Workload(fn=fn, backend_detail="triton"))
+    out = slowed.fn()
+    assert len(calls) == 3 and torch.equal(out, expected)  # three forwards, the output unchanged
+    assert was_slowed(slowed.backend_detail) and slowed.backend_detail.startswith("triton; ")
+    assert apply_test_slowdown("attention-math", Workload(fn=fn), level="sublayer").fn is fn  # only @block
+    assert apply_test_slowdown("attention-math", Workload(fn=fn), level="block").fn is not fn
+    with pytest.raises(SlowdownError, match=ENV_VAR):
+        parse_slowdown("cgspn-scan=fast")
+    with pytest.raises(SlowdownError, match="K must be >= 1"):
+        parse_slowdown("cgspn-scan=0")
