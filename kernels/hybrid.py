@@ -65,8 +65,11 @@ def as_reference(net: nn.Module) -> nn.Module:
 def _requires(params: Params, dtype: str, device: str) -> str | None:
     try:
         importlib.import_module(CGSPN_LAYER_MODULE).CGSPNLayer  # noqa: B018 - only checks that it exists
+        from kernels.cgspn.triton_support import runnable
     except (ImportError, AttributeError) as err:
         return f"hybrid: needs {CGSPN_LAYER_MODULE}.CGSPNLayer, which cannot be imported here ({err})"
+    if not runnable(device):
+        return f"hybrid: the C-GSPN Triton scan needs CUDA, or TRITON_INTERPRET=1 before triton is imported (device: {device})"
     try:
         params.check_compression()
     except ValueError as err:

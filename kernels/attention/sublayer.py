@@ -84,9 +84,11 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
 def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Explicit attention: ``S = (Q / sqrt(d)) K^T`` in the input dtype (the GEMM a naive model
     runs), ``P = softmax(S)`` in float32 (so bf16 does not saturate), ``O = P V`` in the input
-    dtype. Materializes the ``(B, heads, N, N)`` scores: memory grows as N^2."""
+    dtype (float64 inputs stay float64 throughout). Materializes the ``(B, heads, N, N)`` scores:
+    memory grows as N^2."""
     scores = torch.matmul(q * (1.0 / math.sqrt(q.shape[-1])), k.transpose(-2, -1))
-    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    softmax_dtype = torch.promote_types(q.dtype, torch.float32)  # fp32 for half types, fp64 stays fp64
+    probs = torch.softmax(scores.to(softmax_dtype), dim=-1).to(q.dtype)
     return torch.matmul(probs, v)
 
 
