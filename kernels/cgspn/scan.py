@@ -1,0 +1,550 @@
+"""Triton kernels of the C-GSPN propagation (paper Eq. 1-2, 4-6): forward and backward.
+
+Layout and axes. Every tensor is channels-last ``(B, H, W, C)`` (gates ``(B, H, W, 3, C)``) with
+unit stride on C and any other strides, so the layer's views of one fused head output
+``Linear(C_c, 5*C_c)`` are read in place. A kernel sees one *scan axis* of length L (the rows it
+steps through) and one *state axis* of length P (the row it holds): vertical scans (tb, bt) use
+(L, P) = (H, W), horizontal scans (lr, rl) use (W, H). The host passes the strides of that view,
+so one kernel serves both axes without a transpose, and reverse directions only walk the rows
+backwards. l and r weight the state at p-1 and p+1; the gate normalization (Eq. 2) drops l at
+p=0 and r at p=P-1, which is exactly the per-axis rule of :mod:`kernels.cgspn.reference`.
+
+Programs. One program owns (batch b, BC channels) and keeps a whole row of BP >= P positions x BC
+channels of fp32 state in registers, stepping L times. The neighbour terms h[p-1], h[p+1] are
+register shifts: ``SHIFT=0`` uses ``tl.gather`` (Triton >= 3.2) and ``SHIFT=1`` a round trip
+through a per-program fp32 scratch tile with ``tl.debug_barrier``; the GPU bench compares them.
+
+The sublayer (``cgspn_scan``) runs two launches of the *pair* kernel: one program runs both
+directions of an axis at once (rows s and L-1-s at step s: two independent recurrences for ILP,
+one gate-normalization rule). The first row an axis visits stores its h to an fp32 accumulator,
+the second visit adds and stores; the vertical launch leaves h_tb + h_bt there, the horizontal
+launch adds h_lr + h_rl and, on each row's last visit, writes ``y = u * total`` in the output
+dtype. Gate normalization is recomputed from the raw gates in every visit (sigmoid in registers:
+no normalized-gate tensor in memory). Traffic per (b, pixel, channel), in elements of the input
+dtype (fp32 accumulator = 2 for bf16): reads 4 x 5 (x, lam, 3 gates per direction) + u, writes y,
+plus accumulator traffic 3 (vertical) + 4 (horizontal) fp32 accesses, i.e. ~36 vs the ideal 7
+for bf16; see NOTES.md for why a global four-direction scan cannot read its inputs only once.
+
+Backward. The adjoint of one direction is the same recurrence run in reverse with transposed
+gates: a[s] = dh[s] + l'[p+1] a'[p+1] + m'[p] a'[p] + r'[p-1] a'[p-1] (primes: the next row in scan
+order). Gate gradients need the forward state of the previous row, so the forward **stores h**
+of each direction (input dtype) when a gradient is required, instead of recomputing it: recompute
+would need a checkpoint-and-replay pass per direction, stored h costs one write + one read per
+direction. The sublayer backward runs the single-direction backward kernel four times, summing
+dx, dlam and the raw-gate gradients (through the normalization, per axis) in fp32 buffers.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.cgspn.reference import AXIS_OF, check_direction
+from kernels.cgspn.triton_support import check_runnable, configs
+
+__all__ = ["cgspn_scan", "propagate", "SCAN_VARIANTS"]
+
+# Variants the GPU bench compares: (pair kernel or four single-direction launches) x shift method.
+SCAN_VARIANTS = ("pairs-gather", "pairs-scratch", "directions-gather", "directions-scratch")
+SHIFT_GATHER, SHIFT_SCRATCH = 0, 1
+_MAX_BC = 32
+
+_SCAN_CONFIGS = configs(
+    [triton.Config({"BC": bc}, num_warps=w) for bc, w in [(8, 2), (8, 4), (16, 4), (16, 8), (32, 8)]],
+    triton.Config({"BC": 16}, num_warps=4),
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# kernel helpers
+# ---------------------------------------------------------------------------------------------
+@triton.jit
+def _shift(b_h, o_p, P, p_scratch, DELTA: tl.constexpr, SHIFT: tl.constexpr, BP: tl.constexpr, BC: tl.constexpr):
+    """b_h[p + DELTA] for every p of a [BP, BC] tile; 0 where p + DELTA is outside [0, P)."""
+    idx = o_p + DELTA
+    valid = (idx >= 0) & (idx < P)
+    if SHIFT == 0:
+        idx = tl.where(valid, idx, 0)
+        shifted = tl.gather(b_h, tl.broadcast_to(idx[:, None], (BP, BC)).to(tl.int32), 0)
+    else:
+        # the caller stored b_h at p_scratch and put a barrier after the store
+        shifted = tl.load(p_scratch + idx[:, None] * BC + tl.arange(0, BC)[None, :], mask=valid[:, None], other=0.0)
+    return tl.where(valid[:, None], shifted, 0.0)
+
+
+@triton.jit
+def _neighbours(a, b, o_p, P, p_scratch, SAME: tl.constexpr, SHIFT: tl.constexpr, BP: tl.constexpr, BC: tl.constexpr):
+    """(a[p-1], b[p+1]) of two state tiles (SAME: a and b are one tile, stored once)."""
+    p_b = p_scratch if SAME else p_scratch + BP * BC
+    if SHIFT == 1:
+        tl.store(p_scratch + o_p[:, None] * BC + tl.arange(0, BC)[None, :], a)
+        if not SAME:
+            tl.store(p_b + o_p[:, None] * BC + tl.arange(0, BC)[None, :], b)
+        tl.debug_barrier()
+    left = _shift(a, o_p, P, p_scratch, -1, SHIFT, BP, BC)
+    right = _shift(b, o_p, P, p_b, 1, SHIFT, BP, BC)
+    if SHIFT == 1:
+        tl.debug_barrier()  # nobody overwrites the scratch tiles before everyone has read them
+    return left, right
+
+
+@triton.jit
+def _load_gates(p_g, s_gk, o_p, P, mask, NORMALIZE: tl.constexpr):
+    """Gates (l, m, r) of one row as fp32; with NORMALIZE, raw logits -> Eq. 2 in registers."""
+    b_l = tl.load(p_g, mask=mask, other=0).to(tl.float32)
+    b_m = tl.load(p_g + s_gk, mask=mask, other=0).to(tl.float32)
+    b_r = tl.load(p_g + 2 * s_gk, mask=mask, other=0).to(tl.float32)
+    if NORMALIZE:
+        b_l, b_m, b_r = tl.sigmoid(b_l), tl.sigmoid(b_m), tl.sigmoid(b_r)
+        d = b_m + tl.where((o_p > 0)[:, None], b_l, 0.0) + tl.where((o_p < P - 1)[:, None], b_r, 0.0)
+        inv = 1.0 / tl.maximum(d, 1e-7)
+        # padded lanes keep zero weights so the padded state stays exactly zero
+        b_l, b_m, b_r = tl.where(mask, b_l * inv, 0.0), tl.where(mask, b_m * inv, 0.0), tl.where(mask, b_r * inv, 0.0)
+    return b_l, b_m, b_r
+
+
+@triton.jit
+def _step(b_h, p_x, p_lam, p_g, s_gk, o_p, P, mask, p_scratch,
+          NORMALIZE: tl.constexpr, SHIFT: tl.constexpr, BP: tl.constexpr, BC: tl.constexpr):
+    """One scan step, Eq. 1: h = l h[p-1] + m h[p] + r h[p+1] + lam x."""
+    b_x = tl.load(p_x, mask=mask, other=0).to(tl.float32)
+    b_lam = tl.load(p_lam, mask=mask, other=0).to(tl.float32)
+    b_l, b_m, b_r = _load_gates(p_g, s_gk, o_p, P, mask, NORMALIZE)
+    left, right = _neighbours(b_h, b_h, o_p, P, p_scratch, True, SHIFT, BP, BC)
+    return b_l * left + b_m * b_h + b_r * right + b_lam * b_x
+
+
+# ---------------------------------------------------------------------------------------------
+# kernels
+# ---------------------------------------------------------------------------------------------
+@triton.autotune(configs=_SCAN_CONFIGS, key=["L", "P", "C", "NORMALIZE", "SHIFT"])
+@triton.jit(do_not_specialize=["L"])
+def _propagate_fwd_kernel(
+    x, lam, g, h, scratch,
+    L, P, C,
+    s_xb, s_xs, s_xp, s_lb, s_ls, s_lp, s_gb, s_gs, s_gp, s_gk, s_hb, s_hs, s_hp,
+    REVERSE: tl.constexpr, NORMALIZE: tl.constexpr, SHIFT: tl.constexpr,
+    BP: tl.constexpr, BC: tl.constexpr,
+):
+    """One direction: h[b, s, p, c] for all rows s, in scan order (s descending if REVERSE)."""
+    i_c, i_b = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    o_p = tl.arange(0, BP).to(tl.int64)
+    o_c = i_c * BC + tl.arange(0, BC)
+    mask = (o_p < P)[:, None] & (o_c < C)[None, :]
+    first = (L - 1).to(tl.int64) if REVERSE else (L * 0).to(tl.int64)
+    sign = -1 if REVERSE else 1
+    p_x = x + i_b * s_xb + first * s_xs + o_p[:, None] * s_xp + o_c[None, :]
+    p_lam = lam + i_b * s_lb + first * s_ls + o_p[:, None] * s_lp + o_c[None, :]
+    p_g = g + i_b * s_gb + first * s_gs + o_p[:, None] * s_gp + o_c[None, :]
+    p_h = h + i_b * s_hb + first * s_hs + o_p[:, None] * s_hp + o_c[None, :]
+    p_scratch = scratch + (i_b * tl.num_programs(0) + i_c) * 2 * BP * BC
+    b_h = tl.zeros([BP, BC], dtype=tl.float32)
+    for _ in range(0, L):
+        b_h = _step(b_h, p_x, p_lam, p_g, s_gk, o_p, P, mask, p_scratch, NORMALIZE, SHIFT, BP, BC)
+        tl.store(p_h, b_h.to(p_h.dtype.element_ty), mask=mask)
+        p_x += sign * s_xs
+        p_lam += sign * s_ls
+        p_g += sign * s_gs
+        p_h += sign * s_hs
+
+
+@triton.jit
+def _finish_row(total, p_acc, p_u, p_y, mask, FINAL: tl.constexpr, STORE_ACC: tl.constexpr):
+    """Last visit of a row by this launch: keep the running sum, or write y = u * total."""
+    if FINAL:
+        b_u = tl.load(p_u, mask=mask, other=0).to(tl.float32)
+        tl.store(p_y, (b_u * total).to(p_y.dtype.element_ty), mask=mask)
+        if STORE_ACC:  # the backward needs the four-direction sum for du
+            tl.store(p_acc, total, mask=mask)
+    else:
+        tl.store(p_acc, total, mask=mask)
+
+
+@triton.autotune(configs=_SCAN_CONFIGS, key=["L", "P", "C", "FIRST", "FINAL", "STORE_H", "SHIFT"], restore_value=["acc"])
+@triton.jit(do_not_specialize=["L"])
+def _scan_pair_fwd_kernel(
+    x, lam, u, g, acc, y, h_fwd, h_rev, scratch,
+    L, P, C,
+    s_xb, s_xs, s_xp, s_lb, s_ls, s_lp, s_ub, s_us, s_up, s_gb, s_gs, s_gp, s_gk,
+    s_ab, s_as, s_ap, s_yb, s_ys, s_yp, s_hb, s_hs, s_hp,
+    FIRST: tl.constexpr, FINAL: tl.constexpr, STORE_H: tl.constexpr, SHIFT: tl.constexpr,
+    BP: tl.constexpr, BC: tl.constexpr,
+):
+    """Both directions of one axis, with raw gates normalized in registers.
+
+    At step t the forward direction computes row t and the reverse one row L-1-t. A row's first
+    visit (by either direction) adds its h into ``acc`` (FIRST: the accumulator is empty, store
+    only); its second visit adds the other h and finishes the row (``_finish_row``). All first
+    visits happen before step (L+1)//2 and all second ones from it on, so one barrier there
+    orders the stores and loads of the accumulator between the threads of the program.
+    """
+    i_c, i_b = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    o_p = tl.arange(0, BP).to(tl.int64)
+    o_c = i_c * BC + tl.arange(0, BC)
+    mask = (o_p < P)[:, None] & (o_c < C)[None, :]
+    last = (L - 1).to(tl.int64)
+    # row pointers of the forward (f) and reverse (r) direction
+    p_xf = x + i_b * s_xb + o_p[:, None] * s_xp + o_c[None, :]
+    p_lf = lam + i_b * s_lb + o_p[:, None] * s_lp + o_c[None, :]
+    p_gf = g + i_b * s_gb + o_p[:, None] * s_gp + o_c[None, :]
+    p_uf = u + i_b * s_ub + o_p[:, None] * s_up + o_c[None, :]
+    p_af = acc + i_b * s_ab + o_p[:, None] * s_ap + o_c[None, :]
+    p_yf = y + i_b * s_yb + o_p[:, None] * s_yp + o_c[None, :]
+    p_hf = h_fwd + i_b * s_hb + o_p[:, None] * s_hp + o_c[None, :]
+    p_xr, p_lr, p_gr = p_xf + last * s_xs, p_lf + last * s_ls, p_gf + last * s_gs
+    p_ur, p_ar, p_yr = p_uf + last * s_us, p_af + last * s_as, p_yf + last * s_ys
+    p_hr = h_rev + i_b * s_hb + last * s_hs + o_p[:, None] * s_hp + o_c[None, :]
+    p_scratch_f = scratch + (i_b * tl.num_programs(0) + i_c) * 4 * BP * BC
+    p_scratch_r = p_scratch_f + 2 * BP * BC
+    b_hf = tl.zeros([BP, BC], dtype=tl.float32)
+    b_hr = tl.zeros([BP, BC], dtype=tl.float32)
+    half = (L + 1) // 2
+    for t in range(0, L):
+        b_hf = _step(b_hf, p_xf, p_lf, p_gf, s_gk, o_p, P, mask, p_scratch_f, True, SHIFT, BP, BC)
+        b_hr = _step(b_hr, p_xr, p_lr, p_gr, s_gk, o_p, P, mask, p_scratch_r, True, SHIFT, BP, BC)
+        if STORE_H:
+            tl.store(p_hf, b_hf.to(p_hf.dtype.element_ty), mask=mask)
+            tl.store(p_hr, b_hr.to(p_hr.dtype.element_ty), mask=mask)
+        if 2 * t + 1 < L:  # first visits of rows t and L-1-t
+            if FIRST:
+                tl.store(p_af, b_hf, mask=mask)
+                tl.store(p_ar, b_hr, mask=mask)
+            else:
+                tl.store(p_af, tl.load(p_af, mask=mask, other=0) + b_hf, mask=mask)
+                tl.store(p_ar, tl.load(p_ar, mask=mask, other=0) + b_hr, mask=mask)
+        elif 2 * t + 1 == L:  # the middle row: both directions at once
+            total = b_hf + b_hr
+            if not FIRST:
+                total += tl.load(p_af, mask=mask, other=0)
+            _finish_row(total, p_af, p_uf, p_yf, mask, FINAL, STORE_H)
+        else:  # second visits
+            if t == half:
+                tl.debug_barrier()
+            _finish_row(tl.load(p_af, mask=mask, other=0) + b_hf, p_af, p_uf, p_yf, mask, FINAL, STORE_H)
+            _finish_row(tl.load(p_ar, mask=mask, other=0) + b_hr, p_ar, p_ur, p_yr, mask, FINAL, STORE_H)
+        p_xf, p_lf, p_gf, p_uf = p_xf + s_xs, p_lf + s_ls, p_gf + s_gs, p_uf + s_us
+        p_af, p_yf, p_hf = p_af + s_as, p_yf + s_ys, p_hf + s_hs
+        p_xr, p_lr, p_gr, p_ur = p_xr - s_xs, p_lr - s_ls, p_gr - s_gs, p_ur - s_us
+        p_ar, p_yr, p_hr = p_ar - s_as, p_yr - s_ys, p_hr - s_hs
+
+
+@triton.jit
+def _accumulate(p, value, mask, ACCUMULATE: tl.constexpr):
+    if ACCUMULATE:
+        value += tl.load(p, mask=mask, other=0).to(tl.float32)
+    tl.store(p, value.to(p.dtype.element_ty), mask=mask)
+
+
+@triton.autotune(configs=_SCAN_CONFIGS, key=["L", "P", "C", "NORMALIZE", "ACCUMULATE", "SHIFT"],
+                 restore_value=["dx", "dlam", "dg"])
+@triton.jit(do_not_specialize=["L"])
+def _propagate_bwd_kernel(
+    x, lam, g, h, dh, dx, dlam, dg, scratch,
+    L, P, C,
+    s_xb, s_xs, s_xp, s_lb, s_ls, s_lp, s_gb, s_gs, s_gp, s_gk, s_hb, s_hs, s_hp, s_db, s_ds, s_dp,
+    s_dxb, s_dxs, s_dxp, s_dlb, s_dls, s_dlp, s_dgb, s_dgs, s_dgp, s_dgk,
+    REVERSE: tl.constexpr, NORMALIZE: tl.constexpr, ACCUMULATE: tl.constexpr, SHIFT: tl.constexpr,
+    BP: tl.constexpr, BC: tl.constexpr,
+):
+    """Adjoint of one direction, walking its rows in reverse scan order.
+
+    a[t] = dh[t] + (l'[p+1] a'[p+1] + m' a' + r'[p-1] a'[p-1]) with the normalized gates of
+    row t+1 (scan order); dx = lam a, dlam = x a, d(l, m, r) = a * (h[p-1], h[p], h[p+1]) of the
+    previous row (the stored forward state), then through Eq. 2 to the raw logits if NORMALIZE:
+    with D = m + [p>0] l + [p<P-1] r and inv = 1/max(D, eps),
+    d sigma_k = inv (dg_k - [k counted] [D > eps] sum_j dg_j g_j), d raw_k = d sigma_k s_k (1 - s_k).
+    ACCUMULATE adds into fp32 gradient buffers (the sublayer sums four directions).
+    """
+    i_c, i_b = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    o_p = tl.arange(0, BP).to(tl.int64)
+    o_c = i_c * BC + tl.arange(0, BC)
+    mask = (o_p < P)[:, None] & (o_c < C)[None, :]
+    # the last row in scan order, and the step that leads back to the previous row
+    last = (L * 0).to(tl.int64) if REVERSE else (L - 1).to(tl.int64)
+    back = 1 if REVERSE else -1
+    tile = o_p[:, None] * 0 + o_c[None, :]
+    p_x = x + i_b * s_xb + last * s_xs + o_p[:, None] * s_xp + o_c[None, :]
+    p_lam = lam + i_b * s_lb + last * s_ls + o_p[:, None] * s_lp + o_c[None, :]
+    p_g = g + i_b * s_gb + last * s_gs + o_p[:, None] * s_gp + o_c[None, :]
+    p_hrow = h + i_b * s_hb + (last + back) * s_hs + tile  # previous row of h, p added per load
+    p_dh = dh + i_b * s_db + last * s_ds + o_p[:, None] * s_dp + o_c[None, :]
+    p_dx = dx + i_b * s_dxb + last * s_dxs + o_p[:, None] * s_dxp + o_c[None, :]
+    p_dl = dlam + i_b * s_dlb + last * s_dls + o_p[:, None] * s_dlp + o_c[None, :]
+    p_dg = dg + i_b * s_dgb + last * s_dgs + o_p[:, None] * s_dgp + o_c[None, :]
+    p_scratch = scratch + (i_b * tl.num_programs(0) + i_c) * 2 * BP * BC
+    mask_left = mask & (o_p > 0)[:, None]
+    mask_right = mask & (o_p < P - 1)[:, None]
+    # adjoint and normalized gates of the row after the current one (scan order)
+    b_a = tl.zeros([BP, BC], dtype=tl.float32)
+    n_l = tl.zeros([BP, BC], dtype=tl.float32)
+    n_m = tl.zeros([BP, BC], dtype=tl.float32)
+    n_r = tl.zeros([BP, BC], dtype=tl.float32)
+    for t in range(0, L):
+        # carry from the next row: l' a' arrives from p+1, r' a' from p-1
+        to_left, to_right = _neighbours(n_r * b_a, n_l * b_a, o_p, P, p_scratch, False, SHIFT, BP, BC)
+        b_a = tl.load(p_dh, mask=mask, other=0).to(tl.float32) + n_m * b_a + to_left + to_right
+        b_x = tl.load(p_x, mask=mask, other=0).to(tl.float32)
+        b_lam = tl.load(p_lam, mask=mask, other=0).to(tl.float32)
+        _accumulate(p_dx, b_lam * b_a, mask, ACCUMULATE)
+        _accumulate(p_dl, b_x * b_a, mask, ACCUMULATE)
+        # the previous row's state (zero before the first row)
+        has_prev = ((o_p * 0 + t) < L - 1)[:, None]  # a tile, so that it combines with masks everywhere
+        prev_l = tl.load(p_hrow + (o_p[:, None] - 1) * s_hp, mask=mask_left & has_prev, other=0).to(tl.float32)
+        prev_m = tl.load(p_hrow + o_p[:, None] * s_hp, mask=mask & has_prev, other=0).to(tl.float32)
+        prev_r = tl.load(p_hrow + (o_p[:, None] + 1) * s_hp, mask=mask_right & has_prev, other=0).to(tl.float32)
+        d_l, d_m, d_r = b_a * prev_l, b_a * prev_m, b_a * prev_r
+        r_l = tl.load(p_g, mask=mask, other=0).to(tl.float32)
+        r_m = tl.load(p_g + s_gk, mask=mask, other=0).to(tl.float32)
+        r_r = tl.load(p_g + 2 * s_gk, mask=mask, other=0).to(tl.float32)
+        if NORMALIZE:
+            sg_l, sg_m, sg_r = tl.sigmoid(r_l), tl.sigmoid(r_m), tl.sigmoid(r_r)
+            has_l, has_r = (o_p > 0)[:, None], (o_p < P - 1)[:, None]
+            d = sg_m + tl.where(has_l, sg_l, 0.0) + tl.where(has_r, sg_r, 0.0)
+            inv = 1.0 / tl.maximum(d, 1e-7)
+            n_l, n_m, n_r = tl.where(mask, sg_l * inv, 0.0), tl.where(mask, sg_m * inv, 0.0), tl.where(mask, sg_r * inv, 0.0)
+            live = d > 1e-7  # below the clamp D is constant
+            dot = tl.where(live, d_l * n_l + d_m * n_m + d_r * n_r, 0.0)
+            # m is always counted; d_m - dot is written with 1 - n_m = (l + r counted) / D so that it
+            # is exactly 0 when m is alone (P = 1), where the normalized m is identically 1
+            rest_m = (tl.where(has_l, sg_l, 0.0) + tl.where(has_r, sg_r, 0.0)) * inv
+            d_m_net = tl.where(live, d_m * rest_m - d_l * n_l - d_r * n_r, d_m)
+            d_l = (d_l - tl.where(has_l, dot, 0.0)) * inv * sg_l * (1.0 - sg_l)
+            d_m = d_m_net * inv * sg_m * (1.0 - sg_m)
+            d_r = (d_r - tl.where(has_r, dot, 0.0)) * inv * sg_r * (1.0 - sg_r)
+        else:
+            n_l, n_m, n_r = r_l, r_m, r_r
+        _accumulate(p_dg, d_l, mask, ACCUMULATE)
+        _accumulate(p_dg + s_dgk, d_m, mask, ACCUMULATE)
+        _accumulate(p_dg + 2 * s_dgk, d_r, mask, ACCUMULATE)
+        p_x += back * s_xs
+        p_lam += back * s_ls
+        p_g += back * s_gs
+        p_hrow += back * s_hs
+        p_dh += back * s_ds
+        p_dx += back * s_dxs
+        p_dl += back * s_dls
+        p_dg += back * s_dgs
+
+
+# ---------------------------------------------------------------------------------------------
+# host launchers
+# ---------------------------------------------------------------------------------------------
+def _scan_strides(t: torch.Tensor, axis: str) -> tuple[int, ...]:
+    """(batch, scan-row, state-position) strides of a (B, H, W, ...) tensor for ``axis``, plus
+    the gate stride for 5-d gate tensors."""
+    sb, sh, sw = t.stride()[:3]
+    out = (sb, sh, sw) if axis == "vertical" else (sb, sw, sh)
+    return out + ((t.stride(3),) if t.dim() == 5 else ())
+
+
+def _axis_lengths(x: torch.Tensor, axis: str) -> tuple[int, int]:
+    _, H, W, _ = x.shape
+    return (H, W) if axis == "vertical" else (W, H)
+
+
+def _scratch(x: torch.Tensor, P: int, shift: int, copies: int) -> torch.Tensor:
+    """fp32 tiles for the scratch shift: one [BP, BC] tile per program and direction."""
+    if shift != SHIFT_SCRATCH:
+        return x.new_empty(1, dtype=torch.float32)
+    B, C = x.shape[0], x.shape[-1]
+    return x.new_empty(B * (C + _MAX_BC) * copies * triton.next_power_of_2(P), dtype=torch.float32)
+
+
+def _grid(B: int, C: int):
+    return lambda meta: (triton.cdiv(C, meta["BC"]), B)
+
+
+def _propagate_fwd(x, lam, gates, direction: str, normalize: bool, shift: int) -> torch.Tensor:
+    axis = AXIS_OF[direction]
+    B, _, _, C = x.shape
+    L, P = _axis_lengths(x, axis)
+    h = torch.empty_like(x, memory_format=torch.contiguous_format)
+    _propagate_fwd_kernel[_grid(B, C)](
+        x, lam, gates, h, _scratch(x, P, shift, 2), L, P, C,
+        *_scan_strides(x, axis), *_scan_strides(lam, axis), *_scan_strides(gates, axis), *_scan_strides(h, axis),
+        REVERSE=direction in ("bt", "rl"), NORMALIZE=normalize, SHIFT=shift, BP=triton.next_power_of_2(P),
+    )
+    return h
+
+
+def _propagate_bwd(x, lam, gates, h, dh, grads: tuple[torch.Tensor, torch.Tensor, torch.Tensor], direction: str,
+                   normalize: bool, accumulate: bool, shift: int) -> None:
+    """Write (or add, if ``accumulate``) dx, dlam, dgates of one direction into ``grads``."""
+    axis = AXIS_OF[direction]
+    B, _, _, C = x.shape
+    L, P = _axis_lengths(x, axis)
+    dx, dlam, dg = grads
+    _propagate_bwd_kernel[_grid(B, C)](
+        x, lam, gates, h, dh, dx, dlam, dg, _scratch(x, P, shift, 2), L, P, C,
+        *_scan_strides(x, axis), *_scan_strides(lam, axis), *_scan_strides(gates, axis), *_scan_strides(h, axis),
+        *_scan_strides(dh, axis), *_scan_strides(dx, axis), *_scan_strides(dlam, axis), *_scan_strides(dg, axis),
+        REVERSE=direction in ("bt", "rl"), NORMALIZE=normalize, ACCUMULATE=accumulate, SHIFT=shift,
+        BP=triton.next_power_of_2(P),
+    )
+
+
+def _scan_pairs_fwd(x, lam, u, gates, store_h: bool, shift: int):
+    """Two launches (vertical pair, then horizontal pair). Returns y, the fp32 four-direction
+    sum (only meaningful with ``store_h``) and the stored h per direction (tb, bt, lr, rl)."""
+    B, H, W, C = x.shape
+    y = torch.empty_like(x, memory_format=torch.contiguous_format)
+    acc = x.new_empty(B, H, W, C, dtype=torch.float32)
+    hs = x.new_empty(4, B, H, W, C) if store_h else x.new_empty(4, 1, 1, 1, 1)
+    for k, axis in enumerate(("vertical", "horizontal")):
+        L, P = _axis_lengths(x, axis)
+        h_strides = _scan_strides(hs[2 * k], axis) if store_h else (0, 0, 0)
+        _scan_pair_fwd_kernel[_grid(B, C)](
+            x, lam, u, gates, acc, y, hs[2 * k], hs[2 * k + 1], _scratch(x, P, shift, 4), L, P, C,
+            *_scan_strides(x, axis), *_scan_strides(lam, axis), *_scan_strides(u, axis), *_scan_strides(gates, axis),
+            *_scan_strides(acc, axis), *_scan_strides(y, axis), *h_strides,
+            FIRST=k == 0, FINAL=k == 1, STORE_H=store_h, SHIFT=shift, BP=triton.next_power_of_2(P),
+        )
+    return y, acc, hs
+
+
+def _scan_directions_fwd(x, lam, u, gates, shift: int):
+    """Baseline: four single-direction launches, merged and scaled by u in PyTorch (fp32)."""
+    hs = torch.stack([_propagate_fwd(x, lam, gates, d, True, shift) for d in ("tb", "bt", "lr", "rl")])
+    total = hs.float().sum(0)
+    return (u.float() * total).to(x.dtype), total, hs
+
+
+# ---------------------------------------------------------------------------------------------
+# autograd
+# ---------------------------------------------------------------------------------------------
+class _CgspnScanFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, lam, u, gates, variant: str, store_h: bool):
+        design, shift_name = variant.split("-")
+        shift = SHIFT_GATHER if shift_name == "gather" else SHIFT_SCRATCH
+        if design == "pairs":
+            y, total, hs = _scan_pairs_fwd(x, lam, u, gates, store_h, shift)
+        else:
+            y, total, hs = _scan_directions_fwd(x, lam, u, gates, shift)
+        if store_h:
+            ctx.save_for_backward(x, lam, u, gates, total, hs)
+        ctx.shift = shift
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, lam, u, gates, total, hs = ctx.saved_tensors
+        dy = dy.float()
+        dh = (dy * u.float()).contiguous()  # every direction receives d(y)/d(h_d) = dy * u
+        du = (dy * total).to(u.dtype)
+        dx = torch.empty(x.shape, device=x.device, dtype=torch.float32)
+        dlam = torch.empty_like(dx)
+        dg = torch.empty(gates.shape, device=x.device, dtype=torch.float32)
+        for k, direction in enumerate(("tb", "bt", "lr", "rl")):
+            _propagate_bwd(x, lam, gates, hs[k], dh, (dx, dlam, dg), direction, True, k > 0, ctx.shift)
+        return dx.to(x.dtype), dlam.to(lam.dtype), du, dg.to(gates.dtype), None, None
+
+
+class _PropagateFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, lam, gates, direction: str, normalize: bool, shift: int):
+        h = _propagate_fwd(x, lam, gates, direction, normalize, shift)
+        ctx.save_for_backward(x, lam, gates, h)
+        ctx.options = (direction, normalize, shift)
+        return h
+
+    @staticmethod
+    def backward(ctx, dh):
+        x, lam, gates, h = ctx.saved_tensors
+        direction, normalize, shift = ctx.options
+        if dh.stride(-1) != 1:
+            dh = dh.contiguous()
+        grads = (torch.empty_like(x), torch.empty_like(lam), torch.empty_like(gates))
+        _propagate_bwd(x, lam, gates, h, dh, grads, direction, normalize, False, shift)
+        return (*grads, None, None, None)
+
+
+# ---------------------------------------------------------------------------------------------
+# public functions
+# ---------------------------------------------------------------------------------------------
+_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def _check_inputs(name: str, grids: dict[str, torch.Tensor], gates: torch.Tensor) -> None:
+    first = next(iter(grids.values()))
+    if first.dim() != 4:
+        raise ValueError(f"{name}: x must be (B, H, W, C), got shape {tuple(first.shape)}")
+    for key, t in grids.items():
+        if t.shape != first.shape:
+            raise ValueError(f"{name}: {key} has shape {tuple(t.shape)}, expected {tuple(first.shape)} like x")
+        if t.dtype != first.dtype:
+            raise ValueError(f"{name}: {key} has dtype {t.dtype}, expected {first.dtype} like x")
+    expected = (*first.shape[:3], 3, first.shape[3])
+    if tuple(gates.shape) != expected:
+        raise ValueError(f"{name}: gates has shape {tuple(gates.shape)}, expected (B, H, W, 3, C) = {expected}")
+    if gates.dtype != first.dtype:
+        raise ValueError(f"{name}: gates has dtype {gates.dtype}, expected {first.dtype} like x")
+    if first.dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"{name}: dtype {first.dtype} not supported; allowed: float32, bfloat16, float16, float64")
+    for key, t in {**grids, "gates": gates}.items():
+        if t.numel() and t.stride(-1) != 1:
+            raise ValueError(f"{name}: {key} needs unit stride on the channel axis, got strides {t.stride()}")
+    check_runnable(name, *grids.values(), gates)
+
+
+def cgspn_scan(x: torch.Tensor, lam: torch.Tensor, u: torch.Tensor, gates: torch.Tensor, *,
+               variant: str = "pairs-gather") -> torch.Tensor:
+    """The C-GSPN sublayer: four-direction latent propagation, normalization folded in (Eq. 1-2, 4-6).
+
+    ``y = u * (h_tb + h_bt + h_lr + h_rl)`` where each h follows
+    ``h[i] = l h[i-1][p-1] + m h[i-1][p] + r h[i-1][p+1] + lam x`` along its direction, with the
+    raw gates shared by the four directions and normalized per scan axis (Eq. 2).
+
+    Args:
+        x, lam, u: ``(B, H, W, C)``, float32/bfloat16/float16 (float64 works for checks), unit
+            stride on C, any other strides (views of one fused head output are read in place).
+        gates: raw logits ``(B, H, W, 3, C)`` (l, m, r), same dtype.
+        variant: ``"pairs-gather"`` (default: two launches, one per axis, both directions per
+            program), ``"pairs-scratch"``, ``"directions-gather"``, ``"directions-scratch"``
+            (four single-direction launches); see :data:`SCAN_VARIANTS` and NOTES.md.
+
+    Returns:
+        y ``(B, H, W, C)`` in the dtype of x; fp32 state and accumulation. Differentiable
+        w.r.t. all four inputs (Triton backward; the forward stores each direction's h).
+
+    Example::
+
+        B, H, W, C = 2, 27, 27, 64
+        x, lam, u = (torch.randn(B, H, W, C, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+        gates = torch.randn(B, H, W, 3, C, device="cuda", dtype=torch.bfloat16)
+        y = cgspn_scan(x, lam, u, gates)
+    """
+    if variant not in SCAN_VARIANTS:
+        raise ValueError(f"cgspn_scan: variant {variant!r} is not one of {', '.join(SCAN_VARIANTS)}")
+    _check_inputs("cgspn_scan", {"x": x, "lam": lam, "u": u}, gates)
+    if x.numel() == 0:
+        return torch.zeros_like(x)
+    # the forward stores each direction's h only when a backward will need it
+    store_h = torch.is_grad_enabled() and any(t.requires_grad for t in (x, lam, u, gates))
+    return _CgspnScanFunction.apply(x, lam, u, gates, variant, store_h)
+
+
+def propagate(x: torch.Tensor, lam: torch.Tensor, gates: torch.Tensor, direction: str, normalize: bool = True, *,
+              shift: str = "gather") -> torch.Tensor:
+    """One propagation direction in one Triton launch; returns h ``(B, H, W, C)`` in x's dtype.
+
+    Args:
+        x, lam: ``(B, H, W, C)``; gates: ``(B, H, W, 3, C)`` raw logits (``normalize=True``: Eq. 2
+            applied in registers for the axis of ``direction``) or weights used as given
+            (``normalize=False``). Gates are per call, never shared: the original GSPN layer
+            stacks its four directions' gates on the channel axis and calls this per direction.
+        direction: ``"tb"``, ``"bt"``, ``"lr"`` or ``"rl"``.
+        shift: ``"gather"`` or ``"scratch"`` (how the state's neighbour shift is done).
+
+    Differentiable w.r.t. x, lam and gates. Example::
+
+        h = propagate(x, lam, gates, "lr")
+    """
+    check_direction(direction)
+    if shift not in ("gather", "scratch"):
+        raise ValueError(f"propagate: shift {shift!r} is not one of gather, scratch")
+    _check_inputs("propagate", {"x": x, "lam": lam}, gates)
+    if x.numel() == 0:
+        return torch.zeros_like(x)
+    return _PropagateFunction.apply(x, lam, gates, direction, normalize, SHIFT_GATHER if shift == "gather" else SHIFT_SCRATCH)

@@ -1,0 +1,37 @@
+"""What the C-GSPN Triton kernels need from their environment: launch guards and autotune lists.
+
+Triton runs on CUDA tensors, or on CPU tensors when ``TRITON_INTERPRET=1`` is set before triton
+is imported (the CPU test suite). The interpreter runs a kernel once per autotune config, so under
+it every kernel gets a single config to stay fast.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def configs(full: list[triton.Config], interpreted: triton.Config) -> list[triton.Config]:
+    """The autotune list: ``full`` on a GPU, only ``interpreted`` under the CPU interpreter."""
+    return [interpreted] if INTERPRET else full
+
+
+def check_runnable(name: str, *tensors: torch.Tensor) -> None:
+    """Fail early, naming the argument, when a Triton kernel cannot run on these tensors."""
+    device = tensors[0].device
+    for t in tensors:
+        if t.device != device:
+            raise ValueError(f"{name}: all inputs must be on one device, got {device} and {t.device}")
+    if device.type == "cpu" and not INTERPRET:
+        raise RuntimeError(f"{name}: Triton kernels need CUDA tensors (or TRITON_INTERPRET=1 set before importing triton)")
+    if device.type not in ("cuda", "cpu"):
+        raise RuntimeError(f"{name}: unsupported device {device.type}; Triton runs on cuda")
+
+
+def runnable(device: torch.device | str) -> bool:
+    """Whether the Triton path can run on ``device`` here."""
+    return torch.device(device).type == "cuda" or INTERPRET
