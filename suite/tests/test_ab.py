@@ -1,0 +1,139 @@
+"""Same-job A/B gate: interleaving and pooling on synthetic measurements, then one real A/B run on
+CPU of a temporary git repository whose working tree is three times slower than its HEAD."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kernels import registry
+from suite.gate.ab import SIDES, ABError, interleave, order_for, resolve_ref, run_ab
+from suite.gate.baseline import Snapshot
+from suite.gate.compare import by_case, compare_snapshots
+from suite.results import Row, RunDir, case_id
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def synthetic_row(case: str, side: str, timings: list[float]) -> Row:
+    params = {"batch": 1, "channels": int(case)}
+    return Row(case_id=case_id("cgspn-scan", "sublayer", "fwd", "float32", params), implementation="cgspn-scan",
+               family="cgspn", level="sublayer", mode="fwd", dtype="float32", params=params, samples_ms=timings,
+               n=len(timings), median_ms=float(np.median(timings)), device="NVIDIA H100 80GB HBM3", message=side)
+
+
+def test_interleaving_alternates_and_pools_rounds():
+    calls: list[tuple[str, str]] = []
+    rng = np.random.default_rng(0)
+    slow = {"current": 1.2, "ref": 1.0}  # the current tree is 20% slower on case "64" only
+
+    def measurer(side):
+        def measure(case):
+            calls.append((side, case))
+            scale = slow[side] if case == "64" else 1.0
+            return synthetic_row(case, side, (scale * np.exp(rng.normal(0, 0.02, 20))).tolist())
+        return measure
+
+    rows = interleave(["64", "96", "128"], {side: measurer(side) for side in SIDES}, rounds=3)
+    # every case measured by both sides back to back, the first side alternating by round and case
+    pairs = [calls[i:i + 2] for i in range(0, len(calls), 2)]
+    assert len(pairs) == 9 and all({a[1] for a in p} == {p[0][1]} and {a[0] for a in p} == set(SIDES) for p in pairs)
+    firsts = [p[0][0] for p in pairs]
+    assert firsts == ["current", "ref", "current", "ref", "current", "ref", "current", "ref", "current"]
+    assert order_for(0, 0) == ("current", "ref") and order_for(1, 0) == ("ref", "current")
+    pooled = {side: by_case(rows[side]) for side in SIDES}
+    assert all(r.n == 60 for side in SIDES for r in pooled[side].values())  # 3 rounds x 20 samples
+    gpu = "NVIDIA H100 80GB HBM3"
+    report = compare_snapshots(Snapshot(list(pooled["ref"].values()), gpu), Snapshot(list(pooled["current"].values()), gpu))
+    verdicts = {c.params["channels"]: c.verdict for c in report.cases}
+    assert verdicts == {64: "regression", 96: "unchanged", 128: "unchanged"} and not report.passed
+    with pytest.raises(ABError, match="--rounds"):
+        interleave(["64"], {side: measurer(side) for side in SIDES}, rounds=0)
+
+
+PROBE = '''"""Test-only kernel of the A/B gate test: REPS square matmuls per call (the last one is returned)."""
+import torch
+
+from kernels.registry import Workload, register
+
+REPS = {reps}
+
+
+@register("test-gate-probe", family="vit", level="sublayer", params=("batch", "channels"), dtypes=("float32",),
+          devices=("cpu",), modes=("fwd",))
+def build_gate_probe(params, dtype, device, mode):
+    x = torch.randn(params.channels, params.channels, dtype=dtype, device=device)
+
+    def fn():
+        y = x
+        for _ in range(REPS):
+            y = x @ x
+        return y
+
+    return Workload(fn=fn, reference=lambda: x.double() @ x.double(), flops=2.0 * REPS * params.channels ** 3)
+'''
+
+SCENARIO = """name: ab-probe
+description: A/B gate test on CPU
+device: cpu
+implementations: [test-gate-probe]
+levels: [sublayer]
+modes: [fwd]
+dtypes: [float32]
+params: {batch: 1, channels: 256}
+timing: {budget_ms: 40, warmup_ms: 5, min_reps: 10, max_reps: 200}
+metrics: [latency]
+"""
+
+
+@pytest.fixture
+def probe_repo(tmp_path):
+    """A git repo with this checkout's kernels/ and suite/ plus the probe (REPS=1 committed, REPS=3 in the tree)."""
+    repo = tmp_path / "repo"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for folder in ("kernels", "suite"):
+        shutil.copytree(REPO / folder, repo / folder, ignore=ignore)
+    probe = repo / "kernels" / "test_gate_probe.py"
+    probe.write_text(PROBE.format(reps=1))
+    (repo / "probe.yaml").write_text(SCENARIO)
+    git = ["git", "-C", str(repo), "-c", "user.email=gate@test", "-c", "user.name=gate-test"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "probe at 1 matmul"], check=True)
+    probe.write_text(PROBE.format(reps=3))  # the uncommitted change under test: 3x the work
+    # the driver (this process) validates the scenario with its own registry: register the probe here too
+    spec = importlib.util.spec_from_file_location("test_gate_probe_driver", probe)
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    yield repo
+    registry._REGISTRY.pop(("test-gate-probe", "sublayer"), None)  # keep it out of other tests' listings
+
+
+def test_ab_against_head_catches_the_slower_working_tree(probe_repo, tmp_path):
+    out = tmp_path / "ab"
+    ref, cur = run_ab("HEAD", scenario=probe_repo / "probe.yaml", rounds=2, device="cpu", out=out, repo=probe_repo)
+    head = subprocess.run(["git", "-C", str(probe_repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert ref.commit == head and cur.commit == head + "+dirty"  # each worker ran its own tree
+    report = compare_snapshots(ref, cur)
+    (case,) = report.cases
+    assert case.verdict == "regression" and not report.passed
+    assert case.ratio > 2.0  # 3x the matmuls; per-call overhead keeps it a little under 3
+    assert case.current["n"] == sum(json.loads(line)["n"] for line in (out / "current" / "rounds.jsonl").open())
+    for side in SIDES:  # run directories the report and gate can read: one pooled row, every round kept
+        assert len(RunDir(out / side).rows()) == 1 and len((out / side / "rounds.jsonl").read_text().splitlines()) == 2
+        assert RunDir(out / side).meta()["ab"]["ref_commit"] == head
+    rounds = sorted((json.loads(line) | {"side": side} for side in SIDES for line in (out / side / "rounds.jsonl").open()),
+                    key=lambda r: r["timestamp"])
+    assert [r["side"] for r in rounds] == ["current", "ref", "ref", "current"]  # round 0: A-B, round 1: B-A
+    worktrees = subprocess.run(["git", "-C", str(probe_repo), "worktree", "list"], capture_output=True, text=True).stdout
+    assert len(worktrees.strip().splitlines()) == 1  # the temporary worktree is gone
+
+
+def test_unknown_ref_is_a_clear_error(probe_repo):
+    with pytest.raises(ABError, match="no-such-branch: not a commit"):
+        resolve_ref(probe_repo, "no-such-branch")
