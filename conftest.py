@@ -1,0 +1,62 @@
+"""pytest wiring for cgspn-bench.
+
+Options:
+  --scenario PATH   scenario file(s) whose cases become benchmark tests (repeatable; default:
+                    scenarios/attention.yaml with CUDA, scenarios/smoke-cpu.yaml without)
+  --device D        cuda | cpu (default: cuda if available, else cpu)
+  --bench-out DIR   also append each benchmark's row to the run directory DIR
+
+Without CUDA (or with --device cpu) ``TRITON_INTERPRET=1`` is set here, before any test module
+imports a Triton kernel, so the kernels run in Triton's interpreter on the CPU.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent
+GPU_SCENARIO = ROOT / "scenarios" / "attention.yaml"
+CPU_SCENARIO = ROOT / "scenarios" / "smoke-cpu.yaml"
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("cgspn-bench")
+    group.addoption("--scenario", action="append", default=None, metavar="PATH",
+                    help="scenario file for the benchmark tests (repeatable); default: a GPU scenario with CUDA, "
+                         "scenarios/smoke-cpu.yaml without")
+    group.addoption("--device", choices=("cuda", "cpu"), default=None, help="device for benchmarks (default: cuda if available)")
+    group.addoption("--bench-out", default=None, metavar="DIR", help="append each benchmark's row to this run directory")
+
+
+def bench_device(config: pytest.Config) -> str:
+    return config.getoption("--device") or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def bench_scenarios(config: pytest.Config) -> list[str]:
+    chosen = config.getoption("--scenario")
+    if chosen:
+        return chosen
+    return [str(GPU_SCENARIO if bench_device(config) == "cuda" else CPU_SCENARIO)]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Read by suite/test_benchmarks.py from the config (importing this conftest by name is
+    # ambiguous when subfolders have their own conftest.py).
+    config.cgspn_device = bench_device(config)
+    config.cgspn_scenarios = bench_scenarios(config)
+    if config.cgspn_device == "cpu":
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    device = bench_device(config)
+    scenarios = ", ".join(os.path.relpath(p, config.rootpath) for p in bench_scenarios(config))
+    note = "" if device == "cuda" else " (no CUDA: smoke shapes, Triton interpreted; real benchmarks need a GPU)"
+    return [f"cgspn-bench: benchmark scenario(s) {scenarios} on {device}{note}"]

@@ -1,0 +1,282 @@
+"""``cgspn-bench``: run scenarios, list the registry, validate scenario files.
+
+    cgspn-bench run SCENARIO [SCENARIO...] [--out DIR] [--resume] [--device cuda|cpu] [--profile]
+                    [--no-check] [--budget-scale F] [--gpus all|N] [--same-case-on-every-gpu]
+    cgspn-bench list
+    cgspn-bench validate PATH [PATH...]
+
+Other modules add subcommands: each of ``suite.report``, ``suite.gate``, ``suite.distill`` that
+imports and defines ``register_cli(subparsers)`` is called with the subparsers object.
+``python -m suite.cli`` is the same program. Kernel modules are imported only after the device
+is known, because on CPU ``TRITON_INTERPRET=1`` must be set before Triton kernels are defined.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+PLUGIN_CLI_MODULES = ("suite.report", "suite.gate", "suite.distill")
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def configure_device(device: str | None) -> str:
+    """Resolve ``--device`` (default: cuda if available, else cpu) and, for CPU, switch Triton to
+    its interpreter before any kernel module is imported."""
+    if device is None:
+        device = "cuda" if cuda_available() else "cpu"
+    if device == "cuda" and not cuda_available():
+        raise SystemExit("error: --device cuda: no CUDA device is visible here; use --device cpu")
+    if device == "cpu":
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    return device
+
+
+def import_plugins(names: list[str] | None) -> None:
+    """``--import``: modules (dotted names or .py files) that register extra implementations."""
+    for name in names or []:
+        if name.endswith(".py"):
+            path = Path(name)
+            if not path.is_file():
+                raise SystemExit(f"error: --import {name}: no such file")
+            spec = importlib.util.spec_from_file_location(f"cgspn_plugin_{path.stem}", path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module
+            spec.loader.exec_module(module)
+        else:
+            importlib.import_module(name)
+
+
+# ---- run ---------------------------------------------------------------------------------------
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("scenarios", nargs="+", metavar="SCENARIO", help="scenario files or folders of them")
+    parser.add_argument("--out", type=Path, help="run directory (default: results/runs/<scenario names>)")
+    parser.add_argument("--resume", action="store_true", help="skip cases already in the run directory")
+    parser.add_argument("--force", action="store_true", help="start over in an existing run directory")
+    parser.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda if available, else cpu")
+    parser.add_argument("--profile", action="store_true", help="also profile each case (torch.profiler), outside timing")
+    parser.add_argument("--no-check", dest="check", action="store_false", help="skip the correctness check before timing")
+    parser.add_argument("--budget-scale", type=float, default=1.0, metavar="F",
+                        help="multiply every scenario's timing budget and warm-up by F")
+    parser.add_argument("--gpus", metavar="all|N",
+                        help="launch one process per GPU with torchrun (cases sharded by estimated cost)")
+    parser.add_argument("--same-case-on-every-gpu", action="store_true",
+                        help="variance mode: every rank measures every case; the spread per case goes to gpu_spread.json")
+    parser.add_argument("--import", dest="imports", action="append", metavar="MODULE",
+                        help="import a module or .py file that registers extra implementations (repeatable)")
+
+
+class TorchGroup:
+    """The runner's collectives over a torch.distributed gloo group (CPU messages only, so
+    the measured GPUs never wait on NCCL and one code path serves CPU CI and GPU hosts)."""
+
+    def __init__(self) -> None:
+        import torch.distributed as dist
+
+        # A long timeout: a rank that finishes its shard early waits in the final barrier.
+        dist.init_process_group("gloo", timeout=timedelta(hours=12))
+        self.dist = dist
+        self.rank = dist.get_rank()
+        self.world_size = dist.get_world_size()
+
+    def barrier(self) -> None:
+        self.dist.barrier()
+
+    def broadcast(self, obj: Any) -> Any:
+        box = [obj]
+        self.dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, obj: Any) -> list[Any] | None:
+        out = [None] * self.world_size if self.rank == 0 else None
+        self.dist.gather_object(obj, out, dst=0)
+        return out
+
+    def close(self) -> None:
+        self.dist.destroy_process_group()
+
+
+def gpu_count(value: str) -> int:
+    import torch
+
+    available = torch.cuda.device_count()
+    if value == "all":
+        count = available
+    else:
+        try:
+            count = int(value)
+        except ValueError:
+            raise SystemExit(f"error: --gpus: expected 'all' or a number, got {value!r}") from None
+    if count < 1 or count > available:
+        raise SystemExit(f"error: --gpus {value}: {available} CUDA device(s) visible here")
+    return count
+
+
+def launch_torchrun(argv: list[str], count: int) -> int:
+    """Re-run this command as ``torchrun --nproc_per_node=count -m suite.run`` without --gpus."""
+    rest, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == "--gpus":
+            skip = True
+            continue
+        if arg.startswith("--gpus="):
+            continue
+        rest.append(arg)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={count}",
+               "-m", "suite.run", *rest]
+    print("launching:", " ".join(command), file=sys.stderr)
+    return subprocess.call(command)
+
+
+def run_command(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    """``cgspn-bench run`` and ``python -m suite.run`` (also under torchrun)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if args.gpus is not None:
+        if world_size > 1:
+            raise SystemExit("error: --gpus launches torchrun itself; under torchrun leave it out")
+        if args.device == "cpu":
+            raise SystemExit("error: --gpus needs CUDA; for CPU ranks run: "
+                             "torchrun --nproc_per_node=N -m suite.run --device cpu ...")
+        configure_device("cuda")
+        return launch_torchrun(argv if argv is not None else sys.argv[2:], gpu_count(args.gpus))
+    device = configure_device(args.device)
+    import_plugins(args.imports)
+
+    from rich.console import Console
+
+    from suite.runner import RunError, RunOptions, SingleProcess, default_out, run_scenarios
+    from suite.scenario import load_scenarios
+
+    console = Console(stderr=True)
+    scenarios, errors = load_scenarios(args.scenarios)
+    if errors:
+        for line in errors:
+            console.print(line, markup=False, highlight=False)
+        console.print(f"{len(errors)} scenario error(s); nothing was run", style="red")
+        return 2
+    group = TorchGroup() if world_size > 1 else SingleProcess()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    options = RunOptions(out=args.out or default_out(scenarios), device=device, resume=args.resume, force=args.force,
+                         profile=args.profile, check=args.check, budget_scale=args.budget_scale,
+                         same_case_on_every_gpu=args.same_case_on_every_gpu, local_rank=local_rank)
+    try:
+        summary = run_scenarios(scenarios, options, group, console)
+    except RunError as exc:
+        console.print(f"error: {exc}", style="red", markup=False)
+        return 2
+    finally:
+        if isinstance(group, TorchGroup):
+            group.close()
+    for line in summary.skipped_scenarios:
+        console.print(line, markup=False, highlight=False)
+    if group.rank == 0:
+        counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items())) or "nothing new"
+        console.print(f"{options.out}: {counts} ({summary.already_done} already measured, {summary.total_cases} cases)",
+                      markup=False, highlight=False)
+        if device == "cpu":
+            console.print("note: this ran on the CPU (Triton interpreted); real benchmarks need a CUDA GPU", style="yellow")
+        if summary.spread_path:
+            console.print(f"per-GPU spread: {summary.spread_path}", markup=False)
+    return 0
+
+
+# ---- list / validate ----------------------------------------------------------------------------
+
+
+def list_command(args: argparse.Namespace) -> int:
+    device = configure_device(None)
+    import_plugins(args.imports)
+    from rich.console import Console
+    from rich.table import Table
+
+    from kernels import registry
+    from kernels.params import Params
+
+    table = Table(title=f"registered implementations (availability on {device})")
+    for column in ("name", "family", "level", "modes", "dtypes", "devices", "available here"):
+        table.add_column(column)
+    probe = Params(grid=8, batch=1)
+    for impl in registry.implementations():
+        reason = impl.unavailable(probe, impl.dtypes[0], device, impl.modes[0])
+        table.add_row(impl.name, impl.family, impl.level, ", ".join(impl.modes), ", ".join(impl.dtypes), ", ".join(impl.devices),
+                      "yes" if reason is None else f"no: {reason}")
+    Console().print(table)
+    return 0
+
+
+def validate_command(args: argparse.Namespace) -> int:
+    configure_device(None)
+    import_plugins(args.imports)
+    from suite.scenario import load_scenarios
+
+    scenarios, errors = load_scenarios(args.paths)
+    for s in scenarios:
+        print(f"ok  {s.path}: {s.name} ({len(s.cases)} cases, device {s.device})")
+    for line in errors:
+        print(line, file=sys.stderr)
+    if errors:
+        print(f"{len(errors)} error(s)", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cgspn-bench", description="Benchmark C-GSPN against attention on GPUs.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="measure the cases of scenario files into a run directory")
+    add_run_arguments(run)
+    run.set_defaults(handler=run_command)
+
+    listing = sub.add_parser("list", help="list registered implementations and whether they run here")
+    listing.add_argument("--import", dest="imports", action="append", metavar="MODULE")
+    listing.set_defaults(handler=list_command)
+
+    validate = sub.add_parser("validate", help="validate scenario files (folders recursively); non-zero exit on errors")
+    validate.add_argument("paths", nargs="+", metavar="PATH")
+    validate.add_argument("--import", dest="imports", action="append", metavar="MODULE")
+    validate.set_defaults(handler=validate_command)
+
+    for name in PLUGIN_CLI_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError as exc:
+            if exc.name != name:  # the module exists but is broken: say so instead of hiding its commands
+                print(f"warning: {name} failed to import ({exc}); its commands are unavailable", file=sys.stderr)
+            continue
+        if hasattr(module, "register_cli"):
+            module.register_cli(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Subcommand modules may import kernels while the parser is built: choose Triton's mode first.
+    at = argv.index("--device") if "--device" in argv else None
+    wants_cpu = "--device=cpu" in argv or (at is not None and argv[at + 1:at + 2] == ["cpu"])
+    if wants_cpu or not cuda_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    args = build_parser().parse_args(argv)
+    if args.handler is run_command:
+        return run_command(args, argv[1:])
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""What a measurement ran on: stored under ``"environment"`` in every run.json.
+
+DESIGN.md: "Record GPU name, driver, torch/triton/cuDNN versions, git commit and the scenario
+with every run. A comparison is a ratio from one run on one card." Every field is best effort:
+a missing tool yields None, never an exception.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def git_state(root: Path = REPO_ROOT) -> dict[str, Any]:
+    """Commit hash and whether tracked files differ from it (a dirty tree is not that commit)."""
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    dirty = bool(status) if status is not None else None
+    return {"commit": commit, "dirty": dirty, "branch": git("rev-parse", "--abbrev-ref", "HEAD")}
+
+
+def _version(module: str) -> str | None:
+    try:
+        mod = __import__(module)
+    except Exception:  # an optional package may fail on import for reasons other than absence
+        return None
+    return getattr(mod, "__version__", "unknown")
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def gpu_info(index: int) -> dict[str, Any]:
+    """Name, UUID, SMs, L2, memory of CUDA device ``index``, plus NVML's driver view."""
+    props = torch.cuda.get_device_properties(index)
+    uuid = str(getattr(props, "uuid", "")) or None
+    info: dict[str, Any] = {
+        "index": index,
+        "name": props.name,
+        "uuid": uuid if uuid is None or uuid.startswith("GPU-") else f"GPU-{uuid}",
+        "capability": f"{props.major}.{props.minor}",
+        "sm_count": props.multi_processor_count,
+        "l2_cache_bytes": getattr(props, "L2_cache_size", None),
+        "memory_bytes": props.total_memory,
+    }
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            handle = pynvml.nvmlDeviceGetHandleByUUID(info["uuid"]) if info["uuid"] else pynvml.nvmlDeviceGetHandleByIndex(index)
+            info["sm_clock_max_mhz"] = pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_SM)
+            info["mem_clock_max_mhz"] = pynvml.nvmlDeviceGetMaxClockInfo(handle, pynvml.NVML_CLOCK_MEM)
+            info["power_limit_w"] = pynvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1e3
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception as exc:  # NVML absent or a query unsupported on this board
+        info["nvml"] = f"unavailable: {exc}"
+    return info
+
+
+def driver_version() -> str | None:
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            version = pynvml.nvmlSystemGetDriverVersion()
+        finally:
+            pynvml.nvmlShutdown()
+        return version.decode() if isinstance(version, bytes) else version
+    except Exception:
+        return None
+
+
+def collect_environment(device: str | None = None, copy_bandwidth: bool = False) -> dict[str, Any]:
+    """Software, hardware and source state of this process.
+
+    ``device``: the device the run measures on (``cuda``/``cuda:1``/``cpu``; default cuda when
+    available). ``copy_bandwidth``: also measure the device-to-device copy ceiling (GPU only).
+    """
+    cuda = torch.cuda.is_available()
+    device = device or ("cuda" if cuda else "cpu")
+    env: dict[str, Any] = {
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "device": device,
+        "torch": torch.__version__,
+        "triton": _version("triton"),
+        "flash_attn": _version("flash_attn"),
+        "cuda_runtime": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "triton_interpret": os.environ.get("TRITON_INTERPRET") == "1",
+        "git": git_state(),
+        "gpus": [],
+    }
+    if cuda:
+        env["driver"] = driver_version()
+        env["gpus"] = [gpu_info(i) for i in range(torch.cuda.device_count())]
+        measured = torch.device(device)
+        if measured.type == "cuda":
+            index = measured.index if measured.index is not None else torch.cuda.current_device()
+            env["gpu"] = env["gpus"][index]
+            if copy_bandwidth:
+                from suite.measure import copy_bandwidth_gbps
+
+                env["copy_bandwidth_gbps"] = copy_bandwidth_gbps(torch.device("cuda", index))
+    return env

@@ -1,0 +1,477 @@
+"""The measurement core: the one timer behind the CLI runner and the pytest benchmarks.
+
+Rules (DESIGN.md "Measurement rules"):
+
+* one untimed first call absorbs JIT compilation and autotuning;
+* warm-up and repetition counts come from a time budget and a per-call estimate taken from a
+  few calls (as ``triton.testing.do_bench`` does), clamped to ``[min_reps, max_reps]``;
+* on CUDA, an event pair brackets each repetition and one synchronize follows the loop
+  (syncing every repetition inflates short kernels; no sync times only the launch);
+* cold L2: a buffer of twice the L2 size is zeroed between repetitions, outside the events;
+* CUDA-graph mode times replays of a captured step; a capture failure falls back to eager
+  and says why;
+* every sample is kept; median, IQR, min, mean, count and 1.5-IQR outliers are reported;
+* the CPU timer (``time.perf_counter`` per repetition) has the same interface and statistics.
+
+:func:`measure_case` turns one (implementation, params, dtype, mode) into a
+:class:`suite.results.Row`: availability, correctness check, timing, throughput, memory, NVML,
+optional profile; OOM, unsupported cases and errors become the row's ``status``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import math
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kernels.params import Params
+from kernels.registry import DTYPES, TOLERANCE, Implementation, Workload
+from suite.nvml import NvmlSampler
+from suite.results import Row, case_id
+
+L2_FLUSH_CHOICES = ("auto", True, False)
+ESTIMATE_CALLS = 5  # calls timed to estimate the per-call time before choosing the counts
+COPY_BYTES = 512 * 2**20  # buffer for the device-to-device copy ceiling
+
+
+class TimingError(ValueError):
+    """Timing settings that cannot be used; the message names the field."""
+
+
+@dataclass(frozen=True)
+class TimingSettings:
+    """How long and how to time one case (the scenario's ``timing:`` block)."""
+
+    budget_ms: float = 300.0  # total time of the timed repetitions
+    warmup_ms: float = 50.0  # time of the untimed warm-up calls after the first call
+    min_reps: int = 5
+    max_reps: int = 500
+    l2_flush: bool | str = "auto"  # "auto": flush when the workload's ideal bytes fit in ~2x L2
+    cuda_graph: bool = False  # time replays of a captured CUDA graph
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self, where: str = "timing") -> None:
+        for name in ("budget_ms", "warmup_ms"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or not math.isfinite(value):
+                raise TimingError(f"{where}.{name}: expected a number >= 0, got {value!r}")
+        for name in ("min_reps", "max_reps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise TimingError(f"{where}.{name}: expected an integer >= 1, got {value!r}")
+        if self.max_reps < self.min_reps:
+            raise TimingError(f"{where}.max_reps: {self.max_reps} is below min_reps={self.min_reps}")
+        if self.l2_flush not in L2_FLUSH_CHOICES or not isinstance(self.l2_flush, (bool, str)):
+            raise TimingError(f"{where}.l2_flush: expected one of auto, true, false; got {self.l2_flush!r}")
+        if not isinstance(self.cuda_graph, bool):
+            raise TimingError(f"{where}.cuda_graph: expected true or false, got {self.cuda_graph!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict, where: str = "timing") -> TimingSettings:
+        allowed = [f.name for f in dataclasses.fields(cls)]
+        for key in values:
+            if key not in allowed:
+                raise TimingError(f"{where}.{key}: unknown timing setting; allowed: {', '.join(allowed)}")
+        try:
+            return cls(**values)
+        except TimingError as exc:  # re-anchor "timing.<field>" at the caller's location
+            raise TimingError(f"{where}{str(exc)[len('timing'):]}") from None
+
+    def scaled(self, factor: float) -> TimingSettings:
+        """Budget and warm-up times multiplied by ``factor`` (``--budget-scale``); counts unchanged."""
+        if not factor > 0:
+            raise TimingError(f"budget scale: expected a number > 0, got {factor!r}")
+        return dataclasses.replace(self, budget_ms=self.budget_ms * factor, warmup_ms=self.warmup_ms * factor)
+
+
+@dataclass
+class Timing:
+    """The result of :func:`measure`: every sample (ms) and robust statistics of them."""
+
+    samples_ms: list[float]
+    median_ms: float
+    iqr_ms: float  # q3 - q1, quartiles linearly interpolated (as numpy / pandas)
+    min_ms: float
+    mean_ms: float
+    n: int
+    outliers: int  # samples beyond 1.5 IQR outside the quartiles
+    timer: str = ""  # "cuda-events", "cuda-graph" or "cpu-perf-counter"
+    l2_flush: bool = False
+    peak_mem_bytes: int | None = None  # CUDA: max allocated during the first call
+    message: str = ""  # e.g. why CUDA-graph capture fell back to eager
+
+    @classmethod
+    def from_samples(cls, samples_ms: list[float], **details: Any) -> Timing:
+        if not samples_ms:
+            raise ValueError("Timing.from_samples: no samples")
+        data = sorted(float(s) for s in samples_ms)
+        q1, median, q3 = (_quantile(data, q) for q in (0.25, 0.5, 0.75))
+        iqr = q3 - q1
+        low, high = q1 - 1.5 * iqr, q3 + 1.5 * iqr
+        return cls(samples_ms=[float(s) for s in samples_ms], median_ms=median, iqr_ms=iqr, min_ms=data[0],
+                   mean_ms=sum(data) / len(data), n=len(data), outliers=sum(1 for s in data if s < low or s > high),
+                   **details)
+
+
+def _quantile(sorted_data: list[float], q: float) -> float:
+    pos = q * (len(sorted_data) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_data) - 1)
+    return sorted_data[lo] + (sorted_data[hi] - sorted_data[lo]) * (pos - lo)
+
+
+def repetition_counts(estimate_ms: float, settings: TimingSettings) -> tuple[int, int]:
+    """(warm-up calls, timed repetitions) that fill the warm-up and timing budgets."""
+    per_call = max(estimate_ms, 1e-6)
+    warmup = max(1, int(settings.warmup_ms / per_call)) if settings.warmup_ms > 0 else 0
+    reps = int(settings.budget_ms / per_call)
+    return min(warmup, settings.max_reps), max(settings.min_reps, min(settings.max_reps, reps))
+
+
+# ---- steps -----------------------------------------------------------------------------------
+
+
+def first_output(result: Any) -> torch.Tensor:
+    """The output tensor of a workload call (``fn`` may return a tuple whose first item is it)."""
+    if isinstance(result, (tuple, list)):
+        result = result[0]
+    if not isinstance(result, torch.Tensor):
+        raise TypeError(f"workload returned {type(result).__name__}, expected a tensor or a tuple starting with one")
+    return result
+
+
+def make_step(workload: Workload, mode: str) -> Callable[[], None]:
+    """A zero-argument callable that runs one repetition of ``mode``.
+
+    ``fwd`` runs ``fn`` under ``no_grad``. ``fwd+bwd`` sets the gradients of the workload's
+    inputs and parameters to None, runs the forward and back-propagates one fixed random
+    upstream gradient (drawn once, so every repetition does the same work).
+    """
+    if mode == "fwd":
+
+        def forward() -> None:
+            with torch.no_grad():
+                workload.fn()
+
+        return forward
+    if mode != "fwd+bwd":
+        raise ValueError(f"mode: {mode!r} is not one of fwd, fwd+bwd")
+    leaves = [t for t in [*workload.inputs, *workload.parameters] if t.requires_grad]
+    if not leaves:
+        raise ValueError("fwd+bwd: the workload has no inputs or parameters that require grad")
+    out = first_output(workload.fn())
+    generator = torch.Generator(device=out.device).manual_seed(0)
+    upstream = torch.randn(out.shape, generator=generator, device=out.device, dtype=out.dtype)
+    del out
+
+    def forward_backward() -> None:
+        for t in leaves:
+            t.grad = None
+        first_output(workload.fn()).backward(upstream)
+
+    return forward_backward
+
+
+# ---- timers ----------------------------------------------------------------------------------
+
+
+def measure(step: Callable[[], None], device: torch.device | str, settings: TimingSettings,
+            bytes_ideal: float | None = None) -> Timing:
+    """Time ``step`` on ``device`` with the budget in ``settings`` (see the module docstring)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return measure_cuda(step, device, settings, bytes_ideal)
+    return measure_cpu(step, settings)
+
+
+def measure_cpu(step: Callable[[], None], settings: TimingSettings) -> Timing:
+    """``time.perf_counter`` around each repetition; same counts and statistics as CUDA."""
+    step()  # first call: lazy initialization, Triton interpreter setup, allocator warm-up
+    start = time.perf_counter()
+    calls = 0
+    while calls < ESTIMATE_CALLS and (calls == 0 or (time.perf_counter() - start) * 1e3 < settings.budget_ms / 4):
+        step()
+        calls += 1
+    estimate_ms = (time.perf_counter() - start) * 1e3 / calls
+    warmup, reps = repetition_counts(estimate_ms, settings)
+    for _ in range(max(0, warmup - calls)):  # the estimate calls already warmed up
+        step()
+    samples = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        step()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    return Timing.from_samples(samples, timer="cpu-perf-counter")
+
+
+def l2_cache_bytes(device: torch.device) -> int:
+    return int(getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or 50 * 2**20)
+
+
+def should_flush_l2(setting: bool | str, bytes_ideal: float | None, l2_bytes: int) -> bool:
+    """``auto`` flushes unless the workload's ideal traffic is well beyond L2 (>= 2x), where a
+    flush changes nothing but the run time; unknown traffic is flushed (cold by default)."""
+    if setting == "auto":
+        return bytes_ideal is None or bytes_ideal < 2 * l2_bytes
+    return bool(setting)
+
+
+def capture_cuda_graph(step: Callable[[], None]) -> tuple[Callable[[], None] | None, str]:
+    """Capture ``step`` into a CUDA graph: (replay, "") or (None, why capture failed)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    try:
+        with torch.cuda.stream(side):  # warm up on a side stream, as torch.cuda.graphs requires
+            for _ in range(3):
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            step()
+    except Exception as exc:  # capture is impossible for host syncs, CPU work, dynamic shapes...
+        torch.cuda.synchronize()
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        return None, f"CUDA-graph capture failed ({type(exc).__name__}: {first_line}); timed eager"
+    return graph.replay, ""
+
+
+def measure_cuda(step: Callable[[], None], device: torch.device, settings: TimingSettings,
+                 bytes_ideal: float | None = None) -> Timing:
+    """CUDA events around each repetition, one synchronize after the loop."""
+    with torch.cuda.device(device):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        step()  # first call: JIT compile, autotune; its peak is the case's memory footprint
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+
+        timer, message = "cuda-events", ""
+        run = step
+        if settings.cuda_graph:
+            replay, message = capture_cuda_graph(step)
+            if replay is not None:
+                run, timer = replay, "cuda-graph"
+            else:
+                timer = "cuda-events (graph capture failed)"
+
+        flush = should_flush_l2(settings.l2_flush, bytes_ideal, l2_cache_bytes(device))
+        cache = torch.empty(2 * l2_cache_bytes(device), dtype=torch.int8, device=device) if flush else None
+
+        def flush_l2() -> None:
+            if cache is not None:
+                cache.zero_()
+
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(ESTIMATE_CALLS):
+            flush_l2()
+            run()
+        end.record()
+        torch.cuda.synchronize()
+        warmup, reps = repetition_counts(start.elapsed_time(end) / ESTIMATE_CALLS, settings)
+        for _ in range(warmup):
+            run()
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+        for i in range(reps):
+            flush_l2()  # outside the events: the flush is not part of the sample
+            starts[i].record()
+            run()
+            ends[i].record()
+        torch.cuda.synchronize()
+        samples = [s.elapsed_time(e) for s, e in zip(starts, ends, strict=True)]
+    return Timing.from_samples(samples, timer=timer, l2_flush=flush, peak_mem_bytes=int(peak), message=message)
+
+
+_COPY_BANDWIDTH: dict[int, float] = {}
+
+
+def copy_bandwidth_gbps(device: torch.device | str) -> float | None:
+    """Measured device-to-device copy bandwidth (read + write bytes / median time), GB/s.
+
+    The ceiling for ``bw_fraction``; measured once per process and device; None on CPU.
+    """
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _COPY_BANDWIDTH:
+        with torch.cuda.device(index):
+            src = torch.randn(COPY_BYTES // 4, device=device)
+            dst = torch.empty_like(src)
+            timing = measure_cuda(lambda: dst.copy_(src), torch.device("cuda", index),
+                                  TimingSettings(budget_ms=200, warmup_ms=50, min_reps=10, max_reps=200, l2_flush=False))
+            _COPY_BANDWIDTH[index] = 2 * COPY_BYTES / (timing.median_ms * 1e-3) / 1e9
+            del src, dst
+            torch.cuda.empty_cache()
+    return _COPY_BANDWIDTH[index]
+
+
+# ---- correctness -----------------------------------------------------------------------------
+
+
+def compare(output: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
+    """Relative RMS error ``rms(out - ref) / rms(ref)`` and max error relative to ``max|ref|``
+    (elementwise relative error is meaningless near zeros); NaN anywhere makes both NaN."""
+    if output.shape != reference.shape:
+        raise ValueError(f"output shape {tuple(output.shape)} differs from the reference's {tuple(reference.shape)}")
+    out, ref = output.detach().double(), reference.detach().double().to(output.device)
+    diff = out - ref
+    ref_rms = ref.pow(2).mean().sqrt().clamp_min(1e-30)
+    ref_max = ref.abs().max().clamp_min(1e-30)
+    rel_rms = (diff.pow(2).mean().sqrt() / ref_rms).item()
+    max_rel = (diff.abs().max() / ref_max).item()
+    if not torch.isfinite(out).all():
+        rel_rms = max_rel = float("nan")
+    return {"rel_rms": rel_rms, "max_rel_err": max_rel}
+
+
+def check_correctness(workload: Workload, dtype: str) -> dict[str, Any]:
+    """Compare the forward output with ``workload.reference()``; ``passed`` is None without one."""
+    tolerance = workload.tolerance if workload.tolerance is not None else TOLERANCE[dtype]
+    if workload.reference is None:
+        return {"reference": None, "passed": None, "tolerance": tolerance, "note": "no reference for this workload"}
+    with torch.no_grad():
+        output = first_output(workload.fn())
+        reference = first_output(workload.reference())
+    errors = compare(output, reference)
+    passed = math.isfinite(errors["rel_rms"]) and errors["rel_rms"] <= tolerance
+    name = getattr(workload.reference, "__qualname__", "reference")
+    return {"reference": name, "checked": "forward output", **errors, "tolerance": tolerance, "passed": passed}
+
+
+# ---- one case --------------------------------------------------------------------------------
+
+
+def _throughput(row: Row, workload: Workload, mode: str, copy_gbps: float | None) -> None:
+    row.flops = workload.flops_for(mode)
+    row.bytes_ideal = workload.bytes_for(mode)
+    if not row.median_ms:
+        return
+    seconds = row.median_ms * 1e-3
+    if row.flops is not None:
+        row.tflops = row.flops / seconds / 1e12
+    if row.bytes_ideal is not None:
+        row.gbps = row.bytes_ideal / seconds / 1e9
+        if copy_gbps:
+            row.bw_fraction = row.gbps / copy_gbps
+
+
+def _release(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+
+
+def measure_case(impl: Implementation, params: Params, dtype: str, device: torch.device | str, mode: str,
+                 settings: TimingSettings, check: bool = True, profile: bool = False, *, nvml: bool = True,
+                 run_dir: str | Path | None = None, scenario: str = "", run_id: str = "") -> Row:
+    """Build, check, time and describe one case as a :class:`Row`; never raises for the case's own failures.
+
+    ``run_dir`` (optional) receives the NVML time series (``nvml/<case_id>.json``) and profiler
+    traces (``traces/``). Status: ``unsupported`` when ``impl.unavailable`` gives a reason or the
+    builder raises NotImplementedError, ``failed-check`` when the output is off the reference
+    (never timed), ``oom`` on CUDA out-of-memory, ``error`` on any other exception.
+    """
+    device = torch.device(device)
+    values = params.subset(impl.params)
+    row = Row(case_id=case_id(impl.name, impl.level, mode, dtype, values), implementation=impl.name, family=impl.family,
+              level=impl.level, mode=mode, dtype=dtype, params=values, scenario=scenario, run_id=run_id,
+              timestamp=time.time(), device=_device_name(device))
+    reason = impl.unavailable(params, dtype, device.type, mode)
+    if reason:
+        row.status, row.message = "unsupported", reason
+        return row
+    workload = step = None
+    try:
+        workload = impl.build(params, DTYPES[dtype], device, mode)
+        row.backend_detail = workload.backend_detail
+        if check:
+            row.correctness = check_correctness(workload, dtype)
+            if row.correctness["passed"] is False:
+                row.status = "failed-check"
+                row.message = (f"relative RMS error {row.correctness['rel_rms']:.3g} exceeds tolerance "
+                               f"{row.correctness['tolerance']:.3g}; not timed")
+                return row
+        step = make_step(workload, mode)
+        sampler = NvmlSampler(_device_index(device)) if nvml else None
+        if sampler is not None:
+            with sampler:
+                timing = measure(step, device, settings, workload.bytes_for(mode))
+        else:
+            timing = measure(step, device, settings, workload.bytes_for(mode))
+        _fill_timing(row, timing)
+        _throughput(row, workload, mode, copy_bandwidth_gbps(device))
+        if sampler is not None:
+            row.nvml = sampler.summary(median_ms=row.median_ms)
+            if run_dir is not None and sampler.samples:
+                row.nvml["series"] = _write_series(Path(run_dir), row.case_id, sampler.samples)
+        if profile:
+            row.profile = _profile(step, device, run_dir, row)
+    except NotImplementedError as exc:
+        row.status, row.message = "unsupported", str(exc) or type(exc).__name__
+    except torch.cuda.OutOfMemoryError as exc:
+        row.status, row.message = "oom", str(exc).splitlines()[0] if str(exc) else "CUDA out of memory"
+    except Exception as exc:  # one case's failure must never end the sweep
+        row.status, row.message = "error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=-3)}".strip()
+    finally:
+        del workload, step
+        _release(device)
+    return row
+
+
+def _fill_timing(row: Row, timing: Timing) -> None:
+    row.samples_ms = timing.samples_ms
+    row.median_ms, row.iqr_ms, row.min_ms, row.mean_ms = timing.median_ms, timing.iqr_ms, timing.min_ms, timing.mean_ms
+    row.n, row.outliers = timing.n, timing.outliers
+    row.timer, row.l2_flush, row.peak_mem_bytes = timing.timer, timing.l2_flush, timing.peak_mem_bytes
+    if timing.message:
+        row.message = timing.message
+
+
+def _profile(step: Callable[[], None], device: torch.device, run_dir: str | Path | None, row: Row) -> dict:
+    """Run the profiling engineer's ``profile_step`` once more, outside the timed repetitions."""
+    try:
+        from suite.profiling import profile_step
+    except ImportError as exc:
+        return {"error": f"suite.profiling unavailable: {exc}"}
+    trace_dir = Path(run_dir) / "traces" if run_dir is not None else Path("results/runs/traces")
+    try:
+        return profile_step(step, device=device, trace_dir=trace_dir, name=f"{row.implementation}-{row.level}-{row.case_id}")
+    except Exception as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+def _write_series(run_dir: Path, cid: str, samples: list[dict]) -> str:
+    folder = run_dir / "nvml"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{cid}.json"
+    path.write_text(json.dumps(samples, separators=(",", ":")))
+    return str(path.relative_to(run_dir))
+
+
+def _device_index(device: torch.device) -> int | None:
+    if device.type != "cuda":
+        return None
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return platform.processor() or platform.machine() or "cpu"
+

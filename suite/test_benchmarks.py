@@ -1,0 +1,65 @@
+"""Benchmarks as pytest tests: one test per case of the ``--scenario`` files (see conftest.py).
+
+    pytest suite --benchmark-only                          # the benchmarks
+    pytest suite --benchmark-only --benchmark-json=b.json  # machine-readable
+    pytest suite --benchmark-only --benchmark-compare --benchmark-compare-fail=median:10%
+
+Each case is measured once by :func:`suite.measure.measure_case` — the same timer as
+``cgspn-bench run`` (CUDA events, one sync, budgeted repetitions, cold L2). Its samples are then
+handed to pytest-benchmark: ``benchmark.pedantic`` is called once on a no-op so the fixture
+creates its statistics holder through its public entry point, and that holder's data are
+replaced by our samples (in seconds). pytest-benchmark's min/median/IQR/outliers, its JSON and
+its comparisons therefore describe the CUDA-event samples; nothing pytest-benchmark times itself
+is kept (its own clock around an asynchronous GPU call would measure only the launch).
+The whole row (statistics, NVML summary, correctness, backend) is in ``extra_info``.
+
+Outcomes: unsupported and out-of-memory cases skip with the reason; a failed correctness check
+or an error fails the test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from suite.measure import measure_case
+from suite.results import RunDir
+from suite.scenario import Case, load_scenarios
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "case" not in metafunc.fixturenames:
+        return
+    config = metafunc.config
+    scenarios, errors = load_scenarios(config.cgspn_scenarios)
+    if errors:
+        raise pytest.UsageError("scenario errors:\n" + "\n".join(errors))
+    cases: dict[str, Case] = {}
+    for scenario in scenarios:
+        if scenario.runs_on(config.cgspn_device):
+            for case in scenario.cases:
+                cases.setdefault(case.id, case)
+    metafunc.parametrize("case", list(cases.values()), ids=[c.label for c in cases.values()])
+
+
+def record_samples(benchmark, samples_ms: list[float]) -> None:
+    """Give pytest-benchmark our samples (see the module docstring for why and how)."""
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    if benchmark.stats is not None:  # None when benchmarks are disabled (--benchmark-disable)
+        benchmark.stats.stats.data = [s * 1e-3 for s in samples_ms]
+
+
+def test_case(benchmark, case: Case, request: pytest.FixtureRequest) -> None:
+    config = request.config
+    row = measure_case(case.implementation, case.params, case.dtype, config.cgspn_device, case.mode, case.timing,
+                       check=case.check, nvml=case.nvml, scenario=case.scenario)
+    benchmark.extra_info.update(dataclasses.asdict(row))
+    benchmark.group = f"{case.implementation.level}/{case.mode}/{case.dtype}"
+    if config.getoption("--bench-out"):
+        RunDir(config.getoption("--bench-out")).append(row)
+    if row.status in ("unsupported", "oom"):
+        pytest.skip(f"{row.status}: {row.message}")
+    if row.status != "ok":
+        pytest.fail(f"{row.status}: {row.message}", pytrace=False)
+    record_samples(benchmark, row.samples_ms)
