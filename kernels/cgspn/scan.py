@@ -463,7 +463,7 @@ class _PropagateFunction(torch.autograd.Function):
 # ---------------------------------------------------------------------------------------------
 # public functions
 # ---------------------------------------------------------------------------------------------
-_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+_FLOAT_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
 def _check_inputs(name: str, grids: dict[str, torch.Tensor], gates: torch.Tensor) -> None:
@@ -481,11 +481,14 @@ def _check_inputs(name: str, grids: dict[str, torch.Tensor], gates: torch.Tensor
     if gates.dtype != first.dtype:
         raise ValueError(f"{name}: gates has dtype {gates.dtype}, expected {first.dtype} like x")
     if first.dtype not in _FLOAT_DTYPES:
-        raise ValueError(f"{name}: dtype {first.dtype} not supported; allowed: float32, bfloat16, float16, float64")
-    for key, t in {**grids, "gates": gates}.items():
-        if t.numel() and t.stride(-1) != 1:
-            raise ValueError(f"{name}: {key} needs unit stride on the channel axis, got strides {t.stride()}")
+        raise ValueError(f"{name}: dtype {first.dtype} not supported; allowed: {', '.join(_FLOAT_DTYPES.values())} "
+                         "(float64: use the reference)")
     check_runnable(name, *grids.values(), gates)
+
+
+def _unit_channel_stride(t: torch.Tensor) -> torch.Tensor:
+    """The kernels address channels with unit stride; other layouts are copied once."""
+    return t if t.stride(-1) == 1 else t.contiguous()
 
 
 def cgspn_scan(x: torch.Tensor, lam: torch.Tensor, u: torch.Tensor, gates: torch.Tensor, *,
@@ -497,8 +500,8 @@ def cgspn_scan(x: torch.Tensor, lam: torch.Tensor, u: torch.Tensor, gates: torch
     raw gates shared by the four directions and normalized per scan axis (Eq. 2).
 
     Args:
-        x, lam, u: ``(B, H, W, C)``, float32/bfloat16/float16 (float64 works for checks), unit
-            stride on C, any other strides (views of one fused head output are read in place).
+        x, lam, u: ``(B, H, W, C)``, float32/bfloat16/float16, any strides; views with unit
+            stride on C (e.g. of one fused head output) are read in place, others copied once.
         gates: raw logits ``(B, H, W, 3, C)`` (l, m, r), same dtype.
         variant: ``"pairs-gather"`` (default: two launches, one per axis, both directions per
             program), ``"pairs-scratch"``, ``"directions-gather"``, ``"directions-scratch"``
@@ -518,6 +521,7 @@ def cgspn_scan(x: torch.Tensor, lam: torch.Tensor, u: torch.Tensor, gates: torch
     if variant not in SCAN_VARIANTS:
         raise ValueError(f"cgspn_scan: variant {variant!r} is not one of {', '.join(SCAN_VARIANTS)}")
     _check_inputs("cgspn_scan", {"x": x, "lam": lam, "u": u}, gates)
+    x, lam, u, gates = (_unit_channel_stride(t) for t in (x, lam, u, gates))
     if x.numel() == 0:
         return torch.zeros_like(x)
     # the forward stores each direction's h only when a backward will need it
@@ -545,6 +549,7 @@ def propagate(x: torch.Tensor, lam: torch.Tensor, gates: torch.Tensor, direction
     if shift not in ("gather", "scratch"):
         raise ValueError(f"propagate: shift {shift!r} is not one of gather, scratch")
     _check_inputs("propagate", {"x": x, "lam": lam}, gates)
+    x, lam, gates = (_unit_channel_stride(t) for t in (x, lam, gates))
     if x.numel() == 0:
         return torch.zeros_like(x)
     return _PropagateFunction.apply(x, lam, gates, direction, normalize, SHIFT_GATHER if shift == "gather" else SHIFT_SCRATCH)

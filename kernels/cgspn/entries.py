@@ -1,0 +1,134 @@
+"""Registry entries of the C-GSPN propagation at sublayer level (family ``cgspn``).
+
+- ``cgspn-scan``: the fused four-direction Triton scan (:func:`kernels.cgspn.cgspn_scan`), inputs
+  laid out as the C-GSPN layer produces them: u, lam and the 3 raw gates are views of one head
+  output ``(B, H, W, 5, C_c)``, x is the latent grid;
+- ``cgspn-scan-reference``: the PyTorch reference on the same inputs (its own ground truth);
+- ``cgspn-gate-norm-eager`` / ``cgspn-gate-norm-fused``: Eq. 2 for both scan axes from one raw
+  gate tensor (paper Sec. 4.1: fused normalization vs PyTorch).
+
+Every entry runs at C_c = ``params.c_latent`` channels. Ideal bytes count each input read once
+and each output written once: scan forward 7 elements per (b, pixel, channel) (x, lam, u, 3
+gates in, y out), backward 13 (x, lam, u, 3 gates, dy in; dx, dlam, du, 3 dgates out);
+normalization 3 in + 6 out (two axes), backward 6 in (two upstream grads) + 3 out.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kernels.cgspn.gate_norm import normalize_gates_eager_both, normalize_gates_fused
+from kernels.cgspn.reference import cgspn_scan_reference
+from kernels.cgspn.scan import cgspn_scan
+from kernels.cgspn.triton_support import runnable
+from kernels.params import ParamError, Params
+from kernels.registry import GRID_PARAMS, Workload, register
+
+SUBLAYER_PARAMS = ("batch", "channels", "compression", "latent_channels") + GRID_PARAMS
+SCAN_FLOPS_PER_ELEMENT = 4 * 8 + 4  # per direction 3 gate FMAs + lam*x FMA; merge of 4 + u (normalization not counted)
+NORM_FLOPS_PER_ELEMENT = 3 * 4 + 2 * 6  # 3 sigmoids (~4 each), per axis 2 adds + 1 reciprocal + 3 multiplies
+
+
+def _requires(triton: bool):
+    def requires(params: Params, dtype: str, device: str) -> str | None:
+        try:
+            params.check_compression()
+        except ParamError as error:
+            return str(error)
+        if triton and not runnable(device):
+            return "Triton kernels need CUDA, or TRITON_INTERPRET=1 on CPU"
+        return None
+
+    return requires
+
+
+def _numel(params: Params) -> int:
+    return params.batch * params.H * params.W * params.c_latent
+
+
+def _scan_inputs(params: Params, dtype: torch.dtype, device: torch.device, mode: str):
+    """x ``(B, H, W, C_c)`` and the layer's fused head output ``(B, H, W, 5, C_c)`` = [u, lam, l, m, r]."""
+    B, H, W, C = params.batch, params.H, params.W, params.c_latent
+    x = torch.randn(B, H, W, C, device=device, dtype=dtype)
+    head = torch.randn(B, H, W, 5, C, device=device, dtype=dtype)
+    if mode == "fwd+bwd":
+        x.requires_grad_(True)
+        head.requires_grad_(True)
+    return x, head
+
+
+def _views(head: torch.Tensor):
+    """(lam, u, gates) as strided views of the head output, as the C-GSPN layer passes them."""
+    return head[..., 1, :], head[..., 0, :], head[..., 2:5, :]
+
+
+@register("cgspn-scan", family="cgspn", level="sublayer", params=SUBLAYER_PARAMS, requires=_requires(True),
+          description="C-GSPN sublayer: fused four-direction Triton scan, normalization folded in")
+def build_scan(params: Params, dtype: torch.dtype, device: torch.device, mode: str) -> Workload:
+    x, head = _scan_inputs(params, dtype, device, mode)
+
+    def reference() -> torch.Tensor:
+        lam, u, gates = _views(head.detach().float())
+        return cgspn_scan_reference(x.detach().float(), lam, u, gates)
+
+    element = torch.finfo(dtype).bits // 8
+    return Workload(
+        fn=lambda: cgspn_scan(x, *_views(head)),
+        inputs=[x, head] if mode == "fwd+bwd" else [],
+        reference=reference,
+        flops=SCAN_FLOPS_PER_ELEMENT * _numel(params),
+        flops_bwd=2 * SCAN_FLOPS_PER_ELEMENT * _numel(params),
+        bytes_ideal=7 * _numel(params) * element,
+        bytes_ideal_bwd=13 * _numel(params) * element,
+        backend_detail="triton pairs-gather",
+    )
+
+
+@register("cgspn-scan-reference", family="cgspn", level="sublayer", params=SUBLAYER_PARAMS, requires=_requires(False),
+          dtypes=("float32", "bfloat16", "float16", "float64"),
+          description="C-GSPN sublayer: PyTorch reference (loop over scan steps, fp32/fp64 math)")
+def build_scan_reference(params: Params, dtype: torch.dtype, device: torch.device, mode: str) -> Workload:
+    x, head = _scan_inputs(params, dtype, device, mode)
+    element = torch.finfo(dtype).bits // 8
+    return Workload(
+        fn=lambda: cgspn_scan_reference(x, *_views(head)),
+        inputs=[x, head] if mode == "fwd+bwd" else [],
+        flops=SCAN_FLOPS_PER_ELEMENT * _numel(params),
+        flops_bwd=2 * SCAN_FLOPS_PER_ELEMENT * _numel(params),
+        bytes_ideal=7 * _numel(params) * element,
+        bytes_ideal_bwd=13 * _numel(params) * element,
+        backend_detail="pytorch reference",
+    )
+
+
+def _gate_workload(params: Params, dtype: torch.dtype, device: torch.device, mode: str, fn, detail: str) -> Workload:
+    B, H, W, C = params.batch, params.H, params.W, params.c_latent
+    gates = torch.randn(B, H, W, 3, C, device=device, dtype=dtype)
+    if mode == "fwd+bwd":
+        gates.requires_grad_(True)
+    element = torch.finfo(dtype).bits // 8
+
+    def reference():
+        return normalize_gates_eager_both(gates.detach().to(torch.float64 if dtype == torch.float64 else torch.float32))
+
+    return Workload(
+        fn=lambda: fn(gates),
+        inputs=[gates] if mode == "fwd+bwd" else [],
+        reference=reference,
+        flops=NORM_FLOPS_PER_ELEMENT * _numel(params),
+        bytes_ideal=9 * _numel(params) * element,
+        bytes_ideal_bwd=9 * _numel(params) * element,
+        backend_detail=detail,
+    )
+
+
+@register("cgspn-gate-norm-eager", family="cgspn", level="sublayer", params=SUBLAYER_PARAMS, requires=_requires(False),
+          description="gate normalization (Eq. 2) for both scan axes in eager PyTorch")
+def build_gate_norm_eager(params: Params, dtype: torch.dtype, device: torch.device, mode: str) -> Workload:
+    return _gate_workload(params, dtype, device, mode, normalize_gates_eager_both, "pytorch eager")
+
+
+@register("cgspn-gate-norm-fused", family="cgspn", level="sublayer", params=SUBLAYER_PARAMS, requires=_requires(True),
+          description="gate normalization (Eq. 2) for both scan axes in one Triton pass")
+def build_gate_norm_fused(params: Params, dtype: torch.dtype, device: torch.device, mode: str) -> Workload:
+    return _gate_workload(params, dtype, device, mode, lambda g: normalize_gates_fused(g, "both"), "triton fused")
