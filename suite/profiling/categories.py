@@ -58,7 +58,7 @@ def _any(*patterns: str) -> re.Pattern:
 # Checked on the kernel's own name (step 1) and on each enclosing op/range name (step 6), in this
 # order: gate_norm before propagation so "_cgspn_gate_norm" is gate normalization, not scan.
 NAME_RULES: tuple[tuple[str, re.Pattern], ...] = (
-    (GATE_NORM, _any(r"gate_?norm", r"norm\w*_gates?", r"(?<![a-z])gates?_\w*norm", r"sigmoid")),
+    (GATE_NORM, _any(r"(?<![a-z])gates?_?norm", r"normali[sz]e_?gates?", r"sigmoid")),
     (PROPAGATION, _any(r"cgspn", r"gspn", r"propagat", r"(?<!device)scan")),
     (ATTENTION, _any(r"flash", r"fmha", r"sdpa", r"attention", r"attn", r"softmax")),
     (NORMALIZATION, _any(r"layer_?norm", r"group_?norm", r"batch_?norm", r"rms_?norm", r"(?<![a-z])grn(?![a-z])",
