@@ -47,13 +47,15 @@ def _env_gpu_name(environment: dict[str, Any]) -> str | None:
             value = value.get("name")
         if isinstance(value, str) and value.strip():
             return value.strip()
-    if environment.get("device") == "cpu" and environment.get("cpu"):
-        return str(environment["cpu"])
     return None
 
 
 def gpu_model_of(environment: dict[str, Any], rows: list[Row]) -> str:
-    """The device model a run measured on: the rows' ``device`` (most common), else the environment's GPU name."""
+    """The device model a run measured on: the rows' ``device`` (most common), else the environment's GPU name.
+
+    CPU runs are named by the environment's CPU model (the rows only say ``x86_64``)."""
+    if environment.get("device") == "cpu" and environment.get("cpu"):
+        return str(environment["cpu"])
     names = Counter(r.device.strip() for r in rows if r.device and r.device.strip())
     if names:
         return names.most_common(1)[0][0]

@@ -20,13 +20,21 @@ from suite.gate.render import render
 from suite.gate.thresholds import ThresholdError, Thresholds, parse_percent
 
 EXIT_PASSED, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
+GATE_HELP = """Judge a run against the baseline of its card (or, with --ab, the current tree against a git ref
+measured in this job). A case regresses when its median is slower than its max slowdown AND the shift
+exceeds the IQR noise of both runs AND the bootstrap CI of the median ratio excludes 1 AND a one-sided
+Mann-Whitney U test is significant. See docs/gates.md.
+
+Exit codes: 0 passed; 1 failed (a regression, a correctness failure, a case that errored or ran out
+of memory where the baseline did not); 2 could not compare (bad input, a baseline of another GPU model,
+no baseline for this card)."""
 DEFAULT_AB_SCENARIO = "scenarios/gate.yaml"
 
 
 def register_cli(subparsers: argparse._SubParsersAction) -> None:
     """Add ``gate`` and ``baseline`` to the suite's CLI (called by suite.cli)."""
     gate = subparsers.add_parser("gate", help="fail on speed regressions or correctness failures against a baseline or a git ref",
-                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 description=GATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = gate.add_argument_group("what to compare (either --baseline and --current, or --ab)")
     source.add_argument("--baseline", help="baseline file (results/baselines/<card>.json), a directory of them "
                         "(the current card's file is picked) or a run directory")
@@ -49,8 +57,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     rule.add_argument("--fail-on-missing", action="store_true", help="also fail when a baseline case is absent from the run")
     out = gate.add_argument_group("output")
     out.add_argument("--json", metavar="PATH", help="write the verdicts as JSON")
-    out.add_argument("--hide-unchanged", action="store_true", help="leave unchanged cases out of the table")
-    gate.set_defaults(func=run_gate)
+    out.add_argument("--hide-unchanged", action="store_true", help="leave unchanged and skipped cases out of the table")
+    gate.set_defaults(handler=run_gate)
 
     baseline = subparsers.add_parser("baseline", help="write or inspect the per-card baselines of the gate")
     actions = baseline.add_subparsers(dest="baseline_command", required=True, metavar="{update,show,path}")
@@ -58,14 +66,14 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     update.add_argument("--from", dest="run", required=True, help="run directory (results/runs/NAME)")
     update.add_argument("--dir", default=str(DEFAULT_DIR), help=f"baseline directory (default {DEFAULT_DIR})")
     update.add_argument("--force", action="store_true", help="accept a run with correctness failures or the test slowdown")
-    update.set_defaults(func=run_baseline_update)
+    update.set_defaults(handler=run_baseline_update)
     show = actions.add_parser("show", help="print a baseline (or every baseline in a directory)")
     show.add_argument("path", nargs="?", default=str(DEFAULT_DIR), help=f"baseline file or directory (default {DEFAULT_DIR})")
-    show.set_defaults(func=run_baseline_show)
+    show.set_defaults(handler=run_baseline_show)
     path = actions.add_parser("path", help="print the baseline file for the card a run was measured on")
     path.add_argument("--for", dest="run", required=True, help="run directory")
     path.add_argument("--dir", default=str(DEFAULT_DIR), help=f"baseline directory (default {DEFAULT_DIR})")
-    path.set_defaults(func=run_baseline_path)
+    path.set_defaults(handler=run_baseline_path)
 
 
 def _rule(args: argparse.Namespace) -> tuple[DecisionRule, Thresholds]:
@@ -171,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cgspn-bench")
     register_cli(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    return args.func(args)
+    return args.handler(args)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,14 @@ verdict         meaning                                                         
 ==============  ==============================================================  =========
 regression      slower beyond threshold, noise and significance (decision.py)   yes
 failed-check    the current row failed its correctness check                    yes
-broken          the current row errored or ran out of memory; the baseline      yes
-                did not
+broken          the current row errored (or ran out of memory where the         yes
+                baseline was ok)
 inconclusive    slower than the threshold but within the noise                  no
 improvement     faster beyond threshold, noise and significance                 no
-unchanged       within the threshold (or the same non-ok status on both sides)  no
+unchanged       within the threshold                                            no
 not-run         ok in the baseline, unsupported now (e.g. a missing library)    no
+skipped         not timed on either side (same oom/unsupported status; a new    no
+                case that is unsupported or out of memory)
 missing         in the baseline, absent from the current run                    --fail-on-missing
 new             absent from (or not measured in) the baseline                   no
 ==============  ==============================================================  =========
@@ -35,7 +37,8 @@ from suite.gate.thresholds import Thresholds
 from suite.measure import Timing
 from suite.results import Row
 
-VERDICTS = ("regression", "failed-check", "broken", "inconclusive", "not-run", "missing", "new", "improvement", "unchanged")
+VERDICTS = ("regression", "failed-check", "broken", "inconclusive", "not-run", "missing", "new", "improvement", "unchanged",
+            "skipped")
 FAILING = frozenset({"regression", "failed-check", "broken"})
 
 
@@ -175,6 +178,21 @@ def _describe(snapshot: Snapshot) -> dict[str, Any]:
             "created": snapshot.created or None, "rows": len(snapshot.rows)}
 
 
+def _not_ok_verdict(base: Row | None, cur: Row) -> tuple[str, str]:
+    """A current row that was not timed: an error (or an OOM the baseline did not have) is broken;
+    unsupported where the baseline ran is not-run; the rest is skipped."""
+    message = cur.message.splitlines()[0] if cur.message else ""
+    if base is not None and base.status == "ok":
+        if cur.status == "unsupported":
+            return "not-run", f"unsupported here now: {message}"
+        return "broken", f"{cur.status} now, ok in the baseline: {message}"
+    if cur.status == "error" and (base is None or base.status != "error"):
+        return "broken", f"error{' (baseline: ' + base.status + ')' if base else ' (new case)'}: {message}"
+    if base is not None and base.status == cur.status:
+        return "skipped", f"{cur.status} on both sides"
+    return "skipped", f"{cur.status}{' (baseline: ' + base.status + ')' if base else ' (new case)'}: {message}"
+
+
 def judge_case(base: Row | None, cur: Row | None, threshold: float, rule: DecisionRule) -> CaseResult:
     """The verdict for one case_id (either side may be absent)."""
     ref = cur or base
@@ -191,15 +209,7 @@ def judge_case(base: Row | None, cur: Row | None, threshold: float, rule: Decisi
         result.verdict, result.reason = "failed-check", f"correctness check failed ({detail or cur.message})"
         return result
     if cur.status != "ok":
-        if base is not None and base.status == cur.status:
-            result.reason = f"{cur.status} on both sides"
-        elif cur.status == "unsupported":
-            result.verdict = "not-run" if base is not None and base.status == "ok" else "new"
-            result.reason = f"unsupported here: {cur.message}"
-        elif base is None:
-            result.verdict, result.reason = "broken", f"new case, {cur.status}: {cur.message}"
-        else:
-            result.verdict, result.reason = "broken", f"{cur.status} (baseline: {base.status}): {cur.message}"
+        result.verdict, result.reason = _not_ok_verdict(base, cur)
         return result
     if base is None or base.status != "ok":
         result.verdict = "new"

@@ -9,7 +9,8 @@ from rich.table import Table
 from suite.gate.compare import FAILING, GateReport
 
 STYLES = {"regression": "bold red", "failed-check": "bold red", "broken": "bold red", "inconclusive": "yellow",
-          "not-run": "yellow", "missing": "yellow", "new": "cyan", "improvement": "green", "unchanged": "dim"}
+          "not-run": "yellow", "missing": "yellow", "new": "cyan", "improvement": "green", "unchanged": "dim",
+          "skipped": "dim"}
 
 
 def _ms(summary: dict | None) -> str:
@@ -39,7 +40,7 @@ def render(report: GateReport, console: Console | None = None, show_unchanged: b
         table.add_column(name, justify=justify, overflow="fold")
     hidden = 0
     for case in report.cases:
-        if case.verdict == "unchanged" and not show_unchanged:
+        if case.verdict in ("unchanged", "skipped") and not show_unchanged:
             hidden += 1
             continue
         style = STYLES[case.verdict]
@@ -51,7 +52,7 @@ def render(report: GateReport, console: Console | None = None, show_unchanged: b
                       ci, p, threshold, escape(case.reason))
     console.print(table)
     if hidden:
-        console.print(f"({hidden} unchanged cases not shown)")
+        console.print(f"({hidden} unchanged or skipped cases not shown)")
     counts = ", ".join(f"{n} {v}" for v, n in report.counts().items() if n)
     if report.passed:
         console.print(f"[bold green]GATE PASSED[/] ({counts})")
