@@ -55,9 +55,11 @@ def hybrid_network(params: Params, attention_variant: str) -> VisionEncoder:
 
 def as_reference(net: nn.Module) -> nn.Module:
     """Same weights, reference kernels: math attention and the C-GSPN PyTorch scan."""
+    from kernels.cgspn.layer import CGSPNLayer
+
     set_variant(net, "reference")
     for m in net.modules():
-        if hasattr(m, "scan") and hasattr(m, "fused_norm"):  # CGSPNLayer
+        if isinstance(m, CGSPNLayer):
             m.scan = "reference"
     return net
 

@@ -169,7 +169,7 @@ def resolve(backend: str, device_type: str) -> AttentionKernel:
 
 
 @functools.cache
-def _probe(backend: str, dtype: torch.dtype, head_dim: int, device_type: str) -> str | None:
+def probe_backend(backend: str, dtype: torch.dtype, head_dim: int, device_type: str) -> str | None:
     """Run the backend once on a tiny input; the SDPA warnings say why it refused."""
     kernel = resolve(backend, device_type)
     q = torch.randn(1, 1, 16, head_dim, device=device_type, dtype=dtype)
@@ -196,7 +196,7 @@ def backend_unavailable(backend: str, dtype: torch.dtype, head_dim: int, device_
         return f"attention-{backend}: CUDA is not available"
     if backend in ("flash", "cudnn") and dtype not in (torch.float16, torch.bfloat16):
         return f"attention-{backend}: supports float16/bfloat16 only, not {str(dtype).removeprefix('torch.')}"
-    return _probe(backend, dtype, head_dim, device_type)
+    return probe_backend(backend, dtype, head_dim, device_type)
 
 
 def fastest_backend(device_type: str, dtype: torch.dtype, head_dim: int) -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.attention.sublayer import BACKENDS, _probe, backend_unavailable, resolve
+from kernels.attention.sublayer import BACKENDS, backend_unavailable, probe_backend, resolve
 from kernels.attention.tiled import DEFAULT_TILE, tiled_attention
 
 VARIANTS = BACKENDS + ("tiled-flash",)
@@ -64,7 +64,7 @@ def variant_unavailable(variant: str, dtype: torch.dtype, head_dim: int, device_
         return None
     if variant == "tiled-flash":
         if device_type == "cpu":
-            return _probe("flash", dtype, head_dim, "cpu")
+            return probe_backend("flash", dtype, head_dim, "cpu")
         why = backend_unavailable("flash", dtype, head_dim, device_type)
         return None if why is None else f"attention-tiled-flash: inner {why}"
     return backend_unavailable(variant, dtype, head_dim, device_type)
