@@ -23,7 +23,11 @@ from kernels.cgspn.reference import AXIS_OF, normalize_gates_eager  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # relative RMS error allowed against the float64 reference: a few units of the dtype's rounding
-TOLERANCE = {torch.float32: 1e-5, torch.float16: 4 * torch.finfo(torch.float16).eps, torch.bfloat16: 4 * torch.finfo(torch.bfloat16).eps}
+TOLERANCE = {
+    torch.float32: 1e-5,
+    torch.float16: 4 * torch.finfo(torch.float16).eps,
+    torch.bfloat16: 4 * torch.finfo(torch.bfloat16).eps,
+}
 gpu_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (full-size shapes)")
 
 
@@ -84,7 +88,7 @@ def check_scan(shape, dtype, variant="pairs-gather", gate_fill=None):
         assert_close(f"{variant} {tuple(shape)} {name}", a, b, TOLERANCE[dtype])
 
 
-SHAPES = [(1, 1, 1, 1), (1, 1, 7, 3), (1, 6, 1, 3), (3, 5, 7, 1), (1, 5, 7, 40), (2, 9, 4, 64)]
+SHAPES = [(1, 1, 1, 1), (1, 1, 7, 3), (1, 6, 1, 3), (3, 5, 7, 1), (1, 3, 5, 40), (1, 4, 3, 64)]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}xH{}xW{}xC{}".format(*s))
@@ -94,12 +98,12 @@ def test_scan_matches_reference_fp32(shape):
 
 @pytest.mark.parametrize("variant", SCAN_VARIANTS)
 def test_scan_variants_agree_with_reference(variant):
-    check_scan((2, 5, 7, 3), torch.float32, variant)
+    check_scan((1, 4, 5, 3), torch.float32, variant)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_scan_low_precision(dtype):
-    check_scan((2, 5, 7, 40), dtype)
+    check_scan((1, 5, 7, 40), dtype)
 
 
 GATE_FILLS = {
@@ -111,7 +115,7 @@ GATE_FILLS = {
 
 @pytest.mark.parametrize("fill", GATE_FILLS, ids=str)
 def test_scan_adversarial_gates(fill):
-    check_scan((1, 6, 5, 3), torch.float32, gate_fill=GATE_FILLS[fill])
+    check_scan((1, 6, 5, 2), torch.float32, gate_fill=GATE_FILLS[fill])
 
 
 def test_scan_reads_layer_views_in_place():
@@ -144,11 +148,14 @@ def test_scan_without_grad_matches_training_forward():
     assert torch.equal(y_infer, y_train.detach())
 
 
-@pytest.mark.parametrize("direction", DIRECTIONS)
-@pytest.mark.parametrize("normalize", [True, False], ids=["raw-gates", "normalized-gates"])
-@pytest.mark.parametrize("shift", ["gather", "scratch"])
+PROPAGATE_CASES = [(d, normalize, "gather") for d in DIRECTIONS for normalize in (True, False)]
+PROPAGATE_CASES += [("bt", True, "scratch"), ("lr", False, "scratch")]
+
+
+@pytest.mark.parametrize("direction,normalize,shift", PROPAGATE_CASES,
+                         ids=lambda v: {True: "raw-gates", False: "normalized-gates"}.get(v, v) if isinstance(v, bool) else v)
 def test_propagate_matches_reference(direction, normalize, shift):
-    x, lam, _, gates = make_inputs((2, 5, 7, 3), torch.float32)
+    x, lam, _, gates = make_inputs((2, 4, 5, 3), torch.float32)
     if not normalize:  # any weights: the GSPN layer passes its own eagerly normalized gates
         gates = torch.rand_like(gates)
     dy = torch.randn(x.shape, generator=torch.Generator().manual_seed(2)).to(DEVICE)
@@ -165,7 +172,7 @@ def test_propagate_matches_reference(direction, normalize, shift):
 
 
 def test_propagate_bf16_non_square():
-    x, lam, _, gates = make_inputs((3, 4, 9, 40), torch.bfloat16)
+    x, lam, _, gates = make_inputs((3, 4, 9, 20), torch.bfloat16)
     dy = torch.randn(x.shape, generator=torch.Generator().manual_seed(2)).to(DEVICE)
     ours = run_with_grads(lambda x, lam, g: propagate(x, lam, g, "rl"), [x, lam, gates], dy, torch.bfloat16)
     ref = run_with_grads(lambda x, lam, g: propagate_reference(x, lam, normalize_gates_eager(g, "horizontal"), "rl"),
