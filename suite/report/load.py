@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
 from kernels.params import ParamError, Params
 from suite.results import ROWS_FILE, RUN_FILE, Row, RunDir, flatten
@@ -50,26 +51,29 @@ def scenario_hash(scenario: dict) -> str:
 
 
 def scenarios_of(meta: dict) -> list[dict]:
-    """The scenarios stored in run.json under ``"scenarios"``, as a list of scenario dicts.
+    """The scenarios stored in run.json under ``"scenarios"``, as scenario mappings.
 
-    Accepts a list of scenario dicts, or a mapping ``name -> scenario`` (a scenario may be wrapped
-    as ``{"content": {...}, "path": ..., "hash": ...}``); the wrapper's path/hash are kept as
-    ``_path``/``_hash``.
+    The runner stores ``suite.scenario.Scenario.record()``: name, path, sha256 and the file's
+    ``contents`` (YAML text), which is parsed here; already-parsed mappings are accepted as they
+    are. The record's path and hash are kept as ``_path`` and ``_sha256``.
     """
     raw = meta.get("scenarios") or []
-    items = list(raw.items()) if isinstance(raw, dict) else [(None, s) for s in raw]
+    records = [{"name": k, **v} for k, v in raw.items()] if isinstance(raw, dict) else list(raw)
     out = []
-    for name, entry in items:
-        if not isinstance(entry, dict):
-            raise ReportError(f"run.json scenarios: expected a mapping per scenario, got {type(entry).__name__}")
-        inner = entry.get("content", entry.get("scenario"))
-        scenario = dict(inner) if isinstance(inner, dict) else dict(entry)
-        if isinstance(inner, dict):
-            for key in ("path", "hash", "sha256"):
-                if key in entry:
-                    scenario[f"_{key}"] = entry[key]
-        if name is not None:
-            scenario.setdefault("name", name)
+    for record in records:
+        if not isinstance(record, dict):
+            raise ReportError(f"run.json scenarios: expected a mapping per scenario, got {type(record).__name__}")
+        if isinstance(record.get("contents"), str):
+            try:
+                scenario = yaml.safe_load(record["contents"]) or {}
+            except yaml.YAMLError as exc:
+                raise ReportError(f"run.json scenario {record.get('name')!r}: contents are not valid YAML: {exc}") from None
+            if not isinstance(scenario, dict):
+                raise ReportError(f"run.json scenario {record.get('name')!r}: contents are not a mapping")
+            scenario.setdefault("name", record.get("name", ""))
+            scenario["_path"], scenario["_sha256"] = record.get("path", ""), record.get("sha256", "")
+        else:
+            scenario = dict(record)
         out.append(scenario)
     return out
 

@@ -1,0 +1,15 @@
+"""Reports: a run directory rendered as HTML (figures, tables, the paper's claims) plus CSV/PNG/SVG.
+
+    cgspn-bench report results/runs/RUN [--compare results/runs/OTHER] [--out reports/local/NAME]
+    cgspn-bench reproduce [--out DIR] [--report DIR] [--device cuda|cpu] [--budget-scale F]
+
+Modules: ``load`` (read a run), ``claims`` (evaluate the scenarios' claims; reusable by gates),
+``tables`` and ``figures`` (pandas frames, matplotlib figures), ``expected`` (missing cases of a
+partial run), ``render`` (HTML via the jinja2 templates in ``templates/``), ``reproduce`` (run
+every paper scenario, then report), ``cli`` (the subcommands). Importing this package is cheap:
+``suite.cli`` imports it to build its parser, the heavy modules load when a command runs.
+"""
+
+from suite.report.cli import register_cli
+
+__all__ = ["register_cli"]

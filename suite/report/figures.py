@@ -1,0 +1,327 @@
+"""The report's figures (matplotlib, Agg): latency sweeps, speedups, time breakdowns, run comparison.
+
+Each scenario is one paper figure: its rows are plotted against the axis it sweeps (resolution,
+channels, batch, compression, ...), one panel per level, one line per implementation, with the
+paper's own points (``paper_points`` of the scenario) overlaid as hollow diamonds. A case that did
+not produce a time (OOM, error, failed check) is marked with an x at the top of its panel, so a
+line that stops says why. Every figure is saved as PNG and SVG and inlined into the HTML as PNG.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: no display on CI or GPU boxes
+
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure as MplFigure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
+
+from kernels.params import Params  # noqa: E402
+from suite.profiling.categories import CATEGORIES  # noqa: E402
+from suite.report.load import Run, resolution_of  # noqa: E402
+from suite.report.tables import PARAM_ABBREV, case_columns, case_label, speedups  # noqa: E402
+from suite.results import Row  # noqa: E402
+
+# The axis a scenario is plotted against: the first of these that varies among its rows.
+AXIS_PRIORITY = ("grid", "channels", "batch", "latent_channels", "compression", "attn_blocks", "depth", "tile", "chunk",
+                 "heads", "mlp_hidden")
+AXIS_LABEL = {"grid": "resolution (px)", "channels": "channels C", "batch": "batch B", "latent_channels": "latent channels C_c",
+              "compression": "compression s", "attn_blocks": "attention blocks", "depth": "blocks", "tile": "tile side (tokens)",
+              "chunk": "chunk", "heads": "heads", "mlp_hidden": "MLP hidden width"}
+LEVEL_ORDER = ("sublayer", "layer", "block", "network")
+STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
+         "grid.alpha": 0.3, "legend.fontsize": 8, "legend.frameon": False, "savefig.bbox": "tight"}
+PAPER_LABEL = "paper (A100)"
+
+
+@dataclass
+class Figure:
+    """A rendered figure: PNG bytes for inlining, files on disk after :meth:`save`."""
+
+    name: str  # file stem and HTML anchor
+    title: str
+    caption: str
+    png: bytes
+    svg: bytes
+    wide: bool = False  # spans the page width (several panels, or one bar per case)
+
+    @property
+    def png_base64(self) -> str:
+        return base64.b64encode(self.png).decode("ascii")
+
+    def save(self, directory: Path) -> list[Path]:
+        paths = [directory / f"{self.name}.png", directory / f"{self.name}.svg"]
+        paths[0].write_bytes(self.png)
+        paths[1].write_bytes(self.svg)
+        return paths
+
+
+def _finish(fig: MplFigure, name: str, title: str, caption: str, wide: bool = False) -> Figure:
+    png, svg = io.BytesIO(), io.BytesIO()
+    fig.savefig(png, format="png", dpi=130)
+    fig.savefig(svg, format="svg", metadata={"Date": None})  # no timestamp: re-renders are byte-stable
+    plt.close(fig)
+    return Figure(name, title, caption, png.getvalue(), svg.getvalue(), wide)
+
+
+def implementation_colors(names: list[str]) -> dict[str, str]:
+    """A stable colour per implementation name (tab10, then tab20 for larger runs)."""
+    ordered = sorted(set(names))
+    cmap = plt.get_cmap("tab10" if len(ordered) <= 10 else "tab20")
+    return {n: matplotlib.colors.to_hex(cmap(i % cmap.N)) for i, n in enumerate(ordered)}
+
+
+def axis_value(params: dict, axis: str) -> float | None:
+    if axis == "grid":
+        return resolution_of(params)
+    return params.get(axis)
+
+
+def varying_axes(rows: list[Row]) -> list[str]:
+    """Sweep axes whose value differs between rows, most important first (AXIS_PRIORITY)."""
+    values: dict[str, set] = defaultdict(set)
+    for row in rows:
+        for axis in AXIS_PRIORITY:
+            value = axis_value(row.params, axis)
+            if value is not None:
+                values[axis].add(value)
+    return [a for a in AXIS_PRIORITY if len(values[a]) > 1]
+
+
+def _line_key(row: Row, others: list[str], show_mode: bool, show_dtype: bool) -> str:
+    parts = [row.implementation]
+    parts += [f"{PARAM_ABBREV.get(a, a)}={axis_value(row.params, a)}" for a in others if axis_value(row.params, a) is not None]
+    if show_mode:
+        parts.append(row.mode)
+    if show_dtype:
+        parts.append(row.dtype)
+    return " ".join(parts)
+
+
+def _plot_panel(ax, rows: list[Row], axis: str, others: list[str], colors: dict[str, str], paper_points: list[dict]) -> None:
+    show_mode = len({r.mode for r in rows}) > 1
+    show_dtype = len({r.dtype for r in rows}) > 1
+    lines: dict[str, list[Row]] = defaultdict(list)
+    for row in rows:
+        lines[_line_key(row, others, show_mode, show_dtype)].append(row)
+    failed_any = False
+    for label, members in sorted(lines.items()):
+        members.sort(key=lambda r: axis_value(r.params, axis) or 0)
+        color = colors[members[0].implementation]
+        ok = [r for r in members if r.status == "ok" and r.median_ms is not None]
+        style = "--" if members[0].mode == "fwd+bwd" else "-"
+        ax.plot([axis_value(r.params, axis) for r in ok], [r.median_ms for r in ok], style, marker="o", ms=3.5, lw=1.5,
+                color=color, label=label)
+        for r in members:
+            if r.status != "ok":
+                failed_any = True
+                ax.plot(axis_value(r.params, axis), 0.97, marker="x", ms=6, mew=1.5, color=color,
+                        transform=ax.get_xaxis_transform(), clip_on=False)
+    shown_paper = False
+    for point in paper_points:
+        x = axis_value({"patch": Params.patch, **(point.get("params") or {})}, axis)
+        if x is None or point.get("ms") is None:
+            continue
+        ax.plot(x, point["ms"], marker="D", ms=7, mfc="none", mew=1.5, ls="none",
+                color=colors.get(point.get("implementation"), "black"), zorder=5)
+        shown_paper = True
+    _plain_log_y(ax)
+    if axis != "grid":
+        ax.set_xscale("log", base=2)
+    xs = sorted({axis_value(r.params, axis) for r in rows if axis_value(r.params, axis) is not None})
+    ax.set_xticks(xs, [f"{x:g}" for x in xs], rotation=45 if len(xs) > 6 else 0)
+    ax.minorticks_off()
+    handles, labels = ax.get_legend_handles_labels()
+    if shown_paper:
+        handles.append(Line2D([], [], marker="D", mfc="none", color="black", ls="none"))
+        labels.append(PAPER_LABEL)
+    if failed_any:
+        handles.append(Line2D([], [], marker="x", color="black", ls="none"))
+        labels.append("no time (oom/error/failed check)")
+    ax.legend(handles, labels, loc="best")
+
+
+def _plain_log_y(ax) -> None:
+    """Log y with 1-2-5 ticks printed as plain numbers (0.5, 1, 2, 5, 10...), readable in a paper."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def _levels(rows: list[Row]) -> list[str]:
+    return sorted({r.level for r in rows}, key=lambda lvl: LEVEL_ORDER.index(lvl) if lvl in LEVEL_ORDER else 99)
+
+
+def _panels(n: int) -> tuple[MplFigure, list]:
+    cols = min(n, 2)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(5.4 * cols, 3.9 * rows), squeeze=False)
+    flat = list(axes.flat)
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-") or "all"
+
+
+def _scenario_groups(run: Run, case_ids: dict[str, set[str]]) -> list[tuple[str, dict, list[Row]]]:
+    """(name, scenario, rows) per scenario: the rows of its cases (``case_ids``, from expanding it),
+    else the rows that name it."""
+    by_name = {s.get("name", ""): s for s in run.scenarios}
+    groups: dict[str, list[Row]] = defaultdict(list)
+    for row in run.rows:
+        homes = [name for name, ids in case_ids.items() if row.case_id in ids] or [row.scenario]
+        for name in homes:
+            groups[name].append(row)
+    return [(name, by_name.get(name, {}), rows) for name, rows in sorted(groups.items())]
+
+
+def latency_figure(name: str, scenario: dict, rows: list[Row], colors: dict[str, str]) -> Figure | None:
+    """Latency against the scenario's sweep axis, one panel per level; bars when nothing is swept."""
+    axes_varying = varying_axes(rows)
+    title_ref = f" ({scenario['paper']})" if scenario.get("paper") else ""
+    with plt.rc_context(STYLE):
+        levels = _levels(rows)
+        fig, panels = _panels(len(levels))
+        if not axes_varying:
+            for ax, level in zip(panels, levels, strict=True):
+                ok = sorted((r for r in rows if r.level == level and r.status == "ok" and r.median_ms), key=lambda r: r.median_ms)
+                labels = [f"{r.implementation} {r.mode}" for r in ok]
+                ax.barh(labels, [r.median_ms for r in ok], color=[colors[r.implementation] for r in ok])
+                ax.set_xscale("log")
+                ax.set_xlabel("median latency (ms)")
+                ax.set_title(level)
+                ax.invert_yaxis()
+            caption = "Median latency per implementation (log scale)."
+        else:
+            axis, others = axes_varying[0], axes_varying[1:]
+            paper_points = scenario.get("paper_points") or []
+            for ax, level in zip(panels, levels, strict=True):
+                level_rows = [r for r in rows if r.level == level]
+                _plot_panel(ax, level_rows, axis, others, colors, [p for p in paper_points if p.get("level") == level])
+                ax.set_xlabel(AXIS_LABEL[axis])
+                ax.set_ylabel("median latency (ms)")
+                ax.set_title(level)
+            caption = (f"Median latency vs {AXIS_LABEL[axis]} (log y), one line per implementation; dashed lines are "
+                       "forward+backward. Hollow diamonds are the paper's A100 numbers where the scenario gives them.")
+        fig.suptitle(f"{name}{title_ref}", fontsize=11)
+        return _finish(fig, f"latency-{_slug(name)}", f"Latency: {name}{title_ref}", caption, wide=len(levels) > 1)
+
+
+def speedup_figure(name: str, scenario: dict, rows: list[Row], colors: dict[str, str]) -> Figure | None:
+    """Speedup vs resolution over the fastest attention row at each point (see tables.speedups)."""
+    if "grid" not in varying_axes(rows):
+        return None
+    frame = speedups(rows)
+    if frame.empty:
+        return None
+    with plt.rc_context(STYLE):
+        levels = [lvl for lvl in _levels(rows) if lvl in set(frame["level"])]
+        fig, panels = _panels(len(levels))
+        for ax, level in zip(panels, levels, strict=True):
+            sub = frame[frame["level"] == level]
+            show_mode = sub["mode"].nunique() > 1
+            for (impl, mode, params), line in sub.groupby(["implementation", "mode", "params"], sort=True):
+                line = line.sort_values("resolution_px")
+                several = sub[sub["implementation"] == impl]["params"].nunique() > 1  # e.g. two compressions
+                label = impl + (f" {params}" if several else "") + (f" {mode}" if show_mode else "")
+                ax.plot(line["resolution_px"], line["speedup_x"], "--" if mode == "fwd+bwd" else "-", marker="o", ms=3.5,
+                        color=colors[impl], label=label)
+            ax.axhline(1.0, color="grey", lw=1, ls=":")
+            _plain_log_y(ax)
+            xs = sorted(set(sub["resolution_px"]))
+            ax.set_xticks(xs, [f"{x:g}" for x in xs])
+            ax.minorticks_off()
+            ax.set_xlabel(AXIS_LABEL["grid"])
+            ax.set_ylabel("speedup over best attention (x)")
+            ax.set_title(level)
+            ax.legend(loc="best")
+        fig.suptitle(f"{name}: speedup over the strongest attention baseline", fontsize=11)
+        caption = ("Speedup = latency of the fastest attention implementation at that point / latency of the implementation; "
+                   "above the dotted line is faster than every attention baseline measured.")
+        return _finish(fig, f"speedup-{_slug(name)}", f"Speedup: {name}", caption, wide=len(levels) > 1)
+
+
+def breakdown_figure(rows: list[Row]) -> Figure | None:
+    """Stacked bars of GPU time per kernel category (Row.profile["categories"]), one bar per profiled row."""
+    profiled = [r for r in rows if (r.profile or {}).get("categories")]
+    if not profiled:
+        return None
+    profiled.sort(key=lambda r: (r.scenario, LEVEL_ORDER.index(r.level) if r.level in LEVEL_ORDER else 9, r.implementation,
+                                 resolution_of(r.params) or 0))
+    totals: dict[str, float] = defaultdict(float)
+    for r in profiled:
+        for cat, ms in r.profile["categories"].items():
+            totals[cat] += ms
+    # The profiler's display order, so a category keeps its place and colour in every report.
+    categories = [c for c in CATEGORIES if c in totals] + sorted(c for c in totals if c not in CATEGORIES)
+    cmap = plt.get_cmap("tab10")
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(10, 0.9 + 0.32 * len(profiled)))
+        labels = [case_label(case_columns(r)) for r in profiled]
+        left = [0.0] * len(profiled)
+        for i, cat in enumerate(categories):
+            widths = [r.profile["categories"].get(cat, 0.0) for r in profiled]
+            index = CATEGORIES.index(cat) if cat in CATEGORIES else len(CATEGORIES) + i
+            ax.barh(labels, widths, left=left, color=cmap(index % cmap.N), label=cat, height=0.7)
+            left = [a + b for a, b in zip(left, widths, strict=True)]
+        ax.invert_yaxis()
+        ax.set_xlabel("GPU time in one profiled repetition (ms)")
+        ax.grid(axis="y", visible=False)
+        ax.legend(loc="lower right", ncols=min(4, len(categories)))
+        fig.suptitle("Time breakdown by kernel category", fontsize=11)
+        caption = "GPU time per kernel category (torch.profiler), stacked; one bar per profiled case."
+        return _finish(fig, "breakdown", "Time breakdown by kernel category", caption, wide=True)
+
+
+def compare_figure(run: Run, other: Run) -> Figure | None:
+    """Median of each case in both runs, log-log, with the y = x line (matched by case_id)."""
+    theirs = {r.case_id: r for r in other.rows if r.status == "ok" and r.median_ms}
+    pairs = [(r, theirs[r.case_id]) for r in run.rows if r.status == "ok" and r.median_ms and r.case_id in theirs]
+    if not pairs:
+        return None
+    colors = implementation_colors([r.implementation for r, _ in pairs])
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(5.6, 5.0))
+        for impl in sorted({r.implementation for r, _ in pairs}):
+            sel = [(a, b) for a, b in pairs if a.implementation == impl]
+            ax.plot([a.median_ms for a, _ in sel], [b.median_ms for _, b in sel], "o", ms=4, color=colors[impl], label=impl)
+        values = [v for a, b in pairs for v in (a.median_ms, b.median_ms)]
+        lo, hi = min(values) / 1.5, max(values) * 1.5
+        ax.plot([lo, hi], [lo, hi], color="grey", lw=1, ls=":", label="equal")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+        ax.set_xlabel(f"{run.name} median (ms)")
+        ax.set_ylabel(f"{other.name} median (ms)")
+        ax.legend(loc="upper left")
+        fig.suptitle(f"{run.name} vs {other.name}", fontsize=11)
+        caption = f"Each point is one case measured in both runs; above the dotted line {run.name} is faster."
+        return _finish(fig, "compare", f"Compared with {other.name}", caption)
+
+
+def run_figures(run: Run, case_ids: dict[str, set[str]] | None = None) -> list[Figure]:
+    """Per scenario a latency figure and (for resolution sweeps with attention) a speedup figure.
+
+    ``case_ids`` maps a scenario to its cases (suite.report.expected), so a case shared by two
+    scenarios appears in both figures."""
+    colors = implementation_colors([r.implementation for r in run.rows])
+    out = []
+    for name, scenario, rows in _scenario_groups(run, case_ids or {}):
+        for make in (latency_figure, speedup_figure):
+            fig = make(name or "all rows", scenario, rows, colors)
+            if fig is not None:
+                out.append(fig)
+    return out

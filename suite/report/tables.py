@@ -1,0 +1,442 @@
+"""The report's tables as pandas frames: one frame = one HTML table = one CSV file.
+
+Column names carry their unit (``median_ms``, ``tflops``, ``gbps``, ``bw_fraction_pct``,
+``peak_mem_mib``, ``sm_clock_min_mhz``...), so a CSV is readable without the report.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from suite.profiling.categories import CATEGORIES
+from suite.report.load import GRID_KEYS, Run, grid_of, resolution_of, scenario_hash
+from suite.results import Row
+
+# Short names of Params fields for compact labels ("B=32 C=1152 s=18").
+PARAM_ABBREV = {"batch": "B", "channels": "C", "heads": "heads", "compression": "s", "latent_channels": "C_c",
+                "mlp_hidden": "mlp", "depth": "depth", "attn_blocks": "attn", "tile": "tile", "chunk": "chunk"}
+
+
+@dataclass
+class Table:
+    """A titled frame; ``flagged`` marks rows the HTML highlights (throttled, failed, disagreeing)."""
+
+    name: str  # CSV file stem and HTML anchor
+    title: str
+    frame: pd.DataFrame
+    caption: str = ""
+    flagged: list[bool] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return self.frame.empty
+
+
+def params_label(params: dict, skip: tuple[str, ...] = GRID_KEYS) -> str:
+    """Compact label of the non-grid params, e.g. ``B=32 C=1152 s=18``."""
+    return " ".join(f"{PARAM_ABBREV.get(k, k)}={v}" for k, v in sorted(params.items()) if k not in skip)
+
+
+def grid_label(params: dict) -> str:
+    res = resolution_of(params)
+    grid = grid_of(params)
+    if grid is None:
+        return ""
+    side = f"{grid[0]}" if grid[0] == grid[1] else f"{grid[0]}x{grid[1]}"
+    return f"{res} px ({side})" if res else side
+
+
+def case_columns(row: Row) -> dict[str, Any]:
+    """The columns that identify a case in every per-row table."""
+    grid = grid_of(row.params) or (None, None)
+    return {
+        "scenario": row.scenario,
+        "implementation": row.implementation,
+        "level": row.level,
+        "mode": row.mode,
+        "dtype": row.dtype,
+        "resolution_px": resolution_of(row.params),
+        "grid_h": grid[0],
+        "grid_w": grid[1],
+        "params": params_label(row.params),
+    }
+
+
+# Params at the paper's reference values are left out of case labels (the report says so).
+REFERENCE_PARAMS = {"B": 32, "C": 1152, "heads": 16, "mlp": 4304, "s": 18, "depth": 27, "tile": 27, "patch": 14}
+
+
+def case_label(record: dict) -> str:
+    """``attention-flash · block · 1036 px (74) · fwd bfloat16``, plus non-reference params."""
+    res, h, w = record.get("resolution_px"), record.get("grid_h"), record.get("grid_w")
+    grid = "" if h is None or (isinstance(h, float) and math.isnan(h)) else f"{h:g}" if h == w else f"{h:g}x{w:g}"
+    shape = f"{res:g} px ({grid})" if res is not None and not (isinstance(res, float) and math.isnan(res)) else grid
+    extra = " ".join(kv for kv in str(record.get("params") or "").split() if kv.split("=")[0] not in REFERENCE_PARAMS
+                     or str(REFERENCE_PARAMS[kv.split("=")[0]]) != kv.split("=", 1)[1])
+    parts = [record.get("implementation"), record.get("level"), shape, extra, f"{record.get('mode')} {record.get('dtype')}"]
+    return " · ".join(str(p) for p in parts if p and p == p)
+
+
+
+def _nan_to_none(value: Any) -> Any:
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+# ---- environment ---------------------------------------------------------------------------------
+
+
+def clocks_seen(rows: list[Row]) -> dict[str, float]:
+    """SM clock range over every NVML-sampled row (MHz): the lowest minimum and highest maximum seen."""
+    lows, highs = [], []
+    for row in rows:
+        nv = row.nvml or {}
+        for key, value in nv.items():
+            if "sm_clock" not in key or "device" in key or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if "min" in key:
+                lows.append(value)
+            elif "max" in key:
+                highs.append(value)
+            else:  # a median or mean bounds both ends
+                lows.append(value)
+                highs.append(value)
+    out = {}
+    if lows:
+        out["sm_clock_min_mhz"] = min(lows)
+    if highs:
+        out["sm_clock_max_mhz"] = max(highs)
+    return out
+
+
+def key_facts(run: Run) -> list[tuple[str, str]]:
+    """The few environment facts a reader needs next to any number (the page's header)."""
+    env, gpu = run.environment, run.environment.get("gpu") or {}
+    git = env.get("git") or {}
+    clocks = clocks_seen(run.rows)
+    commit = (git.get("commit") or "")[:10] + (" (dirty)" if git.get("dirty") else "")
+    facts = [("card", run.device_name), ("driver", env.get("driver")), ("torch", env.get("torch")), ("triton", env.get("triton")),
+             ("cuDNN", env.get("cudnn")), ("CUDA", env.get("cuda_runtime")),
+             ("flash-attn", env.get("flash_attn") or "not installed"), ("commit", commit)]
+    if clocks:
+        facts.append(("SM clocks seen", f"{clocks.get('sm_clock_min_mhz', '?'):g}-{clocks.get('sm_clock_max_mhz', '?'):g} MHz"
+                      + (f" (max {gpu['sm_clock_max_mhz']:g})" if gpu.get("sm_clock_max_mhz") else "")))
+    if env.get("copy_bandwidth_gbps"):
+        facts.append(("copy bandwidth", f"{env['copy_bandwidth_gbps']:.0f} GB/s"))
+    if run.meta.get("elapsed_s") is not None:
+        facts.append(("elapsed", f"{run.meta['elapsed_s'] / 60:.1f} min"))
+    return [(k, str(v)) for k, v in facts if v not in (None, "")]
+
+
+def environment_table(run: Run) -> Table:
+    env = run.environment
+    items: list[tuple[str, Any]] = [("run", run.name), ("card", run.device_name)]
+    for key, value in env.items():
+        if isinstance(value, dict):
+            items.extend((f"{key}.{k}", v) for k, v in value.items() if not isinstance(v, (dict, list)))
+        elif not isinstance(value, list):
+            items.append((key, value))
+    for key, value in clocks_seen(run.rows).items():
+        items.append((f"clocks seen: {key}", value))
+    for key, value in (run.meta.get("settings") or {}).items():
+        items.append((f"settings.{key}", value))
+    for key in ("run_id", "created", "finished", "elapsed_s", "note"):
+        value = run.meta.get(key)
+        if value is None or isinstance(value, (dict, list)):
+            continue
+        if key in ("created", "finished") and isinstance(value, (int, float)):  # epoch seconds in run.json
+            value = dt.datetime.fromtimestamp(value, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        items.append((key, value))
+    if run.synthetic:
+        items.insert(0, ("synthetic", "yes: test fixture, not a measurement"))
+    frame = pd.DataFrame(items, columns=["field", "value"]).drop_duplicates("field")
+    frame["value"] = frame["value"].map(str)
+    return Table("environment", "Environment", frame, "Card, software and commit recorded with the run (run.json).")
+
+
+def scenarios_table(run: Run, expected: dict[str, int] | None = None) -> Table:
+    measured = pd.Series([r.scenario for r in run.rows]).value_counts().to_dict() if run.rows else {}
+    records = []
+    for s in run.scenarios:
+        name = s.get("name", "")
+        records.append({
+            "scenario": name,
+            "paper": s.get("paper", ""),
+            "description": s.get("description", ""),
+            "sha256": (s.get("_sha256") or scenario_hash({k: v for k, v in s.items() if not k.startswith("_")}))[:12],
+            "path": s.get("_path", ""),
+            "cases_expected": (expected or {}).get(name),
+            "rows_measured": measured.get(name, 0),
+        })
+    frame = pd.DataFrame(records, columns=["scenario", "paper", "description", "sha256", "path", "cases_expected",
+                                          "rows_measured"])
+    caption = "Scenario files run, with the first 12 hex digits of the SHA-256 of each file as run (stored in run.json)."
+    return Table("scenarios", "Scenarios", frame, caption)
+
+
+# ---- claims ----------------------------------------------------------------------------------------
+
+
+def claims_table(claims: list[dict]) -> Table:
+    cols = ["scenario", "id", "text", "kind", "unit", "paper", "ours", "ours_over_paper", "verdict", "target", "target_met",
+            "card", "numerator_ms", "denominator_ms", "note"]
+    frame = pd.DataFrame(claims, columns=cols)
+    caption = ("ratio = median(numerator)/median(denominator); time = median in ms; share = 100 x numerator/denominator. "
+               "Verdict: ratio/share hold when ours >= 0.9 x paper, are weaker down to 0.5 x paper and disagree below "
+               "(or when the direction reverses); times hold within 2x of the paper's A100 number. Rows matching no ok "
+               "measurement are 'not measured'. The paper measured on A100; ours on the card shown.")
+    return Table("claims", "Claims: the paper vs this run", frame, caption, [bool(c["disagrees"]) for c in claims])
+
+
+# ---- latency, speedup --------------------------------------------------------------------------------
+
+
+def latency_table(run: Run) -> Table:
+    records = []
+    for row in run.rows:
+        rec = case_columns(row)
+        rec.update({
+            "status": row.status,
+            "median_ms": row.median_ms,
+            "iqr_ms": row.iqr_ms,
+            "min_ms": row.min_ms,
+            "n": row.n,
+            "outliers": row.outliers,
+            "tflops": row.tflops,
+            "gbps": row.gbps,
+            "bw_fraction_pct": None if row.bw_fraction is None else 100.0 * row.bw_fraction,
+            "peak_mem_mib": None if row.peak_mem_bytes is None else row.peak_mem_bytes / 2**20,
+            "timer": row.timer,
+            "backend_detail": row.backend_detail,
+            "case_id": row.case_id,
+        })
+        records.append(rec)
+    frame = pd.DataFrame.from_records(records)
+    if not frame.empty:
+        frame = frame.sort_values(["scenario", "level", "implementation", "mode", "dtype", "grid_h", "params"], kind="stable")
+    caption = ("Every row of the run: median, interquartile range and minimum over n timed repetitions; "
+               "bw_fraction_pct is ideal bytes over time as a share of the measured copy bandwidth.")
+    return Table("latency", "All measurements", frame.reset_index(drop=True), caption)
+
+
+def speedups(rows: list[Row]) -> pd.DataFrame:
+    """Speedup of every non-attention ok row over the strongest attention baseline at its point.
+
+    The baseline is, per level, mode, dtype, grid and (batch, channels), the fastest ok row of the
+    attention family; ``speedup_x = baseline_ms / median_ms``.
+    """
+
+    def key(row: Row) -> tuple:
+        return (row.level, row.mode, row.dtype, grid_of(row.params), row.params.get("batch"), row.params.get("channels"))
+
+    best: dict[tuple, Row] = {}
+    for row in rows:
+        if row.family == "attention" and row.status == "ok" and row.median_ms is not None:
+            k = key(row)
+            if k not in best or row.median_ms < best[k].median_ms:
+                best[k] = row
+    records = []
+    for row in rows:
+        if row.family == "attention" or row.status != "ok" or row.median_ms is None or key(row) not in best:
+            continue
+        base = best[key(row)]
+        rec = case_columns(row)
+        rec.update({"median_ms": row.median_ms, "baseline": base.implementation, "baseline_ms": base.median_ms,
+                    "speedup_x": base.median_ms / row.median_ms})
+        records.append(rec)
+    cols = list(case_columns(rows[0]).keys()) + ["median_ms", "baseline", "baseline_ms", "speedup_x"] if rows else []
+    return pd.DataFrame.from_records(records, columns=cols)
+
+
+def speedup_table(run: Run) -> Table:
+    frame = speedups(run.rows)
+    caption = ("Speedup over the strongest attention baseline: at each level, mode, dtype, grid, batch and width, the "
+               "fastest ok attention row (named in 'baseline').")
+    return Table("speedup", "Speedup over the best attention baseline", frame, caption)
+
+
+# ---- profile: breakdown and occupancy ---------------------------------------------------------------------
+
+
+def breakdown_table(run: Run) -> Table:
+    """Per profiled row: milliseconds per kernel category (Row.profile["categories"]) and shares."""
+    records = []
+    for row in run.rows:
+        cats = (row.profile or {}).get("categories") or {}
+        if not cats:
+            continue
+        rec = case_columns(row)
+        total = sum(v for v in cats.values() if isinstance(v, (int, float)))
+        rec["total_ms"] = total
+        rec["median_ms"] = row.median_ms
+        order = [c for c in CATEGORIES if c in cats] + sorted(c for c in cats if c not in CATEGORIES)
+        for cat in order:
+            rec[f"{cat}_ms"] = cats[cat]
+        for cat in order:
+            rec[f"{cat}_share_pct"] = 100.0 * cats[cat] / total if total else None
+        records.append(rec)
+    frame = pd.DataFrame.from_records(records)
+    caption = ("GPU time per kernel category from one profiled repetition (torch.profiler); the profiled total "
+               "can differ from the timed median (profiler overhead, no L2 flush).")
+    return Table("breakdown", "Time breakdown by kernel category", frame, caption)
+
+
+# Occupancy fields that are fractions in the profiler's table; shown as percentages (like every share here).
+FRACTIONS = ("theoretical_occupancy", "est_achieved_occupancy")
+
+
+def occupancy_record(kernel: dict) -> dict[str, Any]:
+    """One launch of Row.profile["occupancy"], flattened: grid/block as ``AxBxC``, fractions as ``*_pct``,
+    the Triton compile metadata (when the kernel is ours) as ``triton_<field>``."""
+    rec: dict[str, Any] = {}
+    for key, value in kernel.items():
+        if key in FRACTIONS:
+            rec[f"{key}_pct"] = None if value is None else 100.0 * value
+        elif key in ("grid", "block") and isinstance(value, list):
+            rec[key] = "x".join(map(str, value))
+        elif key == "triton" and isinstance(value, dict):
+            rec.update({f"triton_{k}": v for k, v in value.items() if not isinstance(v, (dict, list))})
+        elif not isinstance(value, (dict, list)):
+            rec[key] = value
+    return rec
+
+
+def occupancy_table(run: Run) -> Table:
+    records = []
+    for row in run.rows:
+        for kernel in (row.profile or {}).get("occupancy") or []:
+            records.append({**case_columns(row), **occupancy_record(kernel)})
+    caption = ("Per distinct kernel launch of the profiled rows: launch shape, theoretical occupancy from the device limits "
+               "(and its limiter), waves = grid blocks / resident capacity, CUPTI's estimated achieved occupancy when traced.")
+    return Table("occupancy", "Occupancy", pd.DataFrame.from_records(records), caption)
+
+
+def kernels_table(run: Run, top: int = 5) -> Table:
+    """The heaviest kernels of each profiled row (Row.profile["kernels"])."""
+    records = []
+    for row in run.rows:
+        kernels = sorted((row.profile or {}).get("kernels") or [], key=lambda k: -(k.get("total_ms") or 0))
+        for kernel in kernels[:top]:
+            rec = case_columns(row)
+            rec.update({k: kernel.get(k) for k in ("name", "category", "calls", "total_ms", "mean_ms")})
+            share = kernel.get("share")
+            rec["share_pct"] = None if share is None else 100.0 * share
+            records.append(rec)
+    caption = f"The {top} heaviest kernels of each profiled row."
+    return Table("kernels", "Heaviest kernels", pd.DataFrame.from_records(records), caption)
+
+
+# ---- NVML, correctness, status ---------------------------------------------------------------------------
+
+# NVML summary keys shown first (the sampler's names carry units); anything else follows.
+NVML_FIRST = ("throttled", "clock_drop_pct", "sm_clock_min_mhz", "sm_clock_median_mhz", "sm_clock_max_seen_mhz",
+              "mem_clock_median_mhz", "temp_max_c", "power_mean_w", "power_max_w", "energy_per_iter_j", "util_gpu_mean",
+              "n_samples", "duration_s", "throttle_reasons")
+
+
+def nvml_table(run: Run) -> Table:
+    records, flagged = [], []
+    for row in run.rows:
+        nv = dict(row.nvml or {})
+        if not nv or nv.get("available") is False:
+            continue
+        drop = nv.pop("clock_drop", None)  # a fraction in the sampler; a percentage here, like the other shares
+        nv["clock_drop_pct"] = None if drop is None else 100.0 * drop
+        rec = case_columns(row)
+        rec["median_ms"] = row.median_ms
+        keys = [k for k in NVML_FIRST if k in nv] + sorted(k for k in nv if k not in NVML_FIRST and k != "available")
+        for key in keys:
+            value = nv[key]
+            rec[key] = ", ".join(map(str, value)) if isinstance(value, list) else value
+        records.append(rec)
+        flagged.append(bool(nv.get("throttled")))
+    caption = ("GPU state sampled by NVML during each measurement. clock_drop_pct = 1 - min SM clock / max SM clock seen in "
+               "the run; a row is throttled when it exceeds 5% or NVML reports a power/thermal/hardware slowdown "
+               "(highlighted).")
+    return Table("nvml", "GPU state during measurement (NVML)", pd.DataFrame.from_records(records), caption, flagged)
+
+
+def correctness_table(run: Run) -> Table:
+    """Per implementation, level, mode and dtype: checks passed/failed, worst error, tolerance."""
+    groups: dict[tuple, dict[str, Any]] = {}
+    for row in run.rows:
+        key = (row.implementation, row.level, row.mode, row.dtype)
+        g = groups.setdefault(key, {"implementation": key[0], "level": key[1], "mode": key[2], "dtype": key[3],
+                                    "checked": 0, "passed": 0, "failed": 0, "not_checked": 0,
+                                    "worst_rel_rms": None, "worst_max_rel_err": None, "tolerance": None, "reference": ""})
+        check = row.correctness
+        if not check or check.get("passed") is None:
+            g["not_checked"] += 1
+            continue
+        g["checked"] += 1
+        g["passed" if check["passed"] else "failed"] += 1
+        for src, dst in (("rel_rms", "worst_rel_rms"), ("max_rel_err", "worst_max_rel_err")):
+            value = _nan_to_none(check.get(src))
+            if value is not None:
+                g[dst] = value if g[dst] is None else max(g[dst], value)
+            elif src in check:  # NaN error: the check failed on NaN
+                g[dst] = float("nan")
+        g["tolerance"] = check.get("tolerance", g["tolerance"])
+        g["reference"] = g["reference"] or str(check.get("reference", ""))
+    frame = pd.DataFrame(list(groups.values()))
+    flagged = [g["failed"] > 0 for g in groups.values()]
+    caption = ("Correctness checks run before timing: relative RMS error against the reference implementation "
+               "(higher precision), compared with the dtype's tolerance. A failed case is reported as failed, not timed.")
+    return Table("correctness", "Correctness", frame, caption, flagged)
+
+
+def status_table(run: Run) -> Table:
+    records = []
+    for row in run.rows:
+        if row.status == "ok":
+            continue
+        rec = case_columns(row)
+        rec.update({"status": row.status, "message": row.message, "case_id": row.case_id})
+        records.append(rec)
+    caption = "Cases that did not produce a valid time: out of memory, unsupported here, errors and failed checks."
+    return Table("status", "Cases without a valid time", pd.DataFrame.from_records(records), caption, [True] * len(records))
+
+
+def status_counts(run: Run) -> dict[str, int]:
+    return pd.Series([r.status for r in run.rows], dtype="object").value_counts().to_dict() if run.rows else {}
+
+
+def missing_table(missing: list[dict]) -> Table:
+    caption = "Cases the run's scenarios define that have no row in rows.jsonl (an interrupted or partial run)."
+    return Table("missing", "Missing cases", pd.DataFrame.from_records(missing), caption)
+
+
+# ---- compare ---------------------------------------------------------------------------------------------
+
+
+def compare_tables(run: Run, other: Run) -> tuple[Table, Table]:
+    """Rows of both runs matched by case_id with ``other_over_run`` = other median / this median,
+    and the rows present in only one of them."""
+    mine = {r.case_id: r for r in run.rows}
+    theirs = {r.case_id: r for r in other.rows}
+    matched = []
+    for cid, row in mine.items():
+        if cid not in theirs:
+            continue
+        o = theirs[cid]
+        rec = case_columns(row)
+        ratio = o.median_ms / row.median_ms if row.median_ms and o.median_ms else None
+        rec.update({"status": row.status, "other_status": o.status, "median_ms": row.median_ms, "other_median_ms": o.median_ms,
+                    "other_over_run": ratio, "case_id": cid})
+        matched.append(rec)
+    only = []
+    for source, rows, missing_from in ((run.name, mine, theirs), (other.name, theirs, mine)):
+        for cid, row in rows.items():
+            if cid not in missing_from:
+                rec = {"only_in": source}
+                rec.update(case_columns(row))
+                rec.update({"status": row.status, "median_ms": row.median_ms, "case_id": cid})
+                only.append(rec)
+    caption = (f"Rows of this run ({run.name}, {run.device_name}) and of {other.name} ({other.device_name}) matched by "
+               "case id; other_over_run > 1 means this run is faster.")
+    return (Table("compare", f"Compared with {other.name}", pd.DataFrame.from_records(matched), caption),
+            Table("compare_only", "Cases in only one of the two runs", pd.DataFrame.from_records(only)))
