@@ -34,6 +34,7 @@ METRICS = (
     "dram__bytes.sum.per_second",
     "dram__bytes_read.sum",
     "dram__bytes_write.sum",
+    "lts__t_sector_hit_rate.pct",  # L2 hit rate: uncoalesced per-step kernels live or die by it
     "launch__registers_per_thread",
     "launch__grid_size",
     "launch__block_size",
@@ -55,6 +56,7 @@ FIELDS = {
     "dram__bytes.sum.per_second": ("dram_gbps", 1e-9),
     "dram__bytes_read.sum": ("dram_bytes_read", 1.0),
     "dram__bytes_write.sum": ("dram_bytes_write", 1.0),
+    "lts__t_sector_hit_rate.pct": ("l2_hit_rate_pct", 1.0),
     "launch__registers_per_thread": ("registers_per_thread", 1.0),
     "launch__grid_size": ("grid_blocks", 1.0),
     "launch__block_size": ("threads_per_block", 1.0),
@@ -158,13 +160,14 @@ def _tail(text: str, lines: int = 25) -> str:
 
 def ncu_case(implementation: str, level: str, params: dict, dtype: str = "bfloat16", mode: str = "fwd", *,
              out_dir: str | Path, reps: int = 1, metrics: tuple[str, ...] = METRICS, ncu: str | None = None,
-             timeout_s: float = 600.0, python: str = sys.executable) -> dict:
+             launch_count: int | None = None, timeout_s: float = 600.0, python: str = sys.executable) -> dict:
     """Run Nsight Compute on one registered case and return per-kernel counters.
 
     Args:
         implementation, level, params, dtype, mode: the case (``params``: Params fields as a dict).
         out_dir: where the ``.ncu-rep`` report goes.
         reps: repetitions inside the NVTX range (each kernel launch is profiled).
+        launch_count: profile only the first N kernels of the range (cases with hundreds of launches).
         ncu: path or name of the ncu executable (default: found on PATH / CUDA_HOME).
 
     Returns ``{"available", "kernels": [per-kernel dicts], "summary": {...}, "report", "command"}``,
@@ -176,13 +179,14 @@ def ncu_case(implementation: str, level: str, params: dict, dtype: str = "bfloat
         return {"available": False, "reason": f"Nsight Compute not found ({ncu or 'ncu'} {where})"}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = re.sub(r"[^A-Za-z0-9_.+-]+", "_", f"{implementation}-{level}-{dtype}-{mode}-" +
+    stem = re.sub(r"[^A-Za-z0-9_+-]+", "_", f"{implementation}-{level}-{dtype}-{mode}-" +
                   "-".join(f"{k}{v}" for k, v in sorted(params.items())))
     report = out_dir / f"{stem}.ncu-rep"
     target = [python, "-m", "suite.profiling.ncu_target", "--implementation", implementation, "--level", level,
               "--params", json.dumps(params), "--dtype", dtype, "--mode", mode, "--reps", str(reps)]
     command = [exe, "--clock-control", "none", "--target-processes", "all", "--nvtx", "--nvtx-include", f"{NVTX_RANGE}/",
-               "--metrics", ",".join(metrics), "--export", str(report.with_suffix("")), "--force-overwrite", *target]
+               "--metrics", ",".join(metrics), *(["--launch-count", str(launch_count)] if launch_count else []),
+               "--export", str(report.with_suffix("")), "--force-overwrite", *target]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
     base = {"available": True, "command": command, "report": str(report)}
     try:
