@@ -41,7 +41,7 @@ import triton
 import triton.language as tl
 
 from kernels.cgspn.reference import AXIS_OF, check_direction
-from kernels.cgspn.triton_support import check_runnable, configs
+from kernels.cgspn.triton_support import INTERPRET, check_runnable, configs
 
 __all__ = ["cgspn_scan", "propagate", "SCAN_VARIANTS"]
 
@@ -50,9 +50,27 @@ SCAN_VARIANTS = ("pairs-gather", "pairs-scratch", "directions-gather", "directio
 SHIFT_GATHER, SHIFT_SCRATCH = 0, 1
 _MAX_BC = 32
 
-_SCAN_CONFIGS = configs(
-    [triton.Config({"BC": bc}, num_warps=w) for bc, w in [(8, 2), (8, 4), (16, 4), (16, 8), (32, 8)]],
-    triton.Config({"BC": 16}, num_warps=4),
+ELEMENTS_PER_THREAD = 8  # of each [BP, BC] row tile: 8 bf16 channels = one 16-byte load per thread
+
+
+def _scan_warps(BP: int, BC: int) -> int:
+    return max(1, min(16, BP * BC // (32 * ELEMENTS_PER_THREAD)))
+
+
+def _prune_scan_configs(configs, named_args, **kwargs):
+    """Keep, per channel block BC, the one warp count that gives each thread 8 elements of a row
+    tile: enough registers for two states and ten input tiles without spilling, and a short
+    autotune (<= 3 candidates per shape)."""
+    BP = kwargs["BP"]
+    return [c for c in configs if c.num_warps == _scan_warps(BP, c.kwargs["BC"])]
+
+
+_SCAN_TUNING = dict(
+    configs=configs(
+        [triton.Config({"BC": bc}, num_warps=w) for bc in (8, 16, 32) for w in (1, 2, 4, 8, 16)],
+        triton.Config({"BC": 16}, num_warps=4),
+    ),
+    prune_configs_by=None if INTERPRET else {"early_config_prune": _prune_scan_configs},
 )
 
 
@@ -118,7 +136,7 @@ def _step(b_h, p_x, p_lam, p_g, s_gk, o_p, P, mask, p_scratch,
 # ---------------------------------------------------------------------------------------------
 # kernels
 # ---------------------------------------------------------------------------------------------
-@triton.autotune(configs=_SCAN_CONFIGS, key=["L", "P", "C", "NORMALIZE", "SHIFT"])
+@triton.autotune(**_SCAN_TUNING, key=["L", "P", "C", "NORMALIZE", "SHIFT"])
 @triton.jit(do_not_specialize=["L"])
 def _propagate_fwd_kernel(
     x, lam, g, h, scratch,
@@ -161,7 +179,7 @@ def _finish_row(total, p_acc, p_u, p_y, mask, FINAL: tl.constexpr, STORE_ACC: tl
         tl.store(p_acc, total, mask=mask)
 
 
-@triton.autotune(configs=_SCAN_CONFIGS, key=["L", "P", "C", "FIRST", "FINAL", "STORE_H", "SHIFT"], restore_value=["acc"])
+@triton.autotune(**_SCAN_TUNING, key=["L", "P", "C", "FIRST", "FINAL", "STORE_H", "SHIFT"], restore_value=["acc"])
 @triton.jit(do_not_specialize=["L"])
 def _scan_pair_fwd_kernel(
     x, lam, u, g, acc, y, h_fwd, h_rev, scratch,
@@ -236,7 +254,7 @@ def _accumulate(p, value, mask, ACCUMULATE: tl.constexpr):
     tl.store(p, value.to(p.dtype.element_ty), mask=mask)
 
 
-@triton.autotune(configs=_SCAN_CONFIGS, key=["L", "P", "C", "NORMALIZE", "ACCUMULATE", "SHIFT"],
+@triton.autotune(**_SCAN_TUNING, key=["L", "P", "C", "NORMALIZE", "ACCUMULATE", "SHIFT"],
                  restore_value=["dx", "dlam", "dg"])
 @triton.jit(do_not_specialize=["L"])
 def _propagate_bwd_kernel(
