@@ -43,4 +43,5 @@ def build_mlp_half(params: Params, dtype: torch.dtype, device: torch.device, mod
     elem = x.element_size()
     return module_workload(half, [x], dtype, mode, reference_module=copy.deepcopy(half),
                            flops=mlp_flops(params.batch * params.tokens, params.channels, params.mlp_hidden),
-                           bytes_ideal=float((2 * x.numel() + weights) * elem))
+                           bytes_ideal=float((2 * x.numel() + weights) * elem),
+                           backend_detail="eager PyTorch: LayerNorm, Linear, GELU-tanh, Linear, residual add")
