@@ -124,20 +124,22 @@ def analyze_trace(path: str | Path, *, reps: int | None = None, mlp_hidden: int 
     if with_triton:
         result["triton"] = triton_kernel_metadata({r["name"] for r in table})
     if limits is None:
-        limits = _trace_limits(trace, notes)
+        devices = {a.device for a in activities if a.device is not None}
+        limits = _trace_limits(trace, notes, min(devices) if devices else 0)
     if limits is not None:
         result["limits"] = limits_record(limits)
         result["occupancy"] = occupancy_table(activities, limits, reps, mlp_hidden=mlp_hidden, triton=result["triton"])
     return result
 
 
-def _trace_limits(trace: dict, notes: list[str]) -> DeviceLimits | None:
+def _trace_limits(trace: dict, notes: list[str], device_index: int) -> DeviceLimits | None:
     properties = trace_device_properties(trace)
     if not properties:
         notes.append("trace has no deviceProperties: occupancy not computed")
         return None
+    chosen = next((p for p in properties if p.get("id") == device_index), properties[0])
     try:
-        return limits_from_trace(properties[0])
+        return limits_from_trace(chosen)
     except (OccupancyError, KeyError) as exc:
         notes.append(f"occupancy not computed: {exc}")
         return None

@@ -365,3 +365,48 @@ def test_profile_step_cuda_kernels_and_occupancy(tmp_path):
     assert result["categories"][PROJECTION] > 0
     assert result["occupancy"] and all(0 < r["theoretical_occupancy"] <= 1 for r in result["occupancy"])
     assert result["limits"]["sm_count"] == torch.cuda.get_device_properties(0).multi_processor_count
+
+
+def test_triton_kernels_of_the_kernels_package_are_found():
+    import kernels.cgspn.gate_norm  # noqa: F401  (defines _normalize_gates_kernel)
+    from suite.profiling.triton_meta import compiled_variants, find_triton_kernels
+
+    found = find_triton_kernels()
+    assert "_normalize_gates_kernel" in found
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        assert compiled_variants(found["_normalize_gates_kernel"]) == []  # the interpreter compiles nothing
+
+
+# ---- ncu target entry point ----------------------------------------------------------------------
+
+
+def test_ncu_target_builds_and_runs_a_registered_case_on_cpu(capsys):
+    from suite.profiling.ncu_target import main
+
+    params = json.dumps({"batch": 1, "grid_h": 3, "grid_w": 5, "channels": 12, "heads": 2, "mlp_hidden": 20})
+    assert main(["--implementation", "vit-mlp-half", "--level", "block", "--params", params, "--dtype", "float32",
+                 "--device", "cpu", "--reps", "1", "--warmup", "1"]) == 0
+    assert "vit-mlp-half/block" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--dtype"):
+        main(["--implementation", "vit-mlp-half", "--level", "block", "--dtype", "int8", "--device", "cpu"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="Triton compile metadata exists only for CUDA launches")
+def test_profile_of_a_triton_case_carries_compile_metadata(tmp_path):
+    from kernels.params import Params
+    from kernels.registry import get
+    from suite.measure import make_step
+
+    workload = get("cgspn-scan", "sublayer").build(Params(batch=2, channels=144, grid_h=9, grid_w=13), torch.bfloat16,
+                                                    torch.device("cuda"), "fwd")
+    step = make_step(workload, "fwd")
+    step()
+    result = profile_step(step, device="cuda", trace_dir=tmp_path, name="cgspn-scan-small")
+    assert result["triton"]["available"] is True and result["triton"]["kernels"]
+    triton_rows = [r for r in result["occupancy"] if "triton" in r]
+    assert triton_rows and any(r["category"] == PROPAGATION for r in triton_rows)
+    for row in triton_rows:
+        # the launch the trace saw agrees with one compiled variant (registers, warps, shared memory)
+        assert any(v["n_regs"] == row["registers_per_thread"] and v["num_warps"] * 32 == row["threads_per_block"]
+                   for v in row["triton"])
