@@ -164,7 +164,7 @@ def run_command(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     from suite.runner import RunError, RunOptions, SingleProcess, default_out, run_scenarios
     from suite.scenario import load_scenarios
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     scenarios, errors = load_scenarios(args.scenarios)
     if errors:
         for line in errors:
@@ -210,14 +210,18 @@ def list_command(args: argparse.Namespace) -> int:
     from kernels.params import Params
 
     table = Table(title=f"registered implementations (availability on {device})")
-    for column in ("name", "family", "level", "modes", "dtypes", "devices", "available here"):
-        table.add_column(column)
+    for column in ("name", "family", "level", "modes", "dtypes", "devices"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("available here")
     probe = Params(grid=8, batch=1)
     for impl in registry.implementations():
         reason = impl.unavailable(probe, impl.dtypes[0], device, impl.modes[0])
-        table.add_row(impl.name, impl.family, impl.level, ", ".join(impl.modes), ", ".join(impl.dtypes), ", ".join(impl.devices),
+        table.add_row(impl.name, impl.family, impl.level, ",".join(impl.modes), ",".join(impl.dtypes), ",".join(impl.devices),
                       "yes" if reason is None else f"no: {reason}")
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # files and pipes: no 80-column wrapping of the table
+        console.width = 220
+    console.print(table)
     return 0
 
 

@@ -171,7 +171,7 @@ def run_scenarios(scenarios: list[Scenario], options: RunOptions, group: Group |
                   console: Console | None = None) -> RunSummary:
     """Measure every case of ``scenarios`` into ``options.out`` (see the module docstring)."""
     group = group or SingleProcess()
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, soft_wrap=True)
     keep, skipped = runnable(scenarios, options.device)
     summary = RunSummary(out=Path(options.out), skipped_scenarios=skipped)
     if not keep:
@@ -217,7 +217,7 @@ def run_scenarios(scenarios: list[Scenario], options: RunOptions, group: Group |
             sink.append(row)
             measured.append(row)
             summary.counts[row.status] += 1
-            progress.console.print(_row_line(prefix, row))
+            progress.console.print(_row_line(prefix, row), soft_wrap=True)
             progress.advance(task)
 
     # Rows travel to rank 0 over the process group, so hosts need no shared filesystem; the rank

@@ -327,6 +327,16 @@ def _points(params: dict, sweep: dict, zipped: dict) -> list[tuple[str, dict]]:
     return out
 
 
+def _relative(exc: Exception, where: str) -> str:
+    """A Params error without its ``where`` prefix (the caller adds file and point)."""
+    message = str(exc)
+    if message.startswith(where):
+        message = message[len(where):].lstrip(".: ")
+    elif message.startswith("params: "):  # Params.H names no location
+        message = message[len("params: "):]
+    return message
+
+
 def _pairs(implementations: list[str], levels: list[str], errors: _Errors) -> list[Implementation]:
     known = registry.names()
     pairs = []
@@ -375,6 +385,7 @@ def parse_scenario(text: str, path: str | Path = "<string>") -> Scenario:
     modes = _string_list(data, "modes", MODES, errors)
     dtypes = _string_list(data, "dtypes", tuple(DTYPES), errors)
     metrics = _string_list(data, "metrics", METRICS, errors)
+    shape_errors = len(errors.items)
     params = _fixed_params(data, errors)
     sweep = _axes(data, "sweep", errors)
     zipped = _axes(data, "zip", errors)
@@ -389,6 +400,7 @@ def parse_scenario(text: str, path: str | Path = "<string>") -> Scenario:
     if len(set(lengths.values())) > 1:
         errors.add("zip", f"zipped axes must have equal lengths; got {', '.join(f'{a}: {n}' for a, n in lengths.items())}")
         zipped = {}
+    shape_ok = len(errors.items) == shape_errors  # expand points only from valid values
     timing = _timing(data, errors)
     names = {"implementations": [i for i in implementations if i in known], "levels": levels, "modes": modes, "dtypes": dtypes}
     paper_points = _paper_points(data, names, errors)
@@ -398,12 +410,11 @@ def parse_scenario(text: str, path: str | Path = "<string>") -> Scenario:
     name = data.get("name") if isinstance(data.get("name"), str) else path.stem
     profile = "profile" in metrics
     cases: dict[str, Case] = {}
-    for label, values in _points(params, sweep, zipped):
-        where = f"{label}"
+    for where, values in _points(params, sweep, zipped) if shape_ok else []:
         try:
             point = Params.from_dict(values, where=where)
         except ParamError as exc:
-            errors.add(where, str(exc)[len(where) + 2:] if str(exc).startswith(where) else str(exc))
+            errors.add(where, _relative(exc, where))
             continue
         for impl in impls:
             try:
@@ -412,7 +423,7 @@ def parse_scenario(text: str, path: str | Path = "<string>") -> Scenario:
                 if impl.family == "cgspn" or "compression" in impl.params:
                     point.check_compression(where)
             except ParamError as exc:
-                errors.add(where, f"{impl.name}: {str(exc)[len(where) + 2:] if str(exc).startswith(where) else exc}")
+                errors.add(where, f"{impl.name}: {_relative(exc, where)}")
                 continue
             case_params = Params(**point.subset(impl.params))
             for mode in modes:
