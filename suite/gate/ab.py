@@ -1,10 +1,11 @@
 """Same-job A/B gate: the current tree against a git ref, interleaved on one card.
 
 ``cgspn-bench gate --ab REF`` needs no stored baseline: it checks REF out into a temporary git
-worktree and starts two long-lived worker processes (:mod:`suite.gate.ab_worker`), one whose
-``kernels`` package is the current tree's and one whose ``kernels`` is REF's. Both use the
-current tree's harness (the same timer, statistics and correctness check), so a difference is
-a difference of kernels. The workers share the card but never run at the same time.
+worktree (or takes REF as a source directory holding ``kernels/``, e.g. unpacked from
+``git archive``, where no git history is at hand) and starts two long-lived worker processes
+(:mod:`suite.gate.ab_worker`), one whose ``kernels`` package is the current tree's and one
+whose ``kernels`` is REF's. Both use the current tree's harness (the same timer, statistics
+and correctness check), so a difference is a difference of kernels. The workers share the card but never run at the same time.
 
 Interleaving: for every round and every case, both sides measure the case back to back, and
 which side goes first alternates with the round and the case index (A-B, B-A, ...), so a drift
@@ -30,7 +31,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any
@@ -64,8 +66,31 @@ def resolve_ref(repo: Path, ref: str) -> str:
     try:
         return _git(repo, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
     except ABError:
-        raise ABError(f"--ab {ref}: not a commit in {repo} (try a branch, tag or sha; in CI fetch it first, "
-                      "e.g. actions/checkout with fetch-depth: 0)") from None
+        raise ABError(f"--ab {ref}: not a commit in {repo} nor a directory with kernels/ (try a branch, tag or sha; "
+                      "in CI fetch it first, e.g. actions/checkout with fetch-depth: 0)") from None
+
+
+@contextmanager
+def reference_tree(repo: Path, ref: str, worktree: Path) -> Iterator[tuple[Path, str | None]]:
+    """The reference side's source tree and commit: a directory holding ``kernels/`` as is (e.g. a
+    ``git archive`` of an older commit, where no git history is at hand), else a git ref checked
+    out into a temporary worktree of ``repo`` that is removed afterwards."""
+    folder = Path(ref)
+    if folder.is_dir() and (folder / "kernels").is_dir():
+        inside = subprocess.run(["git", "-C", str(folder), "rev-parse", "--show-toplevel"], capture_output=True, text=True)
+        top = inside.stdout.strip()
+        same_checkout = inside.returncode == 0 and Path(top).resolve() == folder.resolve()
+        yield folder.resolve(), _git(folder, "rev-parse", "HEAD") if same_checkout else None
+        return
+    commit = resolve_ref(repo, ref)
+    _git(repo, "worktree", "add", "--detach", str(worktree), commit)
+    try:
+        if not (worktree / "kernels").is_dir():
+            raise ABError(f"--ab {ref}: commit {commit[:12]} has no kernels/ package")
+        yield worktree, commit
+    finally:
+        subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(worktree)], capture_output=True)
+        subprocess.run(["git", "-C", str(repo), "worktree", "prune"], capture_output=True)
 
 
 def order_for(round_index: int, case_index: int) -> tuple[str, str]:
@@ -217,9 +242,8 @@ def run_ab(ref: str, *, scenario: str | Path = "scenarios/gate.yaml", rounds: in
         raise ABError(f"--scenario {scenario}: needs device {loaded.device}, this job runs on {device}")
     if not loaded.cases:
         raise ABError(f"--scenario {scenario}: no cases")
-    commit = resolve_ref(repo, ref)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = Path(out) if out else repo / "results" / "runs" / f"ab-{ref.replace('/', '_')}-{stamp}"
+    out = Path(out) if out else repo / "results" / "runs" / f"ab-{Path(ref).name or 'ref'}-{stamp}"
     if (out / "current" / ROUNDS_FILE).exists() or (out / "ref" / ROUNDS_FILE).exists():
         raise ABError(f"--out {out}: already holds an A/B run; choose a new directory")
     requests = [_case_request(c, budget_scale, check, f"ab-{stamp}") for c in loaded.cases]
@@ -228,14 +252,11 @@ def run_ab(ref: str, *, scenario: str | Path = "scenarios/gate.yaml", rounds: in
         console.print(f"[yellow]{SLOWDOWN_VAR}={slowdown}[/] applies to the current tree only")
 
     started = time.time()
-    with tempfile.TemporaryDirectory(prefix="cgspn-ab-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="cgspn-ab-") as tmp, \
+            reference_tree(repo, ref, Path(tmp) / "ref") as (worktree, commit):
         tmp_path = Path(tmp)
-        worktree = tmp_path / "ref"
-        _git(repo, "worktree", "add", "--detach", str(worktree), commit)
         workers: dict[str, Worker] = {}
         try:
-            if not (worktree / "kernels").is_dir():
-                raise ABError(f"--ab {ref}: commit {commit[:12]} has no kernels/ package")
             paths = {"current": repo, "ref": _overlay(tmp_path / "ref-overlay", worktree, repo)}
             for side in SIDES:
                 (out / side).mkdir(parents=True, exist_ok=True)
@@ -247,14 +268,13 @@ def run_ab(ref: str, *, scenario: str | Path = "scenarios/gate.yaml", rounds: in
                 if Path(worker.ready["kernels"]).resolve() != expected[side].parent.resolve():
                     raise ABError(f"the {side} worker imported kernels from {worker.ready['kernels']}, "
                                   f"expected {expected[side].parent}; is another copy installed first on sys.path?")
-            console.print(f"A/B: current tree {repo} vs {ref} ({commit[:12]}), {len(requests)} cases x {rounds} rounds "
+            console.print(f"A/B: current tree {repo} vs {ref} ({(commit or 'not a git checkout')[:12]}), "
+                          f"{len(requests)} cases x {rounds} rounds "
                           f"x 2 sides on {device}, interleaved")
             rows = _measure_all(requests, workers, rounds, out, console)
         finally:
             for worker in workers.values():
                 worker.stop()
-            subprocess.run(["git", "-C", str(repo), "worktree", "remove", "--force", str(worktree)], capture_output=True)
-            subprocess.run(["git", "-C", str(repo), "worktree", "prune"], capture_output=True)
     elapsed = time.time() - started
     console.print(f"A/B measured in {elapsed:.0f} s")
 

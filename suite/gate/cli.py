@@ -16,7 +16,7 @@ from rich.table import Table
 from suite.gate.baseline import DEFAULT_DIR, BaselineError, Snapshot, baseline_path, update_baseline
 from suite.gate.compare import GpuMismatch, compare_snapshots
 from suite.gate.decision import DecisionRule
-from suite.gate.render import render
+from suite.gate.render import markdown, render
 from suite.gate.thresholds import ThresholdError, Thresholds, parse_percent
 
 EXIT_PASSED, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
@@ -57,6 +57,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     rule.add_argument("--fail-on-missing", action="store_true", help="also fail when a baseline case is absent from the run")
     out = gate.add_argument_group("output")
     out.add_argument("--json", metavar="PATH", help="write the verdicts as JSON")
+    out.add_argument("--markdown", metavar="PATH", help="append a Markdown summary (e.g. $GITHUB_STEP_SUMMARY)")
     out.add_argument("--hide-unchanged", action="store_true", help="leave unchanged and skipped cases out of the table")
     gate.set_defaults(handler=run_gate)
 
@@ -122,6 +123,9 @@ def run_gate(args: argparse.Namespace) -> int:
     render(report, console, show_unchanged=not args.hide_unchanged)
     if args.json:
         console.print(f"verdicts written to {report.write_json(args.json)}")
+    if args.markdown:
+        with open(args.markdown, "a", encoding="utf-8") as f:
+            f.write(markdown(report))
     return EXIT_PASSED if report.passed else EXIT_FAILED
 
 

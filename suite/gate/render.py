@@ -59,3 +59,26 @@ def render(report: GateReport, console: Console | None = None, show_unchanged: b
     else:
         kinds = sorted({f.verdict for f in report.failures}, key=lambda v: v not in FAILING)
         console.print(f"[bold red]GATE FAILED[/]: {len(report.failures)} case(s) {'/'.join(kinds)} ({counts})")
+
+
+def markdown(report: GateReport, show_unchanged: bool = False) -> str:
+    """The verdicts as a GitHub-flavoured Markdown summary (for ``$GITHUB_STEP_SUMMARY``)."""
+    head = "passed" if report.passed else f"FAILED ({len(report.failures)} case(s))"
+    counts = ", ".join(f"{n} {v}" for v, n in report.counts().items() if n)
+    b, c = report.baseline, report.current
+    lines = [f"### Regression gate: {head}", "",
+             f"baseline `{b['source']}` ({b['gpu_model']}, commit `{b['commit']}`) vs "
+             f"current `{c['source']}` ({c['gpu_model']}, commit `{c['commit']}`): {counts}",
+             "", "| verdict | case | baseline ms | current ms | ratio | 95% CI | p | max | why |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for case in report.cases:
+        if case.verdict in ("unchanged", "skipped") and not show_unchanged:
+            continue
+        ratio = f"{case.ratio:.3f}" if case.ratio is not None and case.ratio == case.ratio else ""
+        ci = f"{case.ci[0]:.3f}–{case.ci[1]:.3f}" if case.ci and case.ci[0] == case.ci[0] else ""
+        p = f"{case.p_value:.2g}" if case.p_value is not None and case.p_value == case.p_value else ""
+        cells = [f"**{case.verdict}**" if case.verdict in FAILING else case.verdict, case.label, _ms(case.baseline),
+                 _ms(case.current), ratio, ci, p, f"{100 * case.threshold:.0f}%" if case.threshold is not None else "",
+                 case.reason]
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+    return "\n".join(lines) + "\n"

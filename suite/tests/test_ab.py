@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from kernels import registry
-from suite.gate.ab import SIDES, ABError, interleave, order_for, resolve_ref, run_ab
+from suite.gate.ab import SIDES, ABError, interleave, order_for, reference_tree, resolve_ref, run_ab
 from suite.gate.baseline import Snapshot
 from suite.gate.compare import by_case, compare_snapshots
 from suite.results import Row, RunDir, case_id
@@ -137,3 +137,14 @@ def test_ab_against_head_catches_the_slower_working_tree(probe_repo, tmp_path):
 def test_unknown_ref_is_a_clear_error(probe_repo):
     with pytest.raises(ABError, match="no-such-branch: not a commit"):
         resolve_ref(probe_repo, "no-such-branch")
+
+
+def test_reference_tree_is_a_worktree_of_the_ref_or_a_plain_directory(probe_repo, tmp_path):
+    with reference_tree(probe_repo, "HEAD", tmp_path / "wt") as (tree, commit):
+        assert (tree / "kernels" / "test_gate_probe.py").read_text() == PROBE.format(reps=1)  # HEAD, not the tree
+        assert len(commit) == 40
+    assert not (tmp_path / "wt").exists()
+    plain = tmp_path / "archive"  # e.g. `git archive HEAD~1 kernels | tar -x -C archive` where there is no history
+    shutil.copytree(probe_repo / "kernels", plain / "kernels")
+    with reference_tree(probe_repo, str(plain), tmp_path / "wt2") as (tree, commit):
+        assert tree == plain.resolve() and commit is None

@@ -86,6 +86,10 @@ def test_planted_20_percent_slowdown_fails(tmp_path):
     scan = next(c for c in result["cases"] if c["implementation"] == "cgspn-scan")
     assert scan["ratio"] == pytest.approx(1.20, rel=0.03)  # 2% jitter, 60 samples: the median ratio is close
     assert scan["ci"][0] > 1.0 and scan["p_value"] < 0.01
+    summary = tmp_path / "summary.md"
+    assert main(["gate", "--baseline", base, "--current", cur, "--markdown", str(summary)]) == 1
+    failing = [line for line in summary.read_text().splitlines() if line.startswith("| **regression**")]
+    assert len(failing) == 1 and "cgspn-scan sublayer fwd bfloat16" in failing[0]
 
 
 def test_same_distribution_passes(tmp_path):
