@@ -56,8 +56,9 @@ def occupancy_table(activities: list[Activity], limits: DeviceLimits, reps: int 
 
     Columns: launch shape, theoretical occupancy, resident blocks per SM and for the whole GPU,
     waves, limiter, CUPTI's estimated achieved occupancy (duration-weighted mean, when the trace
-    has it), calls and time per repetition; Triton kernels also get their matching compile
-    metadata (``triton``: n_regs, n_spills, shared, num_warps, num_stages).
+    has it) and, from newer traces, CUPTI's own resident-block count; calls and time per
+    repetition. Triton kernels also get their matching compile metadata (``triton``: n_regs,
+    n_spills, shared, num_warps, num_stages).
     """
     groups: dict[tuple, list[Activity]] = defaultdict(list)
     for a in activities:
@@ -80,6 +81,10 @@ def occupancy_table(activities: list[Activity], limits: DeviceLimits, reps: int 
                      if a.launch.est_achieved_occupancy_pct is not None]
         weight = sum(w for _, w in estimates)
         row["est_achieved_occupancy"] = (sum(v * w for v, w in estimates) / weight / 100.0) if weight > 0 else None
+        cupti = launches[0].launch.cupti_occupancy
+        if cupti:  # CUPTI's own calculator, at the carveout the driver actually chose: a cross-check
+            row["cupti_resident_blocks_per_sm"] = cupti.get("activeBlocksPerMultiprocessor")
+            row["cupti_limiter"] = cupti.get("limitingFactors")
         if name in triton_kernels:
             row["triton"] = match_launch(triton_kernels[name]["variants"], launches[0].launch.threads_per_block, smem, regs,
                                          limits.warp_size) or triton_kernels[name]["variants"]

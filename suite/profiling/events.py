@@ -37,6 +37,7 @@ class LaunchConfig:
     registers_per_thread: int | None
     shared_memory_bytes: int | None  # static + dynamic, per block
     est_achieved_occupancy_pct: float | None  # CUPTI's estimate, when present
+    cupti_occupancy: dict | None = None  # newer Kineto: CUPTI's own calculator (activeBlocksPerMultiprocessor...)
 
     @property
     def grid_blocks(self) -> int:
@@ -131,12 +132,16 @@ def _launch_config(args: dict) -> LaunchConfig | None:
     if not grid or not block:
         return None
     occupancy = args.get("est. achieved occupancy %")
+    if occupancy is None and args.get("est. achieved occupancy") is not None:  # older torch: a 0..1 fraction
+        occupancy = 100.0 * float(args["est. achieved occupancy"])
+    cupti = args.get("occupancy")
     return LaunchConfig(
         grid=tuple(int(x) for x in grid),
         block=tuple(int(x) for x in block),
         registers_per_thread=_int_or_none(args.get("registers per thread")),
         shared_memory_bytes=_int_or_none(args.get("shared memory")),
         est_achieved_occupancy_pct=float(occupancy) if occupancy is not None else None,
+        cupti_occupancy=cupti if isinstance(cupti, dict) else None,
     )
 
 

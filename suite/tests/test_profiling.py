@@ -273,6 +273,19 @@ def test_gpu_trace_table_and_occupancy(tmp_path):
     assert div["waves"] == pytest.approx(16428 / (132 * 16))
 
 
+def test_legacy_occupancy_key_and_cupti_occupancy(tmp_path):
+    trace = _gpu_trace()
+    for e in trace["traceEvents"]:
+        if e.get("cat") == "kernel" and e["name"] == DIV:
+            e["args"]["est. achieved occupancy"] = e["args"].pop("est. achieved occupancy %") / 100.0  # older torch
+            e["args"]["occupancy"] = {"activeBlocksPerMultiprocessor": 16, "limitingFactors": "WARPS"}
+    path = tmp_path / "legacy.pt.trace.json"
+    path.write_text(json.dumps(trace))
+    div = next(r for r in analyze_trace(path)["occupancy"] if r["name"] == DIV)
+    assert div["est_achieved_occupancy"] == pytest.approx(0.80)
+    assert div["cupti_resident_blocks_per_sm"] == div["resident_blocks_per_sm"] == 16
+
+
 def test_kernel_without_runtime_event_links_by_external_id(tmp_path):
     trace = _gpu_trace()
     trace["traceEvents"] = [e for e in trace["traceEvents"] if e.get("cat") != "cuda_runtime"]
@@ -365,6 +378,11 @@ def test_profile_step_cuda_kernels_and_occupancy(tmp_path):
     assert result["categories"][PROJECTION] > 0
     assert result["occupancy"] and all(0 < r["theoretical_occupancy"] <= 1 for r in result["occupancy"])
     assert result["limits"]["sm_count"] == torch.cuda.get_device_properties(0).multi_processor_count
+    for row in result["occupancy"]:
+        # where the trace carries CUPTI's own calculation and shared memory does not limit (its carveout
+        # is the driver's choice, ours the maximum), both calculators agree
+        if row.get("cupti_resident_blocks_per_sm") is not None and "SHARED" not in str(row.get("cupti_limiter")).upper():
+            assert row["resident_blocks_per_sm"] == row["cupti_resident_blocks_per_sm"]
 
 
 def test_triton_kernels_of_the_kernels_package_are_found():
