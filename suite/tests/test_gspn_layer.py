@@ -155,3 +155,22 @@ def test_bad_arguments_name_the_field():
         GSPNLayer(8, scan="fast", chunk=2)(torch.randn(1, 4, 4, 8, device=DEVICE))
     with pytest.raises(ValueError, match=r"x: expected \(B, H, W, 12\)"):
         GSPNLayer(12)(torch.randn(1, 4, 4, 8))
+
+
+def test_registry_entries():
+    """Every variant at its levels; the sublayer and an ablated layer build, run and pass their own check."""
+    from kernels import registry
+    from kernels.gspn.entries import VARIANTS
+    from kernels.params import Params
+    from suite.measure import check_correctness
+
+    for name, (_, _, levels) in VARIANTS.items():
+        assert registry.levels_of(name) == list(levels)
+    params = Params(batch=2, channels=8, grid_h=4, grid_w=5)
+    for name, level in (("gspn-original", "sublayer"), ("gspn-original-no-proj-residual-ext", "layer")):
+        impl = registry.get(name, level)
+        assert impl.unavailable(params, "float32", DEVICE, "fwd") is None
+        result = check_correctness(impl.build(params, torch.float32, torch.device(DEVICE), "fwd"), "float32")
+        assert result["passed"], result
+    fast = registry.get("gspn-original-fast", "layer")
+    assert "chunk" in fast.unavailable(params.replace(chunk=2), "float32", DEVICE, "fwd")
