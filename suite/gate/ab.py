@@ -14,8 +14,8 @@ The rounds of a case are pooled into one sample set per side and judged by the g
 (:mod:`suite.gate.decision`).
 
 Cost: about ``2 x rounds`` times one run of the scenario (each case's budget and warm-up, plus
-build and correctness check), plus two process start-ups; the Triton cache is shared, so a
-kernel identical on both sides compiles once. With ``scenarios/gate.yaml`` and 3 rounds, plan on
+build and correctness check), plus two process start-ups; the Triton cache is shared and keyed
+by kernel source, so a kernel identical on both sides normally compiles once. With ``scenarios/gate.yaml`` and 3 rounds, plan on
 ~6x the scenario's single-run time.
 
 ``CGSPN_BENCH_TEST_SLOWDOWN`` (the test-only slowdown switch) reaches only the current tree's
