@@ -7,9 +7,10 @@ that launched them (same ``correlation`` id) and the CPU ops and ``record_functi
 (``cpu_op`` / ``user_annotation``, with ``Input Dims`` when ``record_shapes=True``). Parsing the
 file rather than the in-memory profiler keeps one code path for a live run and a stored trace.
 
-A kernel's context is the stack of CPU ranges open on the launching thread when its runtime
-call ran (innermost first); without a runtime event it falls back to the op carrying the
-kernel's ``External id``.
+A kernel's context is the CPU op (or ``record_function`` range) whose ``External id`` the kernel
+carries -- Kineto links a launch to the innermost op open at launch time -- followed by that op's
+ancestors; when the id is missing or unknown, it is the stack of CPU ranges open on the
+launching thread when the kernel's runtime/driver call (same ``correlation``) ran.
 """
 
 from __future__ import annotations
@@ -145,6 +146,12 @@ def _launch_config(args: dict) -> LaunchConfig | None:
     )
 
 
+def _external_id(event: dict) -> int | None:
+    args = event.get("args", {})
+    value = args.get("External id", args.get("external id"))  # spelled both ways across Kineto versions
+    return value if value else None  # 0: not linked
+
+
 def _int_or_none(value: Any) -> int | None:
     return int(value) if value is not None else None
 
@@ -153,17 +160,16 @@ def device_activities(trace: dict) -> list[Activity]:
     """Every GPU kernel, memcpy and memset of the trace, each with its launch context."""
     events = _complete_events(trace)
     nodes, launch_context = _walk_cpu_threads(events)
-    by_external_id = {n.event["args"]["External id"]: n.context for n in nodes
-                      if n.event.get("cat") == "cpu_op" and "External id" in n.event.get("args", {})}
+    by_external_id = {_external_id(n.event): n.context for n in nodes if _external_id(n.event) is not None}
     out = []
     for e in events:
         kind = DEVICE_CATEGORIES.get(e.get("cat"))
         if kind is None:
             continue
         args = e.get("args", {})
-        frames = launch_context.get(args.get("correlation"))
+        frames = by_external_id.get(_external_id(e))
         if frames is None:
-            frames = by_external_id.get(args.get("External id"), ())
+            frames = launch_context.get(args.get("correlation"), ())
         out.append(Activity(name=e.get("name", ""), kind=kind, dur_us=float(e["dur"]), context=KernelContext(frames),
                             launch=_launch_config(args) if kind == "kernel" else None, device=args.get("device")))
     return out

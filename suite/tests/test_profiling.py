@@ -286,6 +286,17 @@ def test_legacy_occupancy_key_and_cupti_occupancy(tmp_path):
     assert div["cupti_resident_blocks_per_sm"] == div["resident_blocks_per_sm"] == 16
 
 
+def test_kernel_without_external_id_links_through_its_runtime_call(tmp_path):
+    trace = _gpu_trace()
+    for e in trace["traceEvents"]:
+        if e.get("cat") == "kernel":
+            del e["args"]["External id"]
+    path = tmp_path / "noexternal.pt.trace.json"
+    path.write_text(json.dumps(trace))
+    rows = {(r["name"], r["category"]) for r in analyze_trace(path)["kernels"]}
+    assert {(GEMM_SM90, MLP), (GEMM_SM90, PROJECTION), (SDPA, ATTENTION), (DIV, GATE_NORM)} <= rows
+
+
 def test_kernel_without_runtime_event_links_by_external_id(tmp_path):
     trace = _gpu_trace()
     trace["traceEvents"] = [e for e in trace["traceEvents"] if e.get("cat") != "cuda_runtime"]
