@@ -248,3 +248,25 @@ def test_slowdown_switch_is_off_unless_set_and_adds_real_work(monkeypatch):
         parse_slowdown("cgspn-scan=fast")
     with pytest.raises(SlowdownError, match="K must be >= 1"):
         parse_slowdown("cgspn-scan=0")
+
+
+def test_slowdown_leaves_output_and_gradients_unchanged(monkeypatch):
+    from kernels import registry
+    from kernels.params import Params
+    from suite.measure import make_step
+
+    impl = registry.get("attention-math", "sublayer")
+    params = Params(batch=1, channels=16, heads=2, grid_h=3, grid_w=5)
+
+    def grads(slowdown: str | None) -> list[torch.Tensor]:
+        if slowdown:
+            monkeypatch.setenv(ENV_VAR, slowdown)
+        else:
+            monkeypatch.delenv(ENV_VAR, raising=False)
+        torch.manual_seed(0)
+        workload = apply_test_slowdown(impl.name, impl.build(params, torch.float64, torch.device("cpu"), "fwd+bwd"))
+        make_step(workload, "fwd+bwd")()
+        return [t.grad.clone() for t in workload.inputs]
+
+    plain, slowed = grads(None), grads("attention-math=3")
+    assert len(plain) == 3 and all(torch.equal(a, b) for a, b in zip(plain, slowed))
