@@ -269,4 +269,4 @@ def test_slowdown_leaves_output_and_gradients_unchanged(monkeypatch):
         return [t.grad.clone() for t in workload.inputs]
 
     plain, slowed = grads(None), grads("attention-math=3")
-    assert len(plain) == 3 and all(torch.equal(a, b) for a, b in zip(plain, slowed))
+    assert len(plain) == 3 and all(torch.equal(a, b) for a, b in zip(plain, slowed, strict=True))
