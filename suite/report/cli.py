@@ -38,7 +38,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
 
     reproduce = subparsers.add_parser("reproduce", help="run every scenario in scenarios/paper/ into one run, then report",
                                       description="Run the paper's efficiency figures (scenarios/paper/*.yaml) into one run "
-                                                  "and render its report. Without CUDA it runs scenarios/smoke-cpu.yaml instead.")
+                                                  "and render its report. On CPU it runs scenarios/smoke-cpu.yaml instead.")
     reproduce.add_argument("--out", type=Path, help="run directory (default: results/runs/reproduce-<UTC stamp>)")
     reproduce.add_argument("--report", type=Path, help="report directory (default: reports/local/<run name>)")
     reproduce.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda if available, else cpu")
@@ -47,5 +47,5 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     reproduce.add_argument("--resume", action="store_true", help="finish an interrupted reproduce run in --out")
     reproduce.add_argument("--profile", action="store_true", help="profile every case, not only scenarios asking for it")
     reproduce.add_argument("--scenarios", type=Path, default=None, metavar="DIR",
-                           help="folder of paper scenarios (default: scenarios/paper)")
+                           help="scenario folder or file (default: scenarios/paper; on CPU scenarios/smoke-cpu.yaml)")
     reproduce.set_defaults(handler=reproduce_command)

@@ -40,6 +40,7 @@ LEVEL_ORDER = ("sublayer", "layer", "block", "network")
 STYLE = {"font.size": 9, "axes.titlesize": 10, "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True,
          "grid.alpha": 0.3, "legend.fontsize": 8, "legend.frameon": False, "savefig.bbox": "tight"}
 PAPER_LABEL = "paper (A100)"
+MARKERS = ("o", "s", "^", "v", "P", "X")
 
 
 @dataclass
@@ -75,8 +76,11 @@ def _finish(fig: MplFigure, name: str, title: str, caption: str, wide: bool = Fa
 def implementation_colors(names: list[str]) -> dict[str, str]:
     """A stable colour per implementation name (tab10, then tab20 for larger runs)."""
     ordered = sorted(set(names))
-    cmap = plt.get_cmap("tab10" if len(ordered) <= 10 else "tab20")
-    return {n: matplotlib.colors.to_hex(cmap(i % cmap.N)) for i, n in enumerate(ordered)}
+    cmap = plt.get_cmap("tab20")
+    # tab20's even entries are tab10's strong colours, the odd ones their light twins: use all strong
+    # ones before any light one, so neighbouring names never get two shades of one hue.
+    order = list(range(0, 20, 2)) + list(range(1, 20, 2))
+    return {n: matplotlib.colors.to_hex(cmap(order[i % 20])) for i, n in enumerate(ordered)}
 
 
 def axis_value(params: dict, axis: str) -> float | None:
@@ -113,12 +117,16 @@ def _plot_panel(ax, rows: list[Row], axis: str, others: list[str], colors: dict[
     for row in rows:
         lines[_line_key(row, others, show_mode, show_dtype)].append(row)
     failed_any = False
+    seen_per_impl: dict[str, int] = defaultdict(int)
     for label, members in sorted(lines.items()):
         members.sort(key=lambda r: axis_value(r.params, axis) or 0)
-        color = colors[members[0].implementation]
+        impl = members[0].implementation
+        color = colors[impl]
+        marker = MARKERS[seen_per_impl[impl] % len(MARKERS)]  # lines of one implementation differ by marker
+        seen_per_impl[impl] += 1
         ok = [r for r in members if r.status == "ok" and r.median_ms is not None]
         style = "--" if members[0].mode == "fwd+bwd" else "-"
-        ax.plot([axis_value(r.params, axis) for r in ok], [r.median_ms for r in ok], style, marker="o", ms=3.5, lw=1.5,
+        ax.plot([axis_value(r.params, axis) for r in ok], [r.median_ms for r in ok], style, marker=marker, ms=4, lw=1.5,
                 color=color, label=label)
         for r in members:
             if r.status != "ok":
@@ -155,6 +163,34 @@ def _plain_log_y(ax) -> None:
     ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def _panel_plan(level: str, rows: list[Row], axes: list[str]) -> list[tuple[str, str, list[str], list[Row]]]:
+    """(title, x axis, other axes in line labels, rows) of each panel of one level.
+
+    A cartesian sweep (e.g. resolution x compression) is one panel against the first axis with a
+    line per value of the others. A star sweep (Fig. 2: channels at B=32, then batch at C=1152,
+    written as a zip) would give one-point lines that way, so it gets one panel per axis, the
+    other axes held at their most common value.
+    """
+    axis, others = axes[0], axes[1:]
+    lines: dict[tuple, set] = defaultdict(set)
+    for r in rows:
+        lines[(r.implementation, r.mode, r.dtype, *(axis_value(r.params, a) for a in others))].add(axis_value(r.params, axis))
+    if not others or sum(len(xs) >= 2 for xs in lines.values()) * 2 >= len(lines):
+        return [(level, axis, others, rows)]
+    plan = []
+    for axis in axes:
+        held = {}
+        for other in axes:
+            values = [axis_value(r.params, other) for r in rows if axis_value(r.params, other) is not None]
+            if other != axis and values:
+                held[other] = max(set(values), key=values.count)
+        members = [r for r in rows if all(axis_value(r.params, a) in (v, None) for a, v in held.items())]
+        if len({axis_value(r.params, axis) for r in members}) >= 2:
+            fixed = ", ".join(f"{PARAM_ABBREV.get(a, a)}={v}" for a, v in held.items())
+            plan.append((f"{level}: vs {AXIS_LABEL[axis]}" + (f" ({fixed})" if fixed else ""), axis, [], members))
+    return plan or [(level, axis, others, rows)]
 
 
 def _levels(rows: list[Row]) -> list[str]:
@@ -205,15 +241,19 @@ def latency_figure(name: str, scenario: dict, rows: list[Row], colors: dict[str,
                 ax.invert_yaxis()
             caption = "Median latency per implementation (log scale)."
         else:
-            axis, others = axes_varying[0], axes_varying[1:]
+            plt.close(fig)
+            plan = [panel for lvl in levels for panel in _panel_plan(lvl, [r for r in rows if r.level == lvl], axes_varying)]
+            fig, panels = _panels(len(plan))
+            levels = plan  # one panel per entry, for the "wide" decision below
             paper_points = scenario.get("paper_points") or []
-            for ax, level in zip(panels, levels, strict=True):
-                level_rows = [r for r in rows if r.level == level]
-                _plot_panel(ax, level_rows, axis, others, colors, [p for p in paper_points if p.get("level") == level])
+            for ax, (title, axis, others, panel_rows) in zip(panels, plan, strict=True):
+                level = panel_rows[0].level
+                _plot_panel(ax, panel_rows, axis, others, colors, [p for p in paper_points if p.get("level") == level])
                 ax.set_xlabel(AXIS_LABEL[axis])
                 ax.set_ylabel("median latency (ms)")
-                ax.set_title(level)
-            caption = (f"Median latency vs {AXIS_LABEL[axis]} (log y), one line per implementation; dashed lines are "
+                ax.set_title(title)
+            swept = " and ".join(dict.fromkeys(AXIS_LABEL[a] for _, a, _, _ in plan))
+            caption = (f"Median latency vs {swept} (log y), one line per implementation; dashed lines are "
                        "forward+backward. Hollow diamonds are the paper's A100 numbers where the scenario gives them.")
         fig.suptitle(f"{name}{title_ref}", fontsize=11)
         return _finish(fig, f"latency-{_slug(name)}", f"Latency: {name}{title_ref}", caption, wide=len(levels) > 1)

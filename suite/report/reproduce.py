@@ -40,9 +40,10 @@ def reproduce(out: Path | None = None, report: Path | None = None, device: str |
     source = Path(scenarios_dir) if scenarios_dir is not None else PAPER_SCENARIOS
     fallback = device == "cpu"
     if fallback:
-        console.print(f"[yellow]No CUDA device: the paper's figures need a GPU (B=32, C=1152, up to 2058 px). "
-                      f"Falling back to {cpu_scenarios}, a CPU smoke run that checks the pipeline, not the paper.[/]")
-        source = Path(cpu_scenarios)
+        if scenarios_dir is None:
+            source = Path(cpu_scenarios)
+        console.print(f"[yellow]Running on the CPU: the paper's figures need a GPU (B=32, C=1152, up to 2058 px). "
+                      f"Running {source} instead, a CPU smoke run that checks the pipeline, not the paper.[/]")
     scenarios, errors = load_scenarios([source])
     if errors:
         for line in errors:

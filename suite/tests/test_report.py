@@ -214,3 +214,19 @@ def test_report_from_a_real_cpu_run(tmp_path):
     assert math.isclose(claims["ours"][0], ok[("attention-math", 7)] / ok[("cgspn-scan", 7)], rel_tol=1e-9)
     assert (tmp_path / "report" / "latency-smoke-cpu-tiny.png").exists()
     assert "cpu" in (tmp_path / "report" / "index.html").read_text()
+
+
+def test_reproduce_on_cpu_falls_back_runs_and_reports(tmp_path):
+    data = yaml.safe_load(tiny_smoke_scenario(tmp_path).read_text())
+    data.update(name="smoke-cpu-one", implementations=["attention-math"], sweep={"grid": [5]}, paper_points=[], claims=[])
+    scenario = tmp_path / "one.yaml"
+    scenario.write_text(yaml.safe_dump(data))
+    run, report = tmp_path / "run", tmp_path / "report"
+    cmd = [sys.executable, "-m", "suite.cli", "reproduce", "--device", "cpu", "--scenarios", str(scenario), "--out", str(run),
+           "--report", str(report)]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "the paper's figures need a GPU" in done.stderr and "elapsed" in done.stderr
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["elapsed_s"] > 0 and meta["reproduce"]["cpu_fallback"] is True
+    assert (report / "index.html").exists() and (report / "latency.csv").exists()
