@@ -230,8 +230,8 @@ def run_ab(ref: str, *, scenario: str | Path = "scenarios/gate.yaml", rounds: in
     console = console or Console()
     repo = Path(repo).resolve() if repo else REPO_ROOT
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cpu":
-        os.environ.setdefault("TRITON_INTERPRET", "1")  # this process expands the scenario: kernels get imported
+    # This process only expands the scenario (kernels are imported, never launched); the workers
+    # get TRITON_INTERPRET for CPU runs. Setting it here would leak into the caller's process.
     from suite.scenario import ScenarioError, load_scenario
 
     try:
