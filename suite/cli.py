@@ -187,9 +187,10 @@ def run_command(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     for line in summary.skipped_scenarios:
         console.print(line, markup=False, highlight=False)
     if group.rank == 0:
-        counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.counts.items())) or "nothing new"
-        console.print(f"{options.out}: {counts} ({summary.already_done} already measured, {summary.total_cases} cases)",
-                      markup=False, highlight=False)
+        new = sum(summary.counts.values()) if group.world_size == 1 else "the ranks' new"
+        counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.run_counts.items())) or "no rows"
+        console.print(f"{options.out}: {summary.total_cases} cases, {summary.already_done} measured before, {new} rows now; "
+                      f"run directory holds {counts}", markup=False, highlight=False)
         if device == "cpu":
             console.print("note: this ran on the CPU (Triton interpreted); real benchmarks need a CUDA GPU", style="yellow")
         if summary.spread_path:

@@ -87,6 +87,7 @@ class RunSummary:
     skipped_scenarios: list[str] = field(default_factory=list)
     already_done: int = 0
     total_cases: int = 0
+    run_counts: dict = field(default_factory=dict)  # rank 0: status -> rows in the merged run directory
     spread_path: Path | None = None
 
 
@@ -239,7 +240,7 @@ def run_scenarios(scenarios: list[Scenario], options: RunOptions, group: Group |
             summary.spread_path = sharding.write_spread(run.path, rows)
         meta = run.meta()
         meta["finished"] = time.time()
-        meta["status_counts"] = dict(Counter(r.status for r in rows))
+        meta["status_counts"] = summary.run_counts = dict(Counter(r.status for r in rows))
         run.write_meta(meta)
     group.barrier()
     return summary

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from kernels.params import Params
@@ -63,15 +63,17 @@ def estimate_cost_ms(case: Case, device_type: str) -> float:
     return CASE_OVERHEAD_MS.get(device_type, CASE_OVERHEAD_MS["cpu"]) + 2 * call_ms + warmup + timed
 
 
-def shard(cases: list[Case], world_size: int, device_type: str) -> list[list[Case]]:
+def shard(cases: list[Case], world_size: int, device_type: str,
+          cost: Callable[[Case, str], float] = estimate_cost_ms) -> list[list[Case]]:
     """Deterministic LPT assignment: ``result[rank]`` lists that rank's cases in the input order."""
     if world_size < 1:
         raise ValueError(f"world_size: expected >= 1, got {world_size}")
+    costs = {c.id: cost(c, device_type) for c in cases}
     load = [0.0] * world_size
     assigned: dict[str, int] = {}
-    for case in sorted(cases, key=lambda c: (-estimate_cost_ms(c, device_type), c.id)):
+    for case in sorted(cases, key=lambda c: (-costs[c.id], c.id)):
         rank = min(range(world_size), key=lambda r: (load[r], r))
-        load[rank] += estimate_cost_ms(case, device_type)
+        load[rank] += costs[case.id]
         assigned[case.id] = rank
     return [[c for c in cases if assigned[c.id] == rank] for rank in range(world_size)]
 
@@ -104,7 +106,16 @@ def merge_rank_rows(run_dir: Path, per_gpu: bool = False) -> int:
                 added += 1
     for path in rank_files:
         os.remove(path)
+        _remove_empty(path.parent)
+    _remove_empty(Path(run_dir) / RANK_DIR)
     return added
+
+
+def _remove_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:  # not empty (traces, a rank's extra files) or already gone
+        pass
 
 
 def done_keys(run_dir: Path, per_gpu: bool) -> set[tuple]:

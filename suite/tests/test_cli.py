@@ -39,7 +39,7 @@ def test_run_writes_rows_and_metadata(tmp_path, capsys):
     assert all(r.correctness["passed"] for r in rows)
     assert json.loads((out / "run.json").read_text())["scenarios"][0]["name"] == "tiny-cli"
     err = capsys.readouterr().err
-    assert "2 ok" in err and "real benchmarks need a CUDA GPU" in err
+    assert "holds 2 ok" in err and "real benchmarks need a CUDA GPU" in err
 
 
 def test_run_reports_scenario_errors_without_running(tmp_path, capsys):
