@@ -48,6 +48,22 @@ def cosine_report(student: nn.Module, teacher_taps: FeatureFn, batches: list[tor
     return report
 
 
+@torch.no_grad()
+def sublayer_cosine(student: nn.Module, teacher: nn.Module, batches: list[torch.Tensor], blocks: list[int], *,
+                    autocast: Callable = contextlib.nullcontext) -> dict[int, float]:
+    """Stage-1 view: cosine of each student mixer ``mixer(norm1(h_t))`` with the teacher's
+    attention output, both fed the teacher's block input ``h_t`` (paper Eq. 8)."""
+    sums = dict.fromkeys(blocks, 0.0)
+    for images in batches:
+        with autocast():
+            x0, taps = encoder_taps(teacher, images)
+            for i in blocks:
+                x = x0 if i == 0 else taps[i - 1]["pb"]
+                block = student.blocks[i]
+                sums[i] += token_cosine(block.mixer(block.norm1(x)), taps[i]["pp"]).item()
+    return {i: v / len(batches) for i, v in sums.items()}
+
+
 def teacher_tap_fn(teacher: nn.Module, resolution: int | None = None) -> FeatureFn:
     """Teacher taps for student images; with ``resolution`` the teacher sees the images resized
     to it and its taps are bilinearly upsampled to the student's grid (curriculum, Eq. 13)."""

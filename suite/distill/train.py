@@ -30,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 from suite.distill import checkpoint, distributed
 from suite.distill.config import DistillConfig, StageConfig
 from suite.distill.data import BatchStream, CenterCropDataset, CropDataset, builtin_image_paths, folder_image_paths
-from suite.distill.evaluate import cosine_report, custom_backward_nodes, latency_report, teacher_tap_fn
+from suite.distill.evaluate import cosine_report, custom_backward_nodes, latency_report, sublayer_cosine, teacher_tap_fn
 from suite.distill.metrics import MetricLog
 from suite.distill.model import (
     SublayerStage,
@@ -163,6 +163,8 @@ class Distiller:
         report = {"stage": stage.name, "kind": stage.kind, "resolution": stage.resolution, "images": len(data)}
         report["against_stage_teacher"] = cosine_report(self.student, teacher_tap_fn(teacher, teacher_res), batches,
                                                         adaptors=adaptors, autocast=self.autocast)
+        report["sublayer_vs_attention_teacher"] = sublayer_cosine(self.student, self.teacher, batches, cgspn_blocks(self.cfg),
+                                                                  autocast=self.autocast)
         if teacher is not self.teacher:
             report["against_attention_teacher"] = cosine_report(self.student, teacher_tap_fn(self.teacher), batches,
                                                                 autocast=self.autocast)
