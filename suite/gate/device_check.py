@@ -29,6 +29,8 @@ from pathlib import Path
 
 import yaml
 
+from suite.gate.slowdown import was_slowed
+
 SUBSET = ["cgspn-scan", "attention-cudnn", "cgspn"]
 
 
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append(step("3-slowdown-gate", [*cli, "gate", "--baseline", str(baseline), "--current", str(slow),
                                                     "--json", str(out / "slowdown-gate.json")], out, 1))
             rows = [json.loads(line) for line in (slow / "rows.jsonl").read_text().splitlines() if line.strip()]
-            marked = [r for r in rows if r["implementation"] == "cgspn-scan" and "test-slowdown" in (r.get("backend_detail") or "")]
+            marked = [r for r in rows if r["implementation"] == "cgspn-scan" and was_slowed(r.get("backend_detail"))]
             if not marked:
                 print("NOTE: no cgspn-scan row carries the test-slowdown marker: measure_case does not call "
                       "suite.gate.slowdown.apply_test_slowdown yet")
