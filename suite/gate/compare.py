@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,18 +160,21 @@ class GateReport:
         }
 
     def write_json(self, path: str | Path) -> Path:
+        """Strict JSON: NaN/inf (no statistic, e.g. too few samples) become null."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1, default=_json_default) + "\n")
+        path.write_text(json.dumps(_finite(self.to_dict()), indent=1, allow_nan=False) + "\n")
         return path
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, float) and value != value:
-        return None
-    if hasattr(value, "item"):
-        return value.item()
-    return str(value)
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _describe(snapshot: Snapshot) -> dict[str, Any]:

@@ -270,3 +270,13 @@ def test_slowdown_leaves_output_and_gradients_unchanged(monkeypatch):
 
     plain, slowed = grads(None), grads("attention-math=3")
     assert len(plain) == 3 and all(torch.equal(a, b) for a, b in zip(plain, slowed, strict=True))
+
+
+def test_json_output_is_strict_json(tmp_path):
+    base = standard_run(tmp_path / "base", seed=0, n=3)  # too few samples: no CI, no p-value
+    cur = standard_run(tmp_path / "cur", seed=1, n=3)
+    code, result = gate(tmp_path, base, cur)
+    text = (tmp_path / "verdicts.json").read_text()
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    assert code == 0 and {c["verdict"] for c in result["cases"]} == {"inconclusive"}
+    assert all(c["ci"] == [None, None] and c["p_value"] is None for c in result["cases"])
