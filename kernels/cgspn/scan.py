@@ -22,8 +22,9 @@ launch adds h_lr + h_rl and, on each row's last visit, writes ``y = u * total`` 
 dtype. Gate normalization is recomputed from the raw gates in every visit (sigmoid in registers:
 no normalized-gate tensor in memory). Traffic per (b, pixel, channel), in elements of the input
 dtype (fp32 accumulator = 2 for bf16): reads 4 x 5 (x, lam, 3 gates per direction) + u, writes y,
-plus accumulator traffic 3 (vertical) + 4 (horizontal) fp32 accesses, i.e. ~36 vs the ideal 7
-for bf16; see NOTES.md for why a global four-direction scan cannot read its inputs only once.
+plus 3 fp32 accumulator accesses per axis, i.e. ~34 vs the ideal 7 for bf16 (<= ~21% of copy
+bandwidth in ideal-byte terms); NOTES.md says why a global four-direction scan with row programs
+cannot read its inputs only once.
 
 Backward. The adjoint of one direction is the same recurrence run in reverse with transposed
 gates: a[s] = dh[s] + l'[p+1] a'[p+1] + m'[p] a'[p] + r'[p-1] a'[p-1] (primes: the next row in scan
