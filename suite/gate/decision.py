@@ -25,7 +25,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy.stats import mannwhitneyu
 
 
 @dataclass(frozen=True)
@@ -69,6 +68,16 @@ class SampleComparison:
     reason: str
 
 
+def _mannwhitneyu():
+    """scipy's Mann-Whitney U test (exact for small samples without ties, normal approximation with
+    tie correction otherwise); imported on use so the rest of the CLI works without scipy."""
+    try:
+        from scipy.stats import mannwhitneyu
+    except ImportError as err:
+        raise ImportError("the regression gate needs scipy (scipy.stats.mannwhitneyu): pip install 'scipy>=1.10'") from err
+    return mannwhitneyu
+
+
 def iqr(samples: np.ndarray) -> float:
     q1, q3 = np.percentile(samples, [25, 75])
     return float(q3 - q1)
@@ -104,6 +113,7 @@ def compare_samples(baseline_ms, current_ms, rule: DecisionRule, threshold: floa
     delta = med_c - med_b
     noise = (iqr(base) + iqr(cur)) / 2
     ci_low, ci_high = bootstrap_ratio_ci(base, cur, rule.confidence, rule.bootstrap, rule.seed)
+    mannwhitneyu = _mannwhitneyu()
     p_slower = float(mannwhitneyu(cur, base, alternative="greater").pvalue)
     p_faster = float(mannwhitneyu(cur, base, alternative="less").pvalue)
 
