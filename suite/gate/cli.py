@@ -117,7 +117,7 @@ def run_gate(args: argparse.Namespace) -> int:
             baseline = Snapshot.load(_resolve_baseline(args.baseline, current))
         report = compare_snapshots(baseline, current, thresholds=thresholds, rule=rule,
                                    allow_other_gpu=args.allow_other_gpu, fail_on_missing=args.fail_on_missing)
-    except (BaselineError, ThresholdError, GpuMismatch, ValueError) as err:
+    except (BaselineError, ThresholdError, GpuMismatch, ValueError, ImportError) as err:
         console.print(f"[bold red]gate: cannot compare:[/] {escape(str(err))}")
         return EXIT_REFUSED
     render(report, console, show_unchanged=not args.hide_unchanged)
