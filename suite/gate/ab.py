@@ -127,7 +127,9 @@ class Worker:
         self._log: IO[str] | None = None
 
     def start(self) -> None:
-        self._log = open(self.log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in stop()
+        if self._log is not None:  # a restart after a crash: keep appending to the same log
+            self._log.close()
+        self._log = open(self.log_path, "a", encoding="utf-8")  # closed in stop()
         self.proc = subprocess.Popen([sys.executable, "-m", "suite.gate.ab_worker", "--device", self.device],
                                      cwd=self.python_path, env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self._log, text=True, bufsize=1)
