@@ -79,10 +79,22 @@ def build_gate_probe(params, dtype, device, mode):
     return Workload(fn=fn, reference=lambda: x.double() @ x.double(), flops=2.0 * REPS * params.channels ** 3)
 '''
 
+CRASH = '''"""Test-only kernel of the A/B gate test: its process dies while building it (a segfault stand-in)."""
+import os
+
+from kernels.registry import register
+
+
+@register("test-gate-crash", family="vit", level="sublayer", params=("batch", "channels"), dtypes=("float32",),
+          devices=("cpu",), modes=("fwd",))
+def build_gate_crash(params, dtype, device, mode):
+    os._exit(3)
+'''
+
 SCENARIO = """name: ab-probe
 description: A/B gate test on CPU
 device: cpu
-implementations: [test-gate-probe]
+implementations: [test-gate-probe, test-gate-crash]
 levels: [sublayer]
 modes: [fwd]
 dtypes: [float32]
@@ -94,7 +106,8 @@ metrics: [latency]
 
 @pytest.fixture
 def probe_repo(tmp_path):
-    """A git repo with this checkout's kernels/ and suite/ plus the probe (REPS=1 committed, REPS=3 in the tree)."""
+    """A git repo with this checkout's kernels/ and suite/ plus the probe (REPS=1 committed, REPS=3 in the
+    tree) and, in the working tree only, a kernel whose worker process dies."""
     repo = tmp_path / "repo"
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for folder in ("kernels", "suite"):
@@ -107,11 +120,15 @@ def probe_repo(tmp_path):
     subprocess.run([*git, "add", "."], check=True)
     subprocess.run([*git, "commit", "-qm", "probe at 1 matmul"], check=True)
     probe.write_text(PROBE.format(reps=3))  # the uncommitted change under test: 3x the work
-    # the driver (this process) validates the scenario with its own registry: register the probe here too
-    spec = importlib.util.spec_from_file_location("test_gate_probe_driver", probe)
-    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    crash = repo / "kernels" / "test_gate_crash.py"
+    crash.write_text(CRASH)  # untracked: only the current tree has it
+    # the driver (this process) validates the scenario with its own registry: register both here too
+    for name, path in (("test_gate_probe_driver", probe), ("test_gate_crash_driver", crash)):
+        spec = importlib.util.spec_from_file_location(name, path)
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
     yield repo
-    registry._REGISTRY.pop(("test-gate-probe", "sublayer"), None)  # keep it out of other tests' listings
+    for name in ("test-gate-probe", "test-gate-crash"):  # keep them out of other tests' listings
+        registry._REGISTRY.pop((name, "sublayer"), None)
 
 
 def test_ab_against_head_catches_the_slower_working_tree(probe_repo, tmp_path):
@@ -120,16 +137,22 @@ def test_ab_against_head_catches_the_slower_working_tree(probe_repo, tmp_path):
     head = subprocess.run(["git", "-C", str(probe_repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     assert ref.commit == head and cur.commit == head + "+dirty"  # each worker ran its own tree
     report = compare_snapshots(ref, cur)
-    (case,) = report.cases
-    assert case.verdict == "regression" and not report.passed
-    assert case.ratio > 2.0  # 3x the matmuls; per-call overhead keeps it a little under 3
-    assert case.current["n"] == sum(json.loads(line)["n"] for line in (out / "current" / "rounds.jsonl").open())
-    for side in SIDES:  # run directories the report and gate can read: one pooled row, every round kept
-        assert len(RunDir(out / side).rows()) == 1 and len((out / side / "rounds.jsonl").read_text().splitlines()) == 2
+    cases = {c.implementation: c for c in report.cases}
+    probe, crash = cases["test-gate-probe"], cases["test-gate-crash"]
+    assert probe.verdict == "regression" and not report.passed
+    assert probe.ratio > 2.0  # 3x the matmuls; per-call overhead keeps it a little under 3
+    # the crashing kernel is recorded as broken and its worker restarted for the next case (round 1's probe)
+    assert crash.verdict == "broken" and "worker died (exit 3)" in crash.current["message"]
+    assert crash.baseline["status"] == "unsupported"  # HEAD does not have it
+    rounds = {side: [json.loads(line) for line in (out / side / "rounds.jsonl").open()] for side in SIDES}
+    probe_rounds = {side: [r for r in rounds[side] if r["implementation"] == "test-gate-probe"] for side in SIDES}
+    assert probe.current["n"] == sum(r["n"] for r in probe_rounds["current"])  # both rounds pooled
+    assert [r["status"] for r in probe_rounds["current"]] == ["ok", "ok"]
+    for side in SIDES:  # run directories the report and gate can read: one pooled row per case, every round kept
+        assert len(RunDir(out / side).rows()) == 2 and len(rounds[side]) == 4
         assert RunDir(out / side).meta()["ab"]["ref_commit"] == head
-    rounds = sorted((json.loads(line) | {"side": side} for side in SIDES for line in (out / side / "rounds.jsonl").open()),
-                    key=lambda r: r["timestamp"])
-    assert [r["side"] for r in rounds] == ["current", "ref", "ref", "current"]  # round 0: A-B, round 1: B-A
+    order = sorted((r | {"side": side} for side in SIDES for r in probe_rounds[side]), key=lambda r: r["timestamp"])
+    assert [r["side"] for r in order] == ["current", "ref", "ref", "current"]  # round 0: A-B, round 1: B-A
     worktrees = subprocess.run(["git", "-C", str(probe_repo), "worktree", "list"], capture_output=True, text=True).stdout
     assert len(worktrees.strip().splitlines()) == 1  # the temporary worktree is gone
 
