@@ -171,6 +171,21 @@ class EpochBatches:
         return len(self.batches)
 
 
+class StreamIndices:
+    """Batch sampler for one DataLoader over many epochs: per-rank batches from ``start``
+    (``(epoch, batch in epoch)``) on, epoch after epoch (one loader per stage, so loader workers
+    are not restarted at every epoch of a small image set)."""
+
+    def __init__(self, sampler: DistributedSampler, batch: int, start: tuple[int, int]):
+        self.sampler, self.batch, self.start = sampler, batch, start
+
+    def __iter__(self):
+        epoch, offset = self.start
+        while True:
+            yield from EpochBatches(self.sampler, epoch, self.batch, offset)
+            epoch, offset = epoch + 1, 0
+
+
 class BatchStream:
     """Endless stream of ``(B_local, 3, r, r)`` batches with a resumable position.
 
@@ -179,39 +194,30 @@ class BatchStream:
     """
 
     def __init__(self, dataset: CropDataset, *, rank: int, world: int, global_batch: int, seed: int,
-                 workers: int = 0, position: tuple[int, int] = (0, 0)):
+                 workers: int = 0, position: tuple[int, int] = (0, 0), pin_memory: bool = False):
         if global_batch % world:
             raise ValueError(f"data.batch_size: {global_batch} is not divisible by the {world} DDP ranks")
-        self.dataset = dataset
         self.local_batch = global_batch // world
-        self.sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
-        self.per_epoch = len(self.sampler) // self.local_batch
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        self.per_epoch = len(sampler) // self.local_batch
         if self.per_epoch == 0:
             raise ValueError(
                 f"data.batch_size: {global_batch} exceeds the {len(dataset)} crops of one epoch; "
                 "lower it or raise data.repeats"
             )
-        self.workers = workers
         self.epoch, self.offset = position
-        self._iter = None
+        if self.offset >= self.per_epoch:
+            self.epoch, self.offset = self.epoch + 1, 0
+        indices = StreamIndices(sampler, self.local_batch, (self.epoch, self.offset))
+        self._iter = iter(DataLoader(dataset, batch_sampler=indices, num_workers=workers, pin_memory=pin_memory))
 
     @property
     def position(self) -> tuple[int, int]:
         return self.epoch, self.offset
 
-    def _start_epoch(self) -> None:
-        batches = EpochBatches(self.sampler, self.epoch, self.local_batch, self.offset)
-        loader = DataLoader(self.dataset, batch_sampler=batches, num_workers=self.workers)
-        self._iter = iter(loader)
-
     def next(self) -> torch.Tensor:
-        if self._iter is None:
-            self._start_epoch()
-        try:
-            batch = next(self._iter)
-        except StopIteration:
-            self.epoch, self.offset = self.epoch + 1, 0
-            self._start_epoch()
-            batch = next(self._iter)
+        batch = next(self._iter)
         self.offset += 1
+        if self.offset == self.per_epoch:
+            self.epoch, self.offset = self.epoch + 1, 0
         return batch

@@ -59,7 +59,8 @@ def mean_across_ranks(values: dict[str, float], ctx: DistContext) -> dict[str, f
 
 def barrier(ctx: DistContext) -> None:
     if ctx.distributed:
-        dist.barrier()
+        # NCCL wants to know the rank's device (else it guesses and warns).
+        dist.barrier(device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
 
 
 def teardown(ctx: DistContext) -> None:

@@ -214,7 +214,8 @@ class Distiller:
         dataset = CropDataset(self.paths, stage.resolution, seed=cfg.seed * 1000 + k, repeats=cfg.data.repeats,
                               scale=cfg.data.scale, ratio=cfg.data.ratio, max_side=cfg.data.max_side)
         stream = BatchStream(dataset, rank=self.ctx.rank, world=self.ctx.world, global_batch=cfg.data.batch_size,
-                             seed=cfg.seed * 1000 + k, workers=cfg.data.workers, position=position)
+                             seed=cfg.seed * 1000 + k, workers=cfg.data.workers, position=position,
+                             pin_memory=self.device.type == "cuda")
         if resumed is not None:
             checkpoint.set_rng_state(resumed["rng"])
 

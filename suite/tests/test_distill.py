@@ -160,6 +160,8 @@ def test_stream_position_resumes_the_same_batches():
     batches = [mid.next() for _ in range(4)]
     again = BatchStream(ds, rank=0, world=1, global_batch=2, seed=1, position=(0, 2))
     assert torch.equal(again.next(), batches[2])
+    workers = BatchStream(ds, rank=0, world=1, global_batch=2, seed=1, workers=2)
+    assert all(torch.equal(workers.next(), b) for b in batches)  # crops do not depend on the worker
 
 
 # ---- training runs (CPU, reference scan) --------------------------------------------------------
@@ -261,3 +263,21 @@ def test_fused_triton_scan_trains_like_the_reference(tmp_path):
         backward[scan] = yaml.safe_load((tmp_path / scan / "run.json").read_text())["student_custom_backward"]
     assert curves["fused"] == pytest.approx(curves["reference"], rel=1e-4)
     assert backward["reference"] == [] and any("Scan" in name for name in backward["fused"]), backward
+
+
+def test_latency_and_report_table(tmp_path):
+    from suite.distill.report import build_table, markdown
+
+    data = tiny([dict(STAGE1, steps=2)])
+    data["evaluate"].update(after_each_stage=True, latency_resolutions=[28, 56], latency_batch=2,
+                            timing={"budget_ms": 5, "warmup_ms": 1, "min_reps": 2, "max_reps": 3})
+    summary = distill(parse_config(data), tmp_path / "run")
+    rows = summary["latency"]
+    assert [(r["model"], r["resolution"], r["status"]) for r in rows] == [
+        ("teacher", 28, "ok"), ("teacher", 56, "ok"), ("student", 28, "ok"), ("student", 56, "ok")]
+    assert all(r["n"] >= 2 and r["median_ms"] > 0 and r["timer"] == "cpu-perf-counter" for r in rows)
+    table = build_table([("cgspn", tmp_path / "run")], tmp_path / "run", tmp_path / "run")
+    latency = table["runs"][0]["latency_ms"][56]
+    assert latency["speedup"] == pytest.approx(latency["teacher"] / latency["student"])
+    assert table["ddp_vs_single"]["mean_rel_diff"] == 0.0 and table["ddp_vs_single"]["verdict"].startswith("match")
+    assert "| stage1 | sublayer | 56 |" in markdown(table)
