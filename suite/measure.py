@@ -377,12 +377,13 @@ def _release(device: torch.device) -> None:
 
 def measure_case(impl: Implementation, params: Params, dtype: str, device: torch.device | str, mode: str,
                  settings: TimingSettings, check: bool = True, profile: bool = False, *, nvml: bool = True,
-                 run_dir: str | Path | None = None, scenario: str = "", run_id: str = "") -> Row:
+                 run_dir: str | Path | None = None, scenario: str = "", run_id: str = "", tag: str = "") -> Row:
     """Build, check, time and describe one case as a :class:`Row`; never raises for the case's own failures.
 
-    ``run_dir`` (optional) receives the NVML time series (``nvml/<case_id>.json``) and profiler
-    traces (``traces/``). Status: ``unsupported`` when ``impl.unavailable`` gives a reason or the
-    builder raises NotImplementedError, ``failed-check`` when the output is off the reference
+    ``run_dir`` (optional) receives the NVML time series (``nvml/<case_id><tag>.json``) and profiler
+    traces (``traces/``); ``tag`` tells apart files of one case measured by several ranks.
+    Status: ``unsupported`` when ``impl.unavailable`` gives a reason or the builder raises
+    NotImplementedError, ``failed-check`` when the output is off the reference
     (never timed), ``oom`` on CUDA out-of-memory, ``error`` on any other exception.
     """
     device = torch.device(device)
@@ -417,9 +418,9 @@ def measure_case(impl: Implementation, params: Params, dtype: str, device: torch
         if sampler is not None:
             row.nvml = sampler.summary(median_ms=row.median_ms)
             if run_dir is not None and sampler.samples:
-                row.nvml["series"] = _write_series(Path(run_dir), row.case_id, sampler.samples)
+                row.nvml["series"] = _write_series(Path(run_dir), row.case_id + tag, sampler.samples)
         if profile:
-            row.profile = _profile(step, device, run_dir, row)
+            row.profile = _profile(step, device, run_dir, row, tag)
     except NotImplementedError as exc:
         row.status, row.message = "unsupported", str(exc) or type(exc).__name__
     except torch.cuda.OutOfMemoryError as exc:
@@ -441,7 +442,7 @@ def _fill_timing(row: Row, timing: Timing) -> None:
         row.message = timing.message
 
 
-def _profile(step: Callable[[], None], device: torch.device, run_dir: str | Path | None, row: Row) -> dict:
+def _profile(step: Callable[[], None], device: torch.device, run_dir: str | Path | None, row: Row, tag: str = "") -> dict:
     """Run the profiling engineer's ``profile_step`` once more, outside the timed repetitions."""
     try:
         from suite.profiling import profile_step
@@ -449,7 +450,7 @@ def _profile(step: Callable[[], None], device: torch.device, run_dir: str | Path
         return {"error": f"suite.profiling unavailable: {exc}"}
     trace_dir = Path(run_dir) / "traces" if run_dir is not None else Path("results/runs/traces")
     try:
-        return profile_step(step, device=device, trace_dir=trace_dir, name=f"{row.implementation}-{row.level}-{row.case_id}")
+        return profile_step(step, device=device, trace_dir=trace_dir, name=f"{row.implementation}-{row.level}-{row.case_id}{tag}")
     except Exception as exc:
         return {"error": f"{type(exc).__name__}: {exc}"}
 

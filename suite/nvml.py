@@ -106,12 +106,16 @@ class NvmlSampler:
             self.reason = f"NVML could not be initialized: {exc}"
             return
         try:
+            handle = None
             uuid = _torch_uuid(self.device_index)
             if uuid is not None:
-                handle = pynvml.nvmlDeviceGetHandleByUUID(uuid)
-            else:
+                try:
+                    handle = pynvml.nvmlDeviceGetHandleByUUID(uuid)
+                except Exception:  # e.g. a MIG instance: fall back to the index
+                    handle = None
+            if handle is None:
                 handle = pynvml.nvmlDeviceGetHandleByIndex(self.device_index)
-            self.uuid = uuid or _decode(pynvml.nvmlDeviceGetUUID(handle))
+            self.uuid = _decode(pynvml.nvmlDeviceGetUUID(handle))
         except Exception as exc:
             self.reason = f"NVML has no device {self.device_index}: {exc}"
             pynvml.nvmlShutdown()

@@ -202,6 +202,7 @@ def run_scenarios(scenarios: list[Scenario], options: RunOptions, group: Group |
     gpu_index, gpu_uuid = _gpu_identity(options)
     device = torch.device("cuda", options.local_rank) if options.device == "cuda" else torch.device("cpu")
     prefix = f"[rank {group.rank}] " if group.world_size > 1 else ""
+    tag = f"-rank{group.rank}" if group.world_size > 1 else ""  # per-rank NVML series and trace names
     if summary.already_done:
         console.print(f"{prefix}resuming {run.path}: {summary.already_done} of {len(cases)} cases already measured")
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"),
@@ -213,7 +214,7 @@ def run_scenarios(scenarios: list[Scenario], options: RunOptions, group: Group |
             progress.update(task, description=escape(f"{prefix}{case.label}"))
             row = measure_case(case.implementation, case.params, case.dtype, device, case.mode, case.timing,
                                check=case.check, profile=case.profile, nvml=case.nvml, run_dir=run.path,
-                               scenario=case.scenario, run_id=meta["run_id"])
+                               scenario=case.scenario, run_id=meta["run_id"], tag=tag)
             row.rank, row.gpu_index, row.gpu_uuid = group.rank, gpu_index, gpu_uuid
             sink.append(row)
             measured.append(row)
