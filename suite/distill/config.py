@@ -27,6 +27,7 @@ SCHEDULES = ("cosine", "linear", "constant")
 SCANS = ("auto", "fused", "reference")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "bf16", "fp32")
+TEACHER_FORMATS = ("kernels", "timm-vit")
 
 
 @dataclass
@@ -49,8 +50,9 @@ class ModelConfig:
 class TeacherConfig:
     """Where the teacher's weights come from (random init only when no checkpoint is given)."""
 
-    checkpoint: str | None = None  # state_dict of a kernels VisionEncoder teacher, or the timm checkpoint
-    timm: str | None = None  # timm model name (needs `checkpoint`; nothing is downloaded)
+    checkpoint: str | None = None  # local weights file (nothing is downloaded)
+    format: str = field(default="kernels", metadata={"choices": TEACHER_FORMATS})  # kernels: our VisionEncoder state dict;
+    # timm-vit: a timm VisionTransformer state dict (.pth/.bin/.safetensors), see suite/distill/timm_checkpoint.py
     init_student: bool = True  # copy embedding, norms, MLPs (and hybrid attention blocks) into the student
 
 
@@ -221,8 +223,8 @@ def _check(cfg: DistillConfig) -> None:
         raise ConfigError(f"model.compression: {m.compression} does not divide channels={m.channels}; allowed: divisors of it")
     if not 0 <= m.attn_blocks <= m.depth:
         raise ConfigError(f"model.attn_blocks: must be in [0, depth={m.depth}], got {m.attn_blocks}")
-    if cfg.teacher.timm and not cfg.teacher.checkpoint:
-        raise ConfigError("teacher.checkpoint: a local checkpoint path is required with teacher.timm (nothing is downloaded)")
+    if cfg.teacher.format == "timm-vit" and not cfg.teacher.checkpoint:
+        raise ConfigError("teacher.checkpoint: a local checkpoint path is required with teacher.format: timm-vit")
     d = cfg.data
     for name in ("batch_size", "repeats", "max_side"):
         _positive(getattr(d, name), f"data.{name}")

@@ -80,8 +80,7 @@ def teacher_tap_fn(teacher: nn.Module, resolution: int | None = None) -> Feature
 
 
 def _grid(images: torch.Tensor, model: nn.Module) -> tuple[int, int]:
-    patch = model.embed.patch if hasattr(model, "embed") else model.patch
-    return images.shape[-2] // patch, images.shape[-1] // patch
+    return images.shape[-2] // model.embed.patch, images.shape[-1] // model.embed.patch
 
 
 def custom_backward_nodes(module: nn.Module, images: torch.Tensor) -> list[str]:

@@ -1,8 +1,8 @@
 """Teacher, student, tap adaptors and the per-stage training modules.
 
 Teacher: a :class:`kernels.vit.VisionEncoder` with ``kernels.attention.layer.AttentionLayer``
-mixers (weights from ``teacher.checkpoint``, else a seeded random init), or a timm ViT read from a
-local checkpoint (:mod:`suite.distill.timm_teacher`). Student: the same topology with
+mixers (weights from ``teacher.checkpoint``, else a seeded random init; a timm ViT checkpoint
+loads into it with :mod:`suite.distill.timm_checkpoint`). Student: the same topology with
 ``kernels.cgspn.layer.CGSPNLayer`` mixers; a hybrid student keeps ``attn_blocks`` attention
 blocks at :func:`kernels.vit.attention_positions`. Everything but the C-GSPN mixers is copied
 from the teacher (``teacher.init_student``): the MLP half of a block is isomorphic across the
@@ -74,17 +74,17 @@ def build_teacher(cfg: DistillConfig, device: torch.device, saved: Path | None =
     Weights: ``teacher.checkpoint`` if given; else ``saved`` (this run's own random teacher, so
     a resumed run distills the same teacher); else a random init seeded by ``cfg.seed``.
     """
-    if cfg.teacher.timm:
-        from suite.distill.timm_teacher import TimmTeacher
+    m = cfg.model
+    backend = resolve_attention_backend(m.attention_backend, device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        teacher = VisionEncoder(lambda i: _attention_layer(m.channels, m.heads, backend), m.channels, m.depth,
+                                m.mlp_hidden, m.patch)
+    if cfg.teacher.format == "timm-vit":
+        from suite.distill.timm_checkpoint import load_timm_teacher
 
-        teacher = TimmTeacher(cfg.teacher.timm, cfg.teacher.checkpoint, cfg.model)
+        load_timm_teacher(teacher, cfg.teacher.checkpoint, m.channels, m.patch)
     else:
-        m = cfg.model
-        backend = resolve_attention_backend(m.attention_backend, device)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            teacher = VisionEncoder(lambda i: _attention_layer(m.channels, m.heads, backend), m.channels, m.depth,
-                                    m.mlp_hidden, m.patch)
         source = cfg.teacher.checkpoint or (saved if saved is not None and saved.is_file() else None)
         if source is not None:
             teacher.load_state_dict(load_state_dict_file(source))
@@ -116,7 +116,7 @@ def build_student(cfg: DistillConfig, teacher: nn.Module, device: torch.device) 
 def copy_shared_weights(teacher: nn.Module, student: VisionEncoder, attention_blocks: set[int]) -> list[str]:
     """Copy every student tensor whose name and shape match the teacher's, except the mixers of
     C-GSPN blocks. Returns the copied names."""
-    source = teacher.student_init_state() if hasattr(teacher, "student_init_state") else teacher.state_dict()
+    source = teacher.state_dict()
     target = student.state_dict()
     copied = []
     for name, value in target.items():
@@ -143,13 +143,11 @@ def supervised_blocks(depth: int, every: int) -> list[int]:
 
 
 def encoder_taps(model: nn.Module, images: torch.Tensor, upto: int | None = None) -> tuple[torch.Tensor, list[dict]]:
-    """Block-0 input and per-block taps ``{"pp", "pb"}`` of a VisionEncoder (or TimmTeacher).
+    """Block-0 input and per-block taps ``{"pp", "pb"}`` of a VisionEncoder.
 
     Runs blocks ``0..upto`` only (default: all) and skips the final norm, which no loss reads
     (an unused parameter would also stall DDP's gradient reduction).
     """
-    if hasattr(model, "taps"):
-        return model.taps(images)
     x = model.embed(images)
     x0, taps = x, []
     last = len(model.blocks) - 1 if upto is None else upto

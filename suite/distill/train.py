@@ -102,7 +102,7 @@ class Distiller:
     def _build_models(self) -> None:
         saved = self.out / "teacher.pt"
         self.teacher = build_teacher(self.cfg, self.device, saved=saved)
-        random_teacher = not self.cfg.teacher.checkpoint and not self.cfg.teacher.timm
+        random_teacher = not self.cfg.teacher.checkpoint
         if random_teacher and self.ctx.is_main and not saved.exists():
             # Keep the random teacher, so a resumed run distills the same one.
             checkpoint.atomic_save({"model": self.teacher.state_dict()}, saved)

@@ -26,6 +26,16 @@ from suite.distill.metrics import read_log
 from suite.distill.model import TapAdaptor, supervised_blocks
 from suite.distill.train import DistillError, distill, lr_factor
 
+
+def _photos_installed() -> bool:
+    try:
+        return bool(builtin_image_paths())
+    except FileNotFoundError:
+        return False
+
+
+NO_PHOTOS = "the default images ship with scikit-image: pip install scikit-image (the project's distill extra)"
+needs_photos = pytest.mark.skipif(not _photos_installed(), reason=NO_PHOTOS)
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "suite" / "distill" / "configs" / "tiny-cpu.yaml"
 SMALL = ROOT / "suite" / "distill" / "configs" / "small-gpu.yaml"
@@ -132,6 +142,7 @@ def test_supervised_blocks_count_back_from_the_last():
 # ---- data ----------------------------------------------------------------------------------------
 
 
+@needs_photos
 def test_crops_are_a_function_of_epoch_and_index():
     paths = builtin_image_paths()[:3]
     ds = CropDataset(paths, 28, seed=5, repeats=2, max_side=128)
@@ -141,6 +152,7 @@ def test_crops_are_a_function_of_epoch_and_index():
     assert -1.0 <= float(a.min()) and float(a.max()) <= 1.0
 
 
+@needs_photos
 def test_rank_batches_union_is_the_single_process_batch():
     ds = CropDataset(builtin_image_paths()[:5], 14, seed=0, repeats=3, max_side=64)
     single = EpochBatches(DistributedSampler(ds, num_replicas=1, rank=0, seed=3, drop_last=True), epoch=2, batch=6)
@@ -150,6 +162,7 @@ def test_rank_batches_union_is_the_single_process_batch():
         assert sorted(batch) == sorted(ranks[0].batches[step] + ranks[1].batches[step])
 
 
+@needs_photos
 def test_stream_position_resumes_the_same_batches():
     ds = CropDataset(builtin_image_paths()[:3], 14, seed=0, repeats=2, max_side=64)
     full = BatchStream(ds, rank=0, world=1, global_batch=4, seed=1)
@@ -169,6 +182,8 @@ def test_stream_position_resumes_the_same_batches():
 
 @pytest.fixture(scope="module")
 def two_stage_run(tmp_path_factory) -> list[dict]:
+    if not _photos_installed():
+        pytest.skip(NO_PHOTOS)
     out = tmp_path_factory.mktemp("two-stage")
     cfg = parse_config(tiny([STAGE1, STAGE2], checkpoint={"every": 10, "keep": 10}))
     distill(cfg, out)
@@ -203,6 +218,7 @@ def test_resume_gives_the_identical_next_loss(two_stage_run, tmp_path):
     assert resumed == full
 
 
+@needs_photos
 def test_curriculum_stage_distills_the_upsampled_previous_student(tmp_path):
     stages = [dict(STAGE2, steps=4), {"name": "up", "kind": "curriculum", "resolution": 84, "steps": 3, "lr": 1e-4}]
     data = tiny(stages)
@@ -233,6 +249,7 @@ def test_hybrid_student_keeps_teacher_attention_blocks(tmp_path):
     assert torch.equal(student.blocks[0].mlp.fc1.weight, teacher.blocks[0].mlp.fc1.weight)
 
 
+@needs_photos
 def test_two_rank_gloo_run_matches_single_process(tmp_path):
     stages = [dict(STAGE1, steps=4), dict(STAGE2, steps=4)]
     config = tmp_path / "cfg.yaml"
@@ -250,6 +267,7 @@ def test_two_rank_gloo_run_matches_single_process(tmp_path):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4), (a["global_step"], a["loss"], b["loss"])
 
 
+@needs_photos
 def test_fused_triton_scan_trains_like_the_reference(tmp_path):
     """Stage 1 with the Triton scan (interpreted on CPU) and its Triton backward: the second
     step's loss depends on the first step's gradients, so it checks the backward too."""
@@ -265,6 +283,7 @@ def test_fused_triton_scan_trains_like_the_reference(tmp_path):
     assert backward["reference"] == [] and any("Scan" in name for name in backward["fused"]), backward
 
 
+@needs_photos
 def test_latency_and_report_table(tmp_path):
     from suite.distill.report import build_table, markdown
 
@@ -281,3 +300,87 @@ def test_latency_and_report_table(tmp_path):
     assert latency["speedup"] == pytest.approx(latency["teacher"] / latency["student"])
     assert table["ddp_vs_single"]["mean_rel_diff"] == 0.0 and table["ddp_vs_single"]["verdict"].startswith("match")
     assert "| stage1 | sublayer | 56 |" in markdown(table)
+
+
+# ---- timm ViT checkpoints --------------------------------------------------------------------------
+
+
+def timm_vit_state(depth: int, channels: int, hidden: int, patch: int, grid: int, prefix: int = 0) -> dict:
+    """Random weights under timm VisionTransformer key names (SigLIP-style: no class token)."""
+    g = torch.Generator().manual_seed(7)
+    r = lambda *shape: 0.2 * torch.randn(*shape, generator=g)
+    state = {"patch_embed.proj.weight": r(channels, 3, patch, patch), "patch_embed.proj.bias": r(channels),
+             "pos_embed": r(1, prefix + grid * grid, channels), "norm.weight": 1 + r(channels), "norm.bias": r(channels),
+             "attn_pool.latent": r(1, 1, channels)}
+    if prefix:
+        state["cls_token"] = r(1, 1, channels)
+    for i in range(depth):
+        b = f"blocks.{i}."
+        state.update({b + "norm1.weight": 1 + r(channels), b + "norm1.bias": r(channels),
+                      b + "attn.qkv.weight": r(3 * channels, channels), b + "attn.qkv.bias": r(3 * channels),
+                      b + "attn.proj.weight": r(channels, channels), b + "attn.proj.bias": r(channels),
+                      b + "norm2.weight": 1 + r(channels), b + "norm2.bias": r(channels),
+                      b + "mlp.fc1.weight": r(hidden, channels), b + "mlp.fc1.bias": r(hidden),
+                      b + "mlp.fc2.weight": r(channels, hidden), b + "mlp.fc2.bias": r(channels)})
+    return state
+
+
+def timm_vit_blocks_reference(state: dict, images: torch.Tensor, depth: int, heads: int, patch: int) -> list[torch.Tensor]:
+    """timm's VisionTransformer forward written out (tokens + pos_embed, pre-norm blocks), per block."""
+    x = F.conv2d(images, state["patch_embed.proj.weight"], state["patch_embed.proj.bias"], stride=patch)
+    b, c = x.shape[:2]
+    x = x.flatten(2).transpose(1, 2) + state["pos_embed"]
+    outs = []
+    for i in range(depth):
+        p = lambda name, i=i: state[f"blocks.{i}.{name}"]
+        y = F.layer_norm(x, (c,), p("norm1.weight"), p("norm1.bias"), eps=1e-6)
+        qkv = F.linear(y, p("attn.qkv.weight"), p("attn.qkv.bias")).reshape(b, -1, 3, heads, c // heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, -1, c)
+        x = x + F.linear(a, p("attn.proj.weight"), p("attn.proj.bias"))
+        y = F.layer_norm(x, (c,), p("norm2.weight"), p("norm2.bias"), eps=1e-6)
+        x = x + F.linear(F.gelu(F.linear(y, p("mlp.fc1.weight"), p("mlp.fc1.bias")), approximate="tanh"),
+                         p("mlp.fc2.weight"), p("mlp.fc2.bias"))
+        outs.append(x)
+    return outs
+
+
+def test_timm_vit_checkpoint_teacher_matches_timm_forward(tmp_path):
+    from suite.distill.model import build_student, build_teacher, encoder_taps
+
+    state = timm_vit_state(depth=2, channels=64, hidden=128, patch=14, grid=3)
+    torch.save({"model": state}, tmp_path / "vit.pth")
+    data = tiny([dict(STAGE1, steps=1, resolution=42)], model={**tiny()["model"], "depth": 2},
+                teacher={"checkpoint": str(tmp_path / "vit.pth"), "format": "timm-vit"})
+    cfg = parse_config(data)
+    teacher = build_teacher(cfg, torch.device("cpu"))
+    images = torch.randn(2, 3, 42, 42)
+    _, taps = encoder_taps(teacher, images)
+    for ours, theirs in zip(taps, timm_vit_blocks_reference(state, images, depth=2, heads=4, patch=14), strict=True):
+        err = (ours["pb"].reshape(theirs.shape) - theirs).pow(2).mean().sqrt() / theirs.pow(2).mean().sqrt()
+        assert err < 1e-5, err  # also fails on NaN
+    student = build_student(cfg, teacher, torch.device("cpu"))
+    assert torch.equal(student.embed.proj.weight, state["patch_embed.proj.weight"])
+    assert not hasattr(student.embed, "pos")  # the C-GSPN student has no position embedding
+    assert encoder_taps(teacher, torch.randn(1, 3, 70, 70))[1][0]["pb"].shape == (1, 5, 5, 64)  # pos_embed resampled
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda s: s.update({"blocks.0.ls1.gamma": torch.ones(64)}), "blocks.0.ls1.gamma: ls1 is not part of the plain ViT"),
+        (lambda s: s.update({"blocks.0.mlp.fc1.weight": torch.ones(96, 64)}), "blocks.0.mlp.fc1.weight: checkpoint shape"),
+        (lambda s: s.pop("blocks.1.norm2.bias"), "blocks.1.norm2.bias: missing from the checkpoint"),
+    ],
+)
+def test_timm_vit_checkpoint_errors_name_the_key(tmp_path, edit, message):
+    from suite.distill.model import build_teacher
+    from suite.distill.timm_checkpoint import TimmCheckpointError
+
+    state = timm_vit_state(depth=2, channels=64, hidden=128, patch=14, grid=3, prefix=1)
+    edit(state)
+    torch.save(state, tmp_path / "vit.pth")
+    data = tiny(model={**tiny()["model"], "depth": 2}, teacher={"checkpoint": str(tmp_path / "vit.pth"), "format": "timm-vit"})
+    with pytest.raises(TimmCheckpointError) as err:
+        build_teacher(parse_config(data), torch.device("cpu"))
+    assert message in str(err.value)
