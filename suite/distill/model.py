@@ -32,11 +32,20 @@ def resolve_scan(scan: str, device: torch.device) -> str:
     return "fused" if device.type == "cuda" else "reference"
 
 
-def resolve_attention_backend(backend: str, device: torch.device) -> str:
-    """``auto``: FlashAttention on CUDA (trainable, used by hybrid students), explicit math on CPU."""
+def uses_bf16(cfg: DistillConfig, device: torch.device) -> bool:
+    """bf16 autocast: ``precision: bf16``, or ``auto`` on CUDA."""
+    return cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+
+
+def resolve_attention_backend(cfg: DistillConfig, device: torch.device) -> str:
+    """``auto``: FlashAttention on CUDA under bf16 autocast (it has a backward, for hybrid
+    students; it takes half types only), memory-efficient SDPA on CUDA in float32, math on CPU."""
+    backend = cfg.model.attention_backend
     if backend != "auto":
         return backend
-    return "flash" if device.type == "cuda" else "math"
+    if device.type != "cuda":
+        return "math"
+    return "flash" if uses_bf16(cfg, device) else "mem-efficient"
 
 
 def _attention_layer(channels: int, heads: int, backend: str) -> nn.Module:
@@ -75,7 +84,7 @@ def build_teacher(cfg: DistillConfig, device: torch.device, saved: Path | None =
     a resumed run distills the same teacher); else a random init seeded by ``cfg.seed``.
     """
     m = cfg.model
-    backend = resolve_attention_backend(m.attention_backend, device)
+    backend = resolve_attention_backend(cfg, device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         teacher = VisionEncoder(lambda i: _attention_layer(m.channels, m.heads, backend), m.channels, m.depth,
@@ -101,7 +110,7 @@ def build_student(cfg: DistillConfig, teacher: nn.Module, device: torch.device) 
     m = cfg.model
     scan = resolve_scan(m.scan, device)
     keep = set(student_attention_blocks(cfg))
-    backend = resolve_attention_backend(m.attention_backend, device)
+    backend = resolve_attention_backend(cfg, device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed + 1)
         student = VisionEncoder(

@@ -44,6 +44,7 @@ from suite.distill.model import (
     resolve_scan,
     student_attention_blocks,
     supervised_blocks,
+    uses_bf16,
 )
 
 
@@ -85,7 +86,7 @@ class Distiller:
         self.ctx = distributed.setup(cfg.device)
         self.device = self.ctx.device
         self.ckpt_dir = self.out / "checkpoints"
-        bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and self.device.type == "cuda")
+        bf16 = uses_bf16(cfg, self.device)
         self.autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
         self.precision = "bf16-autocast" if bf16 else "fp32"
         self.paths = image_paths(cfg)
@@ -111,6 +112,8 @@ class Distiller:
     def _run_meta(self) -> dict:
         cfg = self.cfg
         probe = torch.randn(1, 3, cfg.model.patch * 2, cfg.model.patch * 2, device=self.device)
+        with self.autocast():  # the dtypes of a training step (FlashAttention takes half types only)
+            backward_nodes = custom_backward_nodes(self.student, probe)
         try:
             from suite.environment import collect_environment
 
@@ -125,9 +128,9 @@ class Distiller:
             "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
             "precision": self.precision,
             "student_scan": resolve_scan(cfg.model.scan, self.device),
-            "attention_backend": resolve_attention_backend(cfg.model.attention_backend, self.device),
+            "attention_backend": resolve_attention_backend(cfg, self.device),
             "student_attention_blocks": student_attention_blocks(cfg),
-            "student_custom_backward": custom_backward_nodes(self.student, probe),
+            "student_custom_backward": backward_nodes,
             "images": [str(p) for p in self.paths],
             "log": self.log.backend if self.log else "jsonl",
         }
