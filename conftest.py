@@ -5,6 +5,7 @@ Options:
                     scenarios/attention.yaml with CUDA, scenarios/smoke-cpu.yaml without)
   --device D        cuda | cpu (default: cuda if available, else cpu)
   --bench-out DIR   also append each benchmark's row to the run directory DIR
+  --bench-profile   also profile each benchmark case (kernel table in extra_info["profile"])
 
 Without CUDA (or with --device cpu) ``TRITON_INTERPRET=1`` is set here, before any test module
 imports a Triton kernel, so the kernels run in Triton's interpreter on the CPU.
@@ -33,6 +34,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "scenarios/smoke-cpu.yaml without")
     group.addoption("--device", choices=("cuda", "cpu"), default=None, help="device for benchmarks (default: cuda if available)")
     group.addoption("--bench-out", default=None, metavar="DIR", help="append each benchmark's row to this run directory")
+    group.addoption("--bench-profile", action="store_true",
+                    help="also profile each benchmark case (torch.profiler, outside timing); traces go to --bench-out "
+                         "or results/runs/pytest-benchmarks")
 
 
 def bench_device(config: pytest.Config) -> str:

@@ -52,12 +52,15 @@ def record_samples(benchmark, samples_ms: list[float]) -> None:
 
 def test_case(benchmark, case: Case, request: pytest.FixtureRequest) -> None:
     config = request.config
+    out = config.getoption("--bench-out")
+    profile = case.profile or config.getoption("--bench-profile")
     row = measure_case(case.implementation, case.params, case.dtype, config.cgspn_device, case.mode, case.timing,
-                       check=case.check, nvml=case.nvml, scenario=case.scenario)
+                       check=case.check, profile=profile, nvml=case.nvml, scenario=case.scenario,
+                       run_dir=out or ("results/runs/pytest-benchmarks" if profile else None))
     benchmark.extra_info.update(dataclasses.asdict(row))
     benchmark.group = f"{case.implementation.level}/{case.mode}/{case.dtype}"
-    if config.getoption("--bench-out"):
-        RunDir(config.getoption("--bench-out")).append(row)
+    if out:
+        RunDir(out).append(row)
     if row.status in ("unsupported", "oom"):
         pytest.skip(f"{row.status}: {row.message}")
     if row.status != "ok":
