@@ -126,8 +126,8 @@ def gpu_count(value: str) -> int:
     return count
 
 
-def launch_torchrun(argv: list[str], count: int) -> int:
-    """Re-run this command as ``torchrun --nproc_per_node=count -m suite.run`` without --gpus."""
+def torchrun_command(argv: list[str], count: int) -> list[str]:
+    """``torchrun --standalone --nproc_per_node=count -m suite.run ARGS`` with --gpus removed from ARGS."""
     rest, skip = [], False
     for arg in argv:
         if skip:
@@ -139,8 +139,12 @@ def launch_torchrun(argv: list[str], count: int) -> int:
         if arg.startswith("--gpus="):
             continue
         rest.append(arg)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={count}",
-               "-m", "suite.run", *rest]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={count}", "-m", "suite.run", *rest]
+
+
+def launch_torchrun(argv: list[str], count: int) -> int:
+    """Re-run this command with one process per GPU (see :func:`torchrun_command`)."""
+    command = torchrun_command(argv, count)
     print("launching:", " ".join(command), file=sys.stderr)
     return subprocess.call(command)
 

@@ -99,3 +99,9 @@ def test_subcommands_from_other_modules_are_registered(monkeypatch):
     monkeypatch.setattr(cli, "PLUGIN_CLI_MODULES", ("cgspn_test_cli_plugin", "cgspn_module_that_does_not_exist"))
     assert cli.main(["hello"]) == 7
 
+
+
+def test_gpus_relaunches_under_torchrun_without_the_flag():
+    command = cli.torchrun_command(["scenarios/attention.yaml", "--gpus", "all", "--out", "r", "--gpus=2", "--resume"], 2)
+    assert command[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "suite.run",
+                           "scenarios/attention.yaml", "--out", "r", "--resume"]
