@@ -22,12 +22,12 @@ def compile_all(arch: int = 90) -> list[dict]:
     target = GPUTarget("cuda", arch, 32)
 
     def build(kernel, constexprs: dict, pointers: dict, num_warps: int) -> dict:
-        fn = kernel.fn  # under @triton.autotune
+        fn = kernel.fn if hasattr(kernel, "configs") else kernel  # under @triton.autotune, or plain
         signature = {}
         for name in fn.arg_names:
             if name in constexprs:
                 signature[name] = "constexpr"
-            elif name.startswith("s_") or name in ("L", "P", "C", "N", "H", "W"):
+            elif name.startswith("s_") or name in ("L", "P", "C", "N", "H", "W", "HW"):
                 signature[name] = "i32"
             else:
                 signature[name] = pointers.get(name, "*fp32")
@@ -36,15 +36,19 @@ def compile_all(arch: int = 90) -> list[dict]:
         return {"kernel": fn.__name__, "constexprs": constexprs, "num_warps": num_warps,
                 "spills": ".local" in compiled.asm["ptx"]}
 
-    bf16 = {n: "*bf16" for n in ("x", "lam", "u", "g", "y", "h", "h_fwd", "h_rev", "out_v", "out_h")}
+    bf16 = {n: "*bf16" for n in ("x", "lam", "u", "g", "y", "h", "h_fwd", "h_rev", "out_v", "out_h", "hs", "dh", "adj", "dgs")}
     out = []
     for shift in (scan.SHIFT_GATHER, scan.SHIFT_SCRATCH):
+        for bc, warps in ((4, 4), (16, 8)):
+            out.append(build(scan._scan_quad_fwd_kernel, dict(STORE_STATE=True, SHIFT=shift, BP=256, BC=bc), bf16, warps))
+            out.append(build(scan._scan_quad_bwd_kernel, dict(SHIFT=shift, BP=256, BC=bc), bf16, warps))
         for first, final in ((True, False), (False, True)):
             out.append(build(scan._scan_pair_fwd_kernel, dict(FIRST=first, FINAL=final, STORE_H=True, SHIFT=shift, BP=256, BC=8),
                              bf16, 8))
         out.append(build(scan._propagate_fwd_kernel, dict(REVERSE=True, NORMALIZE=True, SHIFT=shift, BP=128, BC=16), bf16, 8))
         bwd = dict(REVERSE=False, NORMALIZE=True, ACCUMULATE=True, SHIFT=shift, BP=256, BC=16)
         out.append(build(scan._propagate_bwd_kernel, bwd, bf16, 16))
+    out.append(build(scan._combine_kernel, dict(BN=64, BC=64), bf16, 4))
     out.append(build(gate_norm._normalize_gates_kernel, dict(VERTICAL=True, HORIZONTAL=True, BN=64, BC=32), bf16, 4))
     return out
 

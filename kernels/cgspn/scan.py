@@ -46,8 +46,10 @@ from kernels.cgspn.triton_support import INTERPRET, check_runnable, configs
 
 __all__ = ["cgspn_scan", "propagate", "SCAN_VARIANTS"]
 
-# Variants the GPU bench compares: (pair kernel or four single-direction launches) x shift method.
-SCAN_VARIANTS = ("pairs-gather", "pairs-scratch", "directions-gather", "directions-scratch")
+# Variants the GPU bench compares: design (quad: four directions in one pipelined launch; pairs: one
+# launch per axis; directions: four launches + PyTorch merge) x shift method. The first is the default.
+SCAN_VARIANTS = ("quad-gather", "quad-scratch", "pairs-gather", "pairs-scratch", "directions-gather", "directions-scratch")
+DEFAULT_VARIANT = SCAN_VARIANTS[0]
 SHIFT_GATHER, SHIFT_SCRATCH = 0, 1
 _MAX_BC = 32
 
@@ -72,6 +74,26 @@ _SCAN_TUNING = dict(
         triton.Config({"BC": 16}, num_warps=4),
     ),
     prune_configs_by=None if INTERPRET else {"early_config_prune": _prune_scan_configs},
+)
+
+
+def _prune_quad_configs(configs, named_args, **kwargs):
+    """Per channel block, the 8-elements-per-thread warp count, and for BC 8/16 also half of it
+    (16 elements per thread: more independent loads per thread, more programs per SM)."""
+    def keep(c):
+        full = _scan_warps(kwargs["BP"], c.kwargs["BC"])
+        return c.num_warps == full or (c.kwargs["BC"] in (8, 16) and full > 1 and c.num_warps == full // 2)
+    return [c for c in configs if keep(c)]
+
+
+# The quad launch has 4x the programs of a pair launch, so smaller channel blocks (BC=4: 8-byte
+# bf16 rows per pixel, sectors shared with the neighbouring program through L2) are candidates.
+_QUAD_TUNING = dict(
+    configs=configs(
+        [triton.Config({"BC": bc}, num_warps=w) for bc in (4, 8, 16, 32) for w in (1, 2, 4, 8, 16)],
+        triton.Config({"BC": 8}, num_warps=4),
+    ),
+    prune_configs_by=None if INTERPRET else {"early_config_prune": _prune_quad_configs},
 )
 
 
@@ -347,6 +369,199 @@ def _propagate_bwd_kernel(
 
 
 # ---------------------------------------------------------------------------------------------
+# quad kernels: all four directions in one launch, one program per (direction, batch, BC channels)
+# ---------------------------------------------------------------------------------------------
+@triton.jit
+def _axis_view(H, W, i_d):
+    """Scan-axis lengths and direction of program axis 2: d = 0 tb, 1 bt, 2 lr, 3 rl."""
+    vertical = i_d < 2
+    L = tl.where(vertical, H, W)
+    P = tl.where(vertical, W, H)
+    return vertical, (i_d % 2) == 1, L, P
+
+
+@triton.jit
+def _row_strides(vertical, s_h, s_w):
+    """(scan-row, state-position) strides of one tensor for the program's axis, int64."""
+    return tl.where(vertical, s_h, s_w).to(tl.int64), tl.where(vertical, s_w, s_h).to(tl.int64)
+
+
+@triton.jit
+def _before(o_p, t, L):
+    """[BP, 1] tile of (t < L): a tile, so that it combines with masks on GPU and in the interpreter."""
+    return ((o_p * 0 + t) < L)[:, None]
+
+
+@triton.jit
+def _load_inputs(p_x, p_lam, p_g, s_gk, mask):
+    """x, lam and the three raw gate logits of one row, in the input dtype (kept packed while in flight)."""
+    return (tl.load(p_x, mask=mask, other=0), tl.load(p_lam, mask=mask, other=0), tl.load(p_g, mask=mask, other=0),
+            tl.load(p_g + s_gk, mask=mask, other=0), tl.load(p_g + 2 * s_gk, mask=mask, other=0))
+
+
+@triton.jit
+def _load_raw_gates(p_g, s_gk, mask):
+    return tl.load(p_g, mask=mask, other=0), tl.load(p_g + s_gk, mask=mask, other=0), tl.load(p_g + 2 * s_gk, mask=mask, other=0)
+
+
+@triton.jit
+def _normalized(r_l, r_m, r_r, has_l, has_r, mask):
+    """Eq. 2 in registers from raw logits: sigmoids via exp2, one reciprocal for the three weights.
+
+    Returns (l, m, r, sigmoids, inv, D) so the backward can reuse the pieces."""
+    LOG2E: tl.constexpr = 1.4426950408889634
+    s_l = 1.0 / (1.0 + tl.exp2(-LOG2E * r_l.to(tl.float32)))
+    s_m = 1.0 / (1.0 + tl.exp2(-LOG2E * r_m.to(tl.float32)))
+    s_r = 1.0 / (1.0 + tl.exp2(-LOG2E * r_r.to(tl.float32)))
+    d = s_m + tl.where(has_l, s_l, 0.0) + tl.where(has_r, s_r, 0.0)
+    inv = tl.where(mask, 1.0 / tl.maximum(d, 1e-7), 0.0)  # padded lanes: zero weights keep the padded state 0
+    return s_l * inv, s_m * inv, s_r * inv, s_l, s_m, s_r, inv, d
+
+
+@triton.autotune(**_QUAD_TUNING, key=["H", "W", "C", "STORE_STATE", "SHIFT"])
+@triton.jit(do_not_specialize=["H", "W"])
+def _scan_quad_fwd_kernel(
+    x, lam, g, hs, scratch,
+    H, W, C,
+    s_xb, s_xh, s_xw, s_lb, s_lh, s_lw, s_gb, s_gh, s_gw, s_gk, s_hd, s_hb, s_hh, s_hw,
+    STORE_STATE: tl.constexpr, SHIFT: tl.constexpr, BP: tl.constexpr, BC: tl.constexpr,
+):
+    """Every direction's h, all four in one launch (4x the programs of a pair launch), stored in
+    ``hs[d]`` in the input dtype; the next row's inputs are loaded one step ahead (software
+    pipelining: the loads of row t+1 are in flight while row t is computed and shifted)."""
+    i_c, i_b, i_d = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
+    vertical, reverse, L, P = _axis_view(H, W, i_d)
+    o_p = tl.arange(0, BP).to(tl.int64)
+    o_c = i_c * BC + tl.arange(0, BC)
+    mask = (o_p < P)[:, None] & (o_c < C)[None, :]
+    has_l, has_r = (o_p > 0)[:, None], (o_p < P - 1)[:, None]
+    s_xs, s_xp = _row_strides(vertical, s_xh, s_xw)
+    s_ls, s_lp = _row_strides(vertical, s_lh, s_lw)
+    s_gs, s_gp = _row_strides(vertical, s_gh, s_gw)
+    s_hs, s_hp = _row_strides(vertical, s_hh, s_hw)
+    first = tl.where(reverse, L - 1, 0).to(tl.int64)
+    sign = tl.where(reverse, -1, 1).to(tl.int64)
+    p_x = x + i_b * s_xb + first * s_xs + o_p[:, None] * s_xp + o_c[None, :]
+    p_lam = lam + i_b * s_lb + first * s_ls + o_p[:, None] * s_lp + o_c[None, :]
+    p_g = g + i_b * s_gb + first * s_gs + o_p[:, None] * s_gp + o_c[None, :]
+    p_h = hs + i_d * s_hd + i_b * s_hb + first * s_hs + o_p[:, None] * s_hp + o_c[None, :]
+    p_scratch = scratch + ((i_d * tl.num_programs(1) + i_b) * tl.num_programs(0) + i_c) * 2 * BP * BC
+    c_x, c_lam, c_l, c_m, c_r = _load_inputs(p_x, p_lam, p_g, s_gk, mask)
+    b_h = tl.zeros([BP, BC], dtype=tl.float32)
+    for t in range(0, L):
+        p_x += sign * s_xs
+        p_lam += sign * s_ls
+        p_g += sign * s_gs
+        # prefetch row t+1 before touching row t
+        n_x, n_lam, n_l, n_m, n_r = _load_inputs(p_x, p_lam, p_g, s_gk, mask & _before(o_p, t + 1, L))
+        w_l, w_m, w_r, _, _, _, _, _ = _normalized(c_l, c_m, c_r, has_l, has_r, mask)
+        left, right = _neighbours(b_h, b_h, o_p, P, p_scratch, True, SHIFT, BP, BC)
+        b_h = w_l * left + w_m * b_h + w_r * right + c_lam.to(tl.float32) * c_x.to(tl.float32)
+        tl.store(p_h, b_h.to(p_h.dtype.element_ty), mask=mask)
+        p_h += sign * s_hs
+        c_x, c_lam, c_l, c_m, c_r = n_x, n_lam, n_l, n_m, n_r
+
+
+@triton.autotune(**_QUAD_TUNING, key=["H", "W", "C", "SHIFT"])
+@triton.jit(do_not_specialize=["H", "W"])
+def _scan_quad_bwd_kernel(
+    g, hs, dh, adj, dgs, scratch,
+    H, W, C,
+    s_gb, s_gh, s_gw, s_gk, s_hd, s_hb, s_hh, s_hw,
+    s_db, s_dh, s_dw, s_ad, s_ab, s_ah, s_aw, s_qd, s_qb, s_qh, s_qw, s_qk,
+    SHIFT: tl.constexpr, BP: tl.constexpr, BC: tl.constexpr,
+):
+    """Adjoint of every direction in one launch, rows in reverse scan order, inputs one step ahead.
+
+    a[t] = dh[t] + l'[p+1] a'[p+1] + m' a' + r'[p-1] a'[p-1] (primes: the next row in scan
+    order); stores a (``adj[d]``: dx = lam sum_d a_d, dlam = x sum_d a_d are formed by the host)
+    and the raw-gate gradient of the direction (``dgs[d]``): d(l, m, r) = a (h[p-1], h[p], h[p+1])
+    of the previous row, through Eq. 2 (see ``_propagate_bwd_kernel``). Plain stores, no
+    read-modify-write and no atomics: the four directions never touch the same buffer.
+    """
+    i_c, i_b, i_d = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
+    vertical, reverse, L, P = _axis_view(H, W, i_d)
+    o_p = tl.arange(0, BP).to(tl.int64)
+    o_c = i_c * BC + tl.arange(0, BC)
+    mask = (o_p < P)[:, None] & (o_c < C)[None, :]
+    has_l, has_r = (o_p > 0)[:, None], (o_p < P - 1)[:, None]
+    mask_left, mask_right = mask & has_l, mask & has_r
+    s_gs, s_gp = _row_strides(vertical, s_gh, s_gw)
+    s_hs, s_hp = _row_strides(vertical, s_hh, s_hw)
+    s_ds, s_dp = _row_strides(vertical, s_dh, s_dw)
+    s_as, s_ap = _row_strides(vertical, s_ah, s_aw)
+    s_qs, s_qp = _row_strides(vertical, s_qh, s_qw)
+    # start at the last row in scan order and step back towards the first
+    last = tl.where(reverse, 0, L - 1).to(tl.int64)
+    back = tl.where(reverse, 1, -1).to(tl.int64)
+    p_g = g + i_b * s_gb + last * s_gs + o_p[:, None] * s_gp + o_c[None, :]
+    p_dh = dh + i_b * s_db + last * s_ds + o_p[:, None] * s_dp + o_c[None, :]
+    p_hm = hs + i_d * s_hd + i_b * s_hb + (last + back) * s_hs + o_p[:, None] * s_hp + o_c[None, :]  # previous row
+    p_a = adj + i_d * s_ad + i_b * s_ab + last * s_as + o_p[:, None] * s_ap + o_c[None, :]
+    p_q = dgs + i_d * s_qd + i_b * s_qb + last * s_qs + o_p[:, None] * s_qp + o_c[None, :]
+    p_scratch = scratch + ((i_d * tl.num_programs(1) + i_b) * tl.num_programs(0) + i_c) * 2 * BP * BC
+    # loads of step 0 (the previous row exists unless L == 1)
+    c_l, c_m, c_r = _load_raw_gates(p_g, s_gk, mask)
+    c_dh = tl.load(p_dh, mask=mask, other=0)
+    m_prev = _before(o_p, 1, L)
+    c_hl = tl.load(p_hm - s_hp, mask=mask_left & m_prev, other=0)
+    c_hm = tl.load(p_hm, mask=mask & m_prev, other=0)
+    c_hr = tl.load(p_hm + s_hp, mask=mask_right & m_prev, other=0)
+    b_a = tl.zeros([BP, BC], dtype=tl.float32)
+    n_wl = tl.zeros([BP, BC], dtype=tl.float32)
+    n_wm = tl.zeros([BP, BC], dtype=tl.float32)
+    n_wr = tl.zeros([BP, BC], dtype=tl.float32)
+    for t in range(0, L):
+        p_g += back * s_gs
+        p_dh += back * s_ds
+        p_hm += back * s_hs
+        # prefetch step t+1 (its previous row exists while t + 2 < L)
+        m_next = mask & _before(o_p, t + 1, L)
+        m_prev = _before(o_p, t + 2, L)
+        f_l, f_m, f_r = _load_raw_gates(p_g, s_gk, m_next)
+        f_dh = tl.load(p_dh, mask=m_next, other=0)
+        f_hl = tl.load(p_hm - s_hp, mask=mask_left & m_prev, other=0)
+        f_hm = tl.load(p_hm, mask=mask & m_prev, other=0)
+        f_hr = tl.load(p_hm + s_hp, mask=mask_right & m_prev, other=0)
+        # carry from the next row: l' a' arrives from p+1, r' a' from p-1
+        to_left, to_right = _neighbours(n_wr * b_a, n_wl * b_a, o_p, P, p_scratch, False, SHIFT, BP, BC)
+        b_a = c_dh.to(tl.float32) + n_wm * b_a + to_left + to_right
+        tl.store(p_a, b_a.to(p_a.dtype.element_ty), mask=mask)
+        d_l, d_m, d_r = b_a * c_hl.to(tl.float32), b_a * c_hm.to(tl.float32), b_a * c_hr.to(tl.float32)
+        n_wl, n_wm, n_wr, sg_l, sg_m, sg_r, inv, d = _normalized(c_l, c_m, c_r, has_l, has_r, mask)
+        live = d > 1e-7  # below the clamp D is constant
+        dot = tl.where(live, d_l * n_wl + d_m * n_wm + d_r * n_wr, 0.0)
+        # written with 1 - m' = (l + r counted) / D so that it is exactly 0 when m is alone (P = 1)
+        rest_m = (tl.where(has_l, sg_l, 0.0) + tl.where(has_r, sg_r, 0.0)) * inv
+        d_m_net = tl.where(live, d_m * rest_m - d_l * n_wl - d_r * n_wr, d_m)
+        d_l = (d_l - tl.where(has_l, dot, 0.0)) * inv * sg_l * (1.0 - sg_l)
+        d_m = d_m_net * inv * sg_m * (1.0 - sg_m)
+        d_r = (d_r - tl.where(has_r, dot, 0.0)) * inv * sg_r * (1.0 - sg_r)
+        tl.store(p_q, d_l.to(p_q.dtype.element_ty), mask=mask)
+        tl.store(p_q + s_qk, d_m.to(p_q.dtype.element_ty), mask=mask)
+        tl.store(p_q + 2 * s_qk, d_r.to(p_q.dtype.element_ty), mask=mask)
+        p_a += back * s_as
+        p_q += back * s_qs
+        c_l, c_m, c_r, c_dh, c_hl, c_hm, c_hr = f_l, f_m, f_r, f_dh, f_hl, f_hm, f_hr
+
+
+@triton.jit
+def _combine_kernel(hs, u, y, N, HW, W, C, s_hd, s_ub, s_uh, s_uw, BN: tl.constexpr, BC: tl.constexpr):
+    """y = u * (h_tb + h_bt + h_lr + h_rl) over (B*H*W, C); hs contiguous, u any strides (unit on C)."""
+    o_n = tl.program_id(0).to(tl.int64) * BN + tl.arange(0, BN).to(tl.int64)
+    o_c = tl.program_id(1) * BC + tl.arange(0, BC)
+    mask = (o_n < N)[:, None] & (o_c < C)[None, :]
+    p_h = hs + o_n[:, None] * C + o_c[None, :]
+    total = tl.load(p_h, mask=mask, other=0).to(tl.float32)
+    total += tl.load(p_h + s_hd, mask=mask, other=0).to(tl.float32)
+    total += tl.load(p_h + 2 * s_hd, mask=mask, other=0).to(tl.float32)
+    total += tl.load(p_h + 3 * s_hd, mask=mask, other=0).to(tl.float32)
+    o_u = (o_n // HW) * s_ub + ((o_n % HW) // W) * s_uh + (o_n % W) * s_uw
+    b_u = tl.load(u + o_u[:, None] + o_c[None, :], mask=mask, other=0).to(tl.float32)
+    tl.store(y + o_n[:, None] * C + o_c[None, :], (b_u * total).to(y.dtype.element_ty), mask=mask)
+
+
+# ---------------------------------------------------------------------------------------------
 # host launchers
 # ---------------------------------------------------------------------------------------------
 def _scan_strides(t: torch.Tensor, axis: str) -> tuple[int, ...]:
@@ -429,6 +644,51 @@ def _scan_directions_fwd(x, lam, u, gates, shift: int):
     return (u.float() * total).to(x.dtype), total, hs
 
 
+def _hwc_strides(t: torch.Tensor) -> tuple[int, ...]:
+    """(batch, H, W) strides, plus the gate stride of a 5-d gate tensor; the quad kernels pick the
+    axis per program."""
+    return tuple(t.stride()[:3]) + ((t.stride(3),) if t.dim() == 5 else ())
+
+
+def _quad_grid(B: int, C: int):
+    return lambda meta: (triton.cdiv(C, meta["BC"]), B, 4)
+
+
+def _scan_quad_fwd(x, lam, u, gates, shift: int):
+    """One launch for the four directions (each h stored in x's dtype), one to combine: y = u * sum h."""
+    B, H, W, C = x.shape
+    hs = x.new_empty(4, B, H, W, C)
+    BP = triton.next_power_of_2(max(H, W))
+    _scan_quad_fwd_kernel[_quad_grid(B, C)](
+        x, lam, gates, hs, _scratch(x, max(H, W), shift, 8), H, W, C,
+        *_hwc_strides(x), *_hwc_strides(lam), *_hwc_strides(gates), *hs.stride()[:4],
+        STORE_STATE=True, SHIFT=shift, BP=BP,
+    )
+    y = torch.empty_like(x, memory_format=torch.contiguous_format)
+    N, BN, BCC = B * H * W, 64, triton.next_power_of_2(min(C, 64))
+    _combine_kernel[(triton.cdiv(N, BN), triton.cdiv(C, BCC))](
+        hs, u, y, N, H * W, W, C, hs.stride(0), *_hwc_strides(u), BN=BN, BC=BCC, num_warps=4,
+    )
+    return y, hs
+
+
+def _scan_quad_bwd(x, lam, gates, hs, dh, shift: int):
+    """Per-direction adjoints and raw-gate gradients (one launch), summed here:
+    dx = lam * sum_d a_d, dlam = x * sum_d a_d, dgates = sum_d dgates_d."""
+    B, H, W, C = x.shape
+    adj = x.new_empty(4, B, H, W, C)
+    dgs = x.new_empty(4, B, H, W, 3, C)
+    _scan_quad_bwd_kernel[_quad_grid(B, C)](
+        gates, hs, dh, adj, dgs, _scratch(x, max(H, W), shift, 8), H, W, C,
+        *_hwc_strides(gates), *hs.stride()[:4], *_hwc_strides(dh),
+        *adj.stride()[:4], *dgs.stride()[:5], SHIFT=shift, BP=triton.next_power_of_2(max(H, W)),
+    )
+    a_sum = adj.sum(0, dtype=torch.float32)
+    dx = (lam.float() * a_sum).to(x.dtype)
+    dlam = (x.float() * a_sum).to(lam.dtype)
+    return dx, dlam, dgs.sum(0, dtype=torch.float32).to(gates.dtype)
+
+
 # ---------------------------------------------------------------------------------------------
 # autograd
 # ---------------------------------------------------------------------------------------------
@@ -437,19 +697,28 @@ class _CgspnScanFunction(torch.autograd.Function):
     def forward(ctx, x, lam, u, gates, variant: str, store_h: bool):
         design, shift_name = variant.split("-")
         shift = SHIFT_GATHER if shift_name == "gather" else SHIFT_SCRATCH
-        if design == "pairs":
+        if design == "quad":
+            y, hs = _scan_quad_fwd(x, lam, u, gates, shift)
+            total = hs.new_empty(0)  # du sums the stored h in the backward
+        elif design == "pairs":
             y, total, hs = _scan_pairs_fwd(x, lam, u, gates, store_h, shift)
         else:
             y, total, hs = _scan_directions_fwd(x, lam, u, gates, shift)
         if store_h:
             ctx.save_for_backward(x, lam, u, gates, total, hs)
-        ctx.shift = shift
+        ctx.shift, ctx.design = shift, design
         return y
 
     @staticmethod
     def backward(ctx, dy):
         x, lam, u, gates, total, hs = ctx.saved_tensors
         dy = dy.float()
+        if ctx.design == "quad":
+            # dh in the input dtype (one rounding, read by four directions); fp32 sums on the host side
+            dh = (dy * u.float()).to(x.dtype)
+            du = (dy * hs.sum(0, dtype=torch.float32)).to(u.dtype)
+            dx, dlam, dg = _scan_quad_bwd(x, lam, gates, hs, dh, ctx.shift)
+            return dx, dlam, du, dg, None, None
         dh = (dy * u.float()).contiguous()  # every direction receives d(y)/d(h_d) = dy * u
         du = (dy * total).to(u.dtype)
         dx = torch.empty(x.shape, device=x.device, dtype=torch.float32)
@@ -511,7 +780,7 @@ def _unit_channel_stride(t: torch.Tensor) -> torch.Tensor:
 
 
 def cgspn_scan(x: torch.Tensor, lam: torch.Tensor, u: torch.Tensor, gates: torch.Tensor, *,
-               variant: str = "pairs-gather") -> torch.Tensor:
+               variant: str = DEFAULT_VARIANT) -> torch.Tensor:
     """The C-GSPN sublayer: four-direction latent propagation, normalization folded in (Eq. 1-2, 4-6).
 
     ``y = u * (h_tb + h_bt + h_lr + h_rl)`` where each h follows
