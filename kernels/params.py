@@ -79,7 +79,7 @@ class Params:
         return tuple(f.name for f in fields(cls))
 
     @classmethod
-    def from_dict(cls, values: dict, where: str = "params") -> "Params":
+    def from_dict(cls, values: dict, where: str = "params") -> Params:
         """Build and validate; errors name ``where.<field>`` and the allowed values."""
         allowed = cls.names()
         for key, value in values.items():
@@ -121,5 +121,5 @@ class Params:
         """The values of ``names`` (the fields one implementation reads), for ids and rows."""
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
-    def replace(self, **changes) -> "Params":
+    def replace(self, **changes) -> Params:
         return dataclasses.replace(self, **changes)

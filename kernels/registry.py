@@ -16,9 +16,11 @@ Example::
 from __future__ import annotations
 
 import importlib
+import math
 import pkgutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -30,8 +32,19 @@ MODES = ("fwd", "fwd+bwd")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 GRID_PARAMS = ("grid", "grid_h", "grid_w", "resolution", "patch")
 
-# Relative RMS error allowed against the reference, per dtype of the measured case.
+# Relative RMS error allowed against the reference, per dtype of the measured case (one block deep).
 TOLERANCE = {"float64": 1e-9, "float32": 1e-4, "float16": 5e-3, "bfloat16": 2e-2}
+
+
+def tolerance_for(dtype: str, level: str, depth: int = 1) -> float:
+    """The allowed relative RMS error of a case against its higher-precision reference.
+
+    A network stacks ``depth`` blocks, each adding its own independent rounding error to the
+    residual stream, so the error of the whole grows like a random walk: ``sqrt(depth)`` times
+    the one-block tolerance. Sublayers, layers and blocks get :data:`TOLERANCE` as it is.
+    """
+    scale = math.sqrt(depth) if level == "network" else 1.0
+    return TOLERANCE[dtype] * scale
 
 
 class RegistryError(KeyError):

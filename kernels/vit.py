@@ -8,7 +8,7 @@ the SigLIP-SO400M MLP (4304 hidden, GELU-tanh).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

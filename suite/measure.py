@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from kernels.params import Params
-from kernels.registry import DTYPES, TOLERANCE, Implementation, Workload
+from kernels.registry import DTYPES, Implementation, Workload, tolerance_for
 from suite.nvml import NvmlSampler
 from suite.results import Row, case_id
 
@@ -337,9 +337,12 @@ def compare(output: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
     return {"rel_rms": rel_rms, "max_rel_err": max_rel}
 
 
-def check_correctness(workload: Workload, dtype: str) -> dict[str, Any]:
-    """Compare the forward output with ``workload.reference()``; ``passed`` is None without one."""
-    tolerance = workload.tolerance if workload.tolerance is not None else TOLERANCE[dtype]
+def check_correctness(workload: Workload, dtype: str, level: str = "block", depth: int = 1) -> dict[str, Any]:
+    """Compare the forward output with ``workload.reference()``; ``passed`` is None without one.
+
+    The tolerance is ``workload.tolerance`` or :func:`kernels.registry.tolerance_for` (which
+    widens it with the depth of a network)."""
+    tolerance = workload.tolerance if workload.tolerance is not None else tolerance_for(dtype, level, depth)
     if workload.reference is None:
         return {"reference": None, "passed": None, "tolerance": tolerance, "note": "no reference for this workload"}
     with torch.no_grad():
@@ -400,7 +403,7 @@ def measure_case(impl: Implementation, params: Params, dtype: str, device: torch
         workload = impl.build(params, DTYPES[dtype], device, mode)
         row.backend_detail = workload.backend_detail
         if check:
-            row.correctness = check_correctness(workload, dtype)
+            row.correctness = check_correctness(workload, dtype, impl.level, params.depth)
             if row.correctness["passed"] is False:
                 row.status = "failed-check"
                 row.message = (f"relative RMS error {row.correctness['rel_rms']:.3g} exceeds tolerance "

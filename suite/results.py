@@ -12,9 +12,10 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 STATUSES = ("ok", "oom", "unsupported", "error", "failed-check")
 ROWS_FILE = "rows.jsonl"
@@ -72,7 +73,7 @@ class Row:
         return json.dumps(dataclasses.asdict(self), separators=(",", ":"), default=_jsonable)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Row":
+    def from_dict(cls, data: dict) -> Row:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 

@@ -8,9 +8,9 @@ registered with the kernels).
   normalization (paper Sec. 4.1) is one ratio.
 
 Params read: batch, channels, compression / latent_channels (C_c), the grid, mlp_hidden (block),
-depth and patch (network). Reference (layer, block): the same weights through the PyTorch
+depth and patch (network). Reference (layer, block, network): the same weights through the PyTorch
 reference scan in float32 (float64 for float64 cases); the latent scan is small, so it is
-affordable at every benchmark shape. None at network level.
+affordable at every benchmark shape, networks included.
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ def build_network(params: Params, dtype: torch.dtype, device: torch.device, mode
     images = random_images(params, dtype, device)
     flops = embed_flops(params) + params.depth * block_flops(params, layer_flops(params))
     out_numel = params.batch * params.tokens * params.channels
-    return _case(net, [images], out_numel, dtype, mode, flops, False, _detail(params, True))
+    return _case(net, [images], out_numel, dtype, mode, flops, True, _detail(params, True))
 
 
 register("cgspn", family="cgspn", level="layer", params=LAYER_PARAMS, dtypes=DTYPES, requires=_requires,
