@@ -35,6 +35,7 @@ import torch
 
 from kernels.params import Params
 from kernels.registry import DTYPES, Implementation, Workload, tolerance_for
+from suite.gate.slowdown import apply_test_slowdown
 from suite.nvml import NvmlSampler
 from suite.results import Row, case_id
 
@@ -400,7 +401,8 @@ def measure_case(impl: Implementation, params: Params, dtype: str, device: torch
         return row
     workload = step = None
     try:
-        workload = impl.build(params, DTYPES[dtype], device, mode)
+        # the gate's test-only slowdown switch: a no-op unless CGSPN_BENCH_TEST_SLOWDOWN names this case
+        workload = apply_test_slowdown(impl.name, impl.build(params, DTYPES[dtype], device, mode), level=impl.level)
         row.backend_detail = workload.backend_detail
         if check:
             row.correctness = check_correctness(workload, dtype, impl.level, params.depth)
