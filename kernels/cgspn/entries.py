@@ -19,7 +19,7 @@ import torch
 
 from kernels.cgspn.gate_norm import normalize_gates_eager_both, normalize_gates_fused
 from kernels.cgspn.reference import cgspn_scan_reference
-from kernels.cgspn.scan import cgspn_scan
+from kernels.cgspn.scan import DEFAULT_VARIANT, cgspn_scan
 from kernels.cgspn.triton_support import runnable
 from kernels.params import ParamError, Params
 from kernels.registry import GRID_PARAMS, Workload, register
@@ -80,7 +80,7 @@ def build_scan(params: Params, dtype: torch.dtype, device: torch.device, mode: s
         flops_bwd=2 * SCAN_FLOPS_PER_ELEMENT * _numel(params),
         bytes_ideal=7 * _numel(params) * element,
         bytes_ideal_bwd=13 * _numel(params) * element,
-        backend_detail="triton pairs-gather",
+        backend_detail=f"triton {DEFAULT_VARIANT}",
     )
 
 

@@ -26,6 +26,12 @@ plus 3 fp32 accumulator accesses per axis, i.e. ~34 vs the ideal 7 for bf16 (<= 
 bandwidth in ideal-byte terms); NOTES.md says why a global four-direction scan with row programs
 cannot read its inputs only once.
 
+The default ``quad`` design (one launch for the four directions, grid axis 2 = direction, so 4x the
+programs of a pair launch) loads row t+1's inputs before it computes row t (software pipelining),
+stores each direction's h in the input dtype and lets a combine kernel write ``y = u * sum h``:
+~60 B per (b, pixel, channel) in bf16, no accumulator ordering; its backward runs the four adjoints
+in one launch with prefetched loads and plain per-direction stores (NOTES.md, "Round 2").
+
 Backward. The adjoint of one direction is the same recurrence run in reverse with transposed
 gates: a[s] = dh[s] + l'[p+1] a'[p+1] + m'[p] a'[p] + r'[p-1] a'[p-1] (primes: the next row in scan
 order). Gate gradients need the forward state of the previous row, so the forward **stores h**
@@ -791,9 +797,10 @@ def cgspn_scan(x: torch.Tensor, lam: torch.Tensor, u: torch.Tensor, gates: torch
         x, lam, u: ``(B, H, W, C)``, float32/bfloat16/float16, any strides; views with unit
             stride on C (e.g. of one fused head output) are read in place, others copied once.
         gates: raw logits ``(B, H, W, 3, C)`` (l, m, r), same dtype.
-        variant: ``"pairs-gather"`` (default: two launches, one per axis, both directions per
-            program), ``"pairs-scratch"``, ``"directions-gather"``, ``"directions-scratch"``
-            (four single-direction launches); see :data:`SCAN_VARIANTS` and NOTES.md.
+        variant: ``"quad-gather"`` (default: the four directions in one pipelined launch, then a
+            combine kernel), ``"quad-scratch"``, ``"pairs-gather"``, ``"pairs-scratch"`` (two
+            launches, one per axis, both directions per program), ``"directions-gather"``,
+            ``"directions-scratch"`` (four single-direction launches); see :data:`SCAN_VARIANTS`.
 
     Returns:
         y ``(B, H, W, C)`` in the dtype of x; fp32 state and accumulation. Differentiable
