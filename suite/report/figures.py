@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: 
 from kernels.params import Params  # noqa: E402
 from suite.profiling.categories import CATEGORIES  # noqa: E402
 from suite.report.load import Run, resolution_of  # noqa: E402
-from suite.report.tables import PARAM_ABBREV, case_columns, case_label, speedups  # noqa: E402
+from suite.report.tables import PARAM_ABBREV, case_columns, case_label, speedups, spread_records  # noqa: E402
 from suite.results import Row  # noqa: E402
 
 # The axis a scenario is plotted against: the first of these that varies among its rows.
@@ -211,12 +212,12 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-") or "all"
 
 
-def _scenario_groups(run: Run, case_ids: dict[str, set[str]]) -> list[tuple[str, dict, list[Row]]]:
+def _scenario_groups(run: Run, case_ids: dict[str, set[str]], rows: list[Row]) -> list[tuple[str, dict, list[Row]]]:
     """(name, scenario, rows) per scenario: the rows of its cases (``case_ids``, from expanding it),
     else the rows that name it."""
     by_name = {s.get("name", ""): s for s in run.scenarios}
     groups: dict[str, list[Row]] = defaultdict(list)
-    for row in run.rows:
+    for row in rows:
         homes = [name for name, ids in case_ids.items() if row.case_id in ids] or [row.scenario]
         for name in homes:
             groups[name].append(row)
@@ -327,8 +328,8 @@ def breakdown_figure(rows: list[Row]) -> Figure | None:
 
 def compare_figure(run: Run, other: Run) -> Figure | None:
     """Median of each case in both runs, log-log, with the y = x line (matched by case_id)."""
-    theirs = {r.case_id: r for r in other.rows if r.status == "ok" and r.median_ms}
-    pairs = [(r, theirs[r.case_id]) for r in run.rows if r.status == "ok" and r.median_ms and r.case_id in theirs]
+    theirs = {r.case_id: r for r in other.case_rows if r.status == "ok" and r.median_ms}
+    pairs = [(r, theirs[r.case_id]) for r in run.case_rows if r.status == "ok" and r.median_ms and r.case_id in theirs]
     if not pairs:
         return None
     colors = implementation_colors([r.implementation for r, _ in pairs])
@@ -352,14 +353,52 @@ def compare_figure(run: Run, other: Run) -> Figure | None:
         return _finish(fig, "compare", f"Compared with {other.name}", caption)
 
 
+def spread_figure(spread: list[dict]) -> Figure | None:
+    """Variance mode: per case, each GPU's median as a deviation from the case's median (%), the
+    min-max range as a bar, labelled with the spread (max - min) / median in percent and the median in ms."""
+    records = spread_records(spread)
+    if not records:
+        return None
+    # rank2 before rank10: compare the digit runs as numbers
+    labels = sorted({str(label) for entry in spread for label in entry["medians_ms"]},
+                    key=lambda s: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)])
+    cmap = plt.get_cmap("tab10")
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(10, 1.0 + 0.38 * len(records)))
+        names = [case_label(r) for r in records]
+        for y, rec in enumerate(records):
+            middle = rec["median_ms"]
+            low, high = (100.0 * (rec[k] - middle) / middle for k in ("min_ms", "max_ms"))
+            ax.barh(y, high - low, left=low, height=0.5, color="#d8dde6", zorder=1)
+            ax.annotate(f"{rec['spread_pct']:.2f}% of {middle:.4g} ms", (high, y), xytext=(6, 0), textcoords="offset points",
+                        va="center", fontsize=8)
+        for i, label in enumerate(labels):
+            points = [(100.0 * (r[f"{label}_ms"] - r["median_ms"]) / r["median_ms"], y)
+                      for y, r in enumerate(records) if r.get(f"{label}_ms") is not None]
+            ax.plot([x for x, _ in points], [y for _, y in points], "o", ms=6, color=cmap(i % cmap.N), label=label, zorder=3)
+        ax.axvline(0.0, color="grey", lw=1, ls=":")
+        ax.set_yticks(range(len(records)), names)
+        ax.invert_yaxis()
+        ax.use_sticky_edges = False  # bars would pin the x limits to their ends and clip the outermost dots
+        ax.margins(x=0.3, y=0.15)
+        ax.grid(axis="y", visible=False)
+        ax.set_xlabel("per-GPU median vs the case's median over GPUs (%)")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), title="GPU")
+        fig.suptitle("Card-to-card spread per case (variance mode)", fontsize=11)
+        caption = ("Each dot is one GPU's median for the case, as a deviation from the median over all GPUs; the bar spans "
+                   "the fastest to the slowest GPU and is labelled with the spread (max - min) / median and that median.")
+        return _finish(fig, "gpu-spread", "Card-to-card spread per case", caption, wide=True)
+
+
 def run_figures(run: Run, case_ids: dict[str, set[str]] | None = None) -> list[Figure]:
     """Per scenario a latency figure and (for resolution sweeps with attention) a speedup figure.
 
     ``case_ids`` maps a scenario to its cases (suite.report.expected), so a case shared by two
-    scenarios appears in both figures."""
+    scenarios appears in both figures. A case measured on several GPUs is one point, the median of
+    their medians (Run.case_rows); the spread between them has its own figure."""
     colors = implementation_colors([r.implementation for r in run.rows])
     out = []
-    for name, scenario, rows in _scenario_groups(run, case_ids or {}):
+    for name, scenario, rows in _scenario_groups(run, case_ids or {}, run.case_rows):
         for make in (latency_figure, speedup_figure):
             fig = make(name or "all rows", scenario, rows, colors)
             if fig is not None:

@@ -1,13 +1,16 @@
 """Read a run directory into what the report needs: metadata, rows, a flat table, the scenarios.
 
 A run directory (``suite.results.RunDir``) holds ``run.json`` (environment, the scenarios as run)
-and ``rows.jsonl``. The report never re-measures: everything it shows comes from these two files.
+and ``rows.jsonl``, and after a variance run (``--same-case-on-every-gpu``) ``gpu_spread.json``
+(suite.sharding.gpu_spread). The report never re-measures: everything it shows comes from these files.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import statistics
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -19,6 +22,7 @@ import yaml
 from kernels.params import ParamError, Params
 from suite.results import ROWS_FILE, RUN_FILE, Row, RunDir, flatten
 
+SPREAD_FILE = "gpu_spread.json"  # written by suite.runner in variance mode
 # Params fields that only describe the token grid; selectors and sweeps compare the derived grid.
 GRID_KEYS = ("resolution", "grid", "grid_h", "grid_w", "patch")
 
@@ -112,9 +116,87 @@ class Run:
         return ", ".join(names) or str(self.meta.get("device", "unknown"))
 
     @cached_property
+    def gpus(self) -> list[str]:
+        """The distinct GPUs (or CPU ranks) the rows were measured on, as :func:`gpu_key` values, first seen first."""
+        return list(dict.fromkeys(gpu_key(r) for r in self.rows))
+
+    @property
+    def multi_gpu(self) -> bool:
+        return len(self.gpus) > 1
+
+    @cached_property
+    def spread(self) -> list[dict[str, Any]]:
+        """The variance mode's per-case spread: gpu_spread.json as the runner wrote it, else (a run
+        interrupted before the end) the same computation on the rows; empty when no case ran on two ranks."""
+        path = self.path / SPREAD_FILE
+        if path.exists():
+            return read_spread(path)
+        from suite.sharding import gpu_spread
+
+        return gpu_spread(self.rows)
+
+    @cached_property
+    def case_rows(self) -> list[Row]:
+        """One row per case (see :func:`one_row_per_case`), for figures and comparisons."""
+        return one_row_per_case(self.rows)
+
+    @cached_property
     def frame(self) -> pd.DataFrame:
         """One line per row: flat Row fields, ``p_<param>`` columns and derived grid columns."""
         return rows_frame(self.rows)
+
+
+def gpu_key(row: Row) -> str:
+    """Which card measured ``row``: its UUID (unique across hosts), else its rank (CPU ranks, old rows)."""
+    return row.gpu_uuid or f"rank{row.rank}"
+
+
+def gpu_label(row: Row) -> str:
+    """``rank<r>/gpu<i>``, the label suite.sharding.gpu_spread uses for its per-GPU medians."""
+    return f"rank{row.rank}" + (f"/gpu{row.gpu_index}" if row.gpu_index is not None else "")
+
+
+SPREAD_FIELDS = ("case_id", "implementation", "level", "mode", "dtype", "params", "medians_ms")
+
+
+def read_spread(path: Path) -> list[dict[str, Any]]:
+    """gpu_spread.json: a list of per-case entries (case fields, ``medians_ms`` {label: ms}, ``spread``)."""
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ReportError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(data, list):
+        raise ReportError(f"{path}: expected a list of per-case entries, got {type(data).__name__}")
+    for i, entry in enumerate(data):
+        missing = [k for k in SPREAD_FIELDS if not isinstance(entry, dict) or k not in entry]
+        if missing:
+            raise ReportError(f"{path}: entry {i} lacks {', '.join(missing)} (fields: {', '.join(SPREAD_FIELDS)})")
+        if not isinstance(entry["medians_ms"], dict) or not entry["medians_ms"]:
+            raise ReportError(f"{path}: entry {i} medians_ms: expected a mapping GPU label -> ms")
+    return data
+
+
+def one_row_per_case(rows: list[Row]) -> list[Row]:
+    """Rows with one row per case id, in first-seen order.
+
+    In variance mode every GPU measured every case; a case's row is then its first ok row with
+    ``median_ms`` replaced by the median over the GPUs' medians (``min_ms`` by the lowest), so
+    figures draw one point per case and ``--compare`` matches one number per case. A case with
+    no ok row keeps its first row.
+    """
+    by_case: dict[str, list[Row]] = {}
+    for row in rows:
+        by_case.setdefault(row.case_id, []).append(row)
+    out = []
+    for group in by_case.values():
+        ok = [r for r in group if r.status == "ok" and r.median_ms is not None]
+        if len(ok) < 2:
+            out.append(ok[0] if ok else group[0])
+            continue
+        medians = [r.median_ms for r in ok]
+        lows = [r.min_ms for r in ok if r.min_ms is not None]
+        out.append(dataclasses.replace(ok[0], median_ms=statistics.median(medians), min_ms=min(lows) if lows else None))
+    return out
 
 
 def rows_frame(rows: list[Row]) -> pd.DataFrame:

@@ -28,7 +28,7 @@ DEFAULT_ROOT = Path("reports/local")
 # Columns shown in the HTML (the CSV keeps every column); tables not listed show all of theirs.
 HTML_COLUMNS: dict[str, list[str]] = {
     "claims": ["id", "text", "kind", "paper", "ours", "ours_over_paper", "verdict", "target", "target_met", "card", "note"],
-    "latency": ["scenario", "case", "status", "median_ms", "iqr_ms", "min_ms", "n", "outliers", "tflops", "gbps",
+    "latency": ["scenario", "case", "gpu", "status", "median_ms", "iqr_ms", "min_ms", "n", "outliers", "tflops", "gbps",
                 "bw_fraction_pct", "peak_mem_mib", "backend_detail"],
 }
 # The columns that identify a case; the HTML folds them into one readable "case" column.
@@ -36,7 +36,7 @@ CASE_COLUMNS = ("scenario", "implementation", "level", "mode", "dtype", "resolut
 CASE_NOTE = ("Cases are named implementation · level · resolution (token grid) · mode dtype, plus any parameter that differs "
              "from the paper's reference shapes (B=32, C=1152, 16 heads, MLP 4304, s=18, 27 blocks, 27-token tiles).")
 TEXT_COLUMNS = {"text", "note", "message", "description", "value", "params", "backend_detail", "name", "reference", "case"}
-MONO_COLUMNS = {"case_id", "sha256", "numerator_case", "denominator_case"}
+MONO_COLUMNS = {"case_id", "sha256", "numerator_case", "denominator_case", "gpu_uuid"}
 
 
 @dataclass
@@ -134,6 +134,17 @@ def build_sections(run: Run, other: Run | None, claims: list[dict], expected: Ex
         latency.items += figure(f)
     latency.items.append(table(tbl.speedup_table(run)))
     sections.append(latency)
+
+    if run.multi_gpu or run.spread:
+        progress.update(task, description="GPUs")
+        gpus = Section("gpus", "GPUs", "The run was spread over several GPUs (torchrun, one process per GPU): rows per "
+                       "card with the clocks NVML saw" + (", and in variance mode (every GPU measured every case) the "
+                                                          "card-to-card spread of each case." if run.spread else "."))
+        gpus.items += figure(figs.spread_figure(run.spread))
+        gpus.items.append(table(tbl.gpu_table(run)))
+        if run.spread:
+            gpus.items.append(table(tbl.spread_table(run)))
+        sections.append(gpus)
 
     progress.update(task, description="profile")
     profile = Section("profile", "Time breakdown and occupancy")

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
 from suite.profiling.categories import CATEGORIES
-from suite.report.load import GRID_KEYS, Run, grid_of, resolution_of, scenario_hash
+from suite.report.load import GRID_KEYS, Run, gpu_key, gpu_label, grid_of, resolution_of, scenario_hash
 from suite.results import Row
 
 # Short names of Params fields for compact labels ("B=32 C=1152 s=18").
@@ -125,6 +126,8 @@ def key_facts(run: Run) -> list[tuple[str, str]]:
     if clocks:
         facts.append(("SM clocks seen", f"{clocks.get('sm_clock_min_mhz', '?'):g}-{clocks.get('sm_clock_max_mhz', '?'):g} MHz"
                       + (f" (max {gpu['sm_clock_max_mhz']:g})" if gpu.get("sm_clock_max_mhz") else "")))
+    if run.multi_gpu:
+        facts.append(("GPUs", f"{len(run.gpus)} ({'variance mode' if run.spread else 'sharded'})"))
     if env.get("copy_bandwidth_gbps"):
         facts.append(("copy bandwidth", f"{env['copy_bandwidth_gbps']:.0f} GB/s"))
     if run.meta.get("elapsed_s") is not None:
@@ -214,6 +217,8 @@ def latency_table(run: Run) -> Table:
             "backend_detail": row.backend_detail,
             "case_id": row.case_id,
         })
+        if run.multi_gpu:
+            rec["gpu"] = gpu_label(row)
         records.append(rec)
     frame = pd.DataFrame.from_records(records)
     if not frame.empty:
@@ -253,9 +258,11 @@ def speedups(rows: list[Row]) -> pd.DataFrame:
 
 
 def speedup_table(run: Run) -> Table:
-    frame = speedups(run.rows)
+    frame = speedups(run.case_rows)
     caption = ("Speedup over the strongest attention baseline: at each level, mode, dtype, grid, batch and width, the "
                "fastest ok attention row (named in 'baseline').")
+    if len(run.case_rows) < len(run.rows):
+        caption += " A case measured on several GPUs counts with the median of their medians."
     return Table("speedup", "Speedup over the best attention baseline", frame, caption)
 
 
@@ -416,8 +423,8 @@ def missing_table(missing: list[dict]) -> Table:
 def compare_tables(run: Run, other: Run) -> tuple[Table, Table]:
     """Rows of both runs matched by case_id with ``other_over_run`` = other median / this median,
     and the rows present in only one of them."""
-    mine = {r.case_id: r for r in run.rows}
-    theirs = {r.case_id: r for r in other.rows}
+    mine = {r.case_id: r for r in run.case_rows}
+    theirs = {r.case_id: r for r in other.case_rows}
     matched = []
     for cid, row in mine.items():
         if cid not in theirs:
@@ -438,5 +445,93 @@ def compare_tables(run: Run, other: Run) -> tuple[Table, Table]:
                 only.append(rec)
     caption = (f"Rows of this run ({run.name}, {run.device_name}) and of {other.name} ({other.device_name}) matched by "
                "case id; other_over_run > 1 means this run is faster.")
+    if len(run.case_rows) < len(run.rows) or len(other.case_rows) < len(other.rows):
+        caption += " A case measured on several GPUs (variance mode) counts with the median of its per-GPU medians."
     return (Table("compare", f"Compared with {other.name}", pd.DataFrame.from_records(matched), caption),
             Table("compare_only", "Cases in only one of the two runs", pd.DataFrame.from_records(only)))
+
+
+# ---- GPUs: rows per card, card-to-card spread --------------------------------------------------------
+
+# A case whose per-GPU medians spread by more than this share of their median is highlighted.
+SPREAD_FLAG_PCT = 5.0
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def gpu_table(run: Run) -> Table:
+    """One line per GPU (CPU rank) of the run: identity, rows, statuses, NVML clocks over its rows.
+
+    Clock columns aggregate the rows' NVML summaries: ``sm_clock_median_mhz`` is the median of the
+    rows' median SM clocks, ``sm_clock_min_mhz`` the lowest SM clock any of its rows saw.
+    """
+    names = {g.get("uuid"): g.get("name") for g in run.environment.get("gpus") or [] if isinstance(g, dict)}
+    groups: dict[str, list[Row]] = {}
+    for row in run.rows:
+        groups.setdefault(gpu_key(row), []).append(row)
+    records, flagged = [], []
+    for rows in groups.values():
+        first = rows[0]
+        nvml = [r.nvml for r in rows if r.nvml and r.nvml.get("available") is not False]
+
+        def values(key: str, nv: list[dict] = nvml) -> list[float]:
+            return [n[key] for n in nv if isinstance(n.get(key), (int, float)) and not isinstance(n.get(key), bool)]
+
+        throttled = sum(1 for n in nvml if n.get("throttled"))
+        records.append({
+            "gpu": gpu_label(first),
+            "ranks": ", ".join(str(r) for r in sorted({r.rank for r in rows})),
+            "gpu_index": first.gpu_index,
+            "gpu_uuid": first.gpu_uuid,
+            "name": first.device or names.get(first.gpu_uuid) or "",
+            "rows": len(rows),
+            "ok": sum(1 for r in rows if r.status == "ok"),
+            "not_ok": sum(1 for r in rows if r.status != "ok"),
+            "nvml_rows": len(nvml),
+            "sm_clock_median_mhz": _median(values("sm_clock_median_mhz")),
+            "sm_clock_min_mhz": min(values("sm_clock_min_mhz"), default=None),
+            "mem_clock_median_mhz": _median(values("mem_clock_median_mhz")),
+            "temp_max_c": max(values("temp_max_c"), default=None),
+            "power_mean_w": statistics.fmean(values("power_mean_w")) if values("power_mean_w") else None,
+            "throttled_rows": throttled,
+        })
+        flagged.append(throttled > 0)
+    caption = ("Rows grouped by the GPU that measured them (by UUID; CPU ranks by rank). Clocks come from the rows' NVML "
+               "summaries: sm_clock_median_mhz is the median of the rows' median SM clocks, sm_clock_min_mhz the lowest "
+               "SM clock seen, power_mean_w the mean of the rows' mean power. GPUs with throttled rows are highlighted.")
+    return Table("gpus", "Rows per GPU", pd.DataFrame.from_records(records), caption, flagged)
+
+
+def spread_records(spread: list[dict], rows: list[Row] | None = None) -> list[dict[str, Any]]:
+    """gpu_spread.json entries as table lines: the case, per-GPU medians (``<label>_ms``) and the spread.
+
+    ``spread_pct`` = 100 x (max - min) / median of the per-GPU medians; ``spread_of_min_pct`` is the
+    runner's ``spread`` ((max - min) / min) in percent. ``rows`` supply each case's scenario.
+    """
+    scenario = {r.case_id: r.scenario for r in rows or []}
+    records = []
+    for entry in spread:
+        medians = {str(k): float(v) for k, v in entry["medians_ms"].items()}
+        row = Row(case_id=entry["case_id"], implementation=entry["implementation"], family="", level=entry["level"],
+                  mode=entry["mode"], dtype=entry["dtype"], params=entry["params"], scenario=scenario.get(entry["case_id"], ""))
+        middle = statistics.median(medians.values())
+        low, high = min(medians.values()), max(medians.values())
+        rec = case_columns(row)
+        rec.update({"gpus": len(medians), "median_ms": middle, "min_ms": low, "max_ms": high,
+                    "spread_pct": 100.0 * (high - low) / middle,
+                    "spread_of_min_pct": 100.0 * entry["spread"] if entry.get("spread") is not None else None,
+                    "case_id": entry["case_id"]})
+        rec.update({f"{label}_ms": ms for label, ms in medians.items()})
+        records.append(rec)
+    return records
+
+
+def spread_table(run: Run) -> Table:
+    records = spread_records(run.spread, run.rows)
+    caption = ("Variance mode (--same-case-on-every-gpu): every GPU measured every case. Per case the median of each GPU "
+               "(<rank>/<gpu>_ms), their median, and spread_pct = 100 x (max - min) / median; spread_of_min_pct is the "
+               f"runner's (max - min) / min from gpu_spread.json. Spreads above {SPREAD_FLAG_PCT:g}% are highlighted.")
+    return Table("gpu_spread", "Card-to-card spread per case", pd.DataFrame.from_records(records), caption,
+                 [r["spread_pct"] > SPREAD_FLAG_PCT for r in records])
