@@ -1,7 +1,11 @@
 """Reports: a run directory rendered as HTML (figures, tables, the paper's claims) plus CSV/PNG/SVG.
 
     cgspn-bench report results/runs/RUN [--compare results/runs/OTHER] [--out reports/local/NAME]
-    cgspn-bench reproduce [--out DIR] [--report DIR] [--device cuda|cpu] [--budget-scale F]
+    cgspn-bench reproduce [--out DIR] [--report DIR] [--device cuda|cpu] [--budget-scale F] [--resume] [--profile]
+                          [--scenarios PATH]
+
+A run spread over several GPUs (``run --gpus``) gets a per-GPU table, a variance run
+(``--same-case-on-every-gpu``) the card-to-card spread of each case (gpu_spread.json).
 
 Modules: ``load`` (read a run), ``claims`` (evaluate the scenarios' claims; reusable by gates),
 ``tables`` and ``figures`` (pandas frames, matplotlib figures), ``expected`` (missing cases of a

@@ -139,7 +139,9 @@ def build_sections(run: Run, other: Run | None, claims: list[dict], expected: Ex
         progress.update(task, description="GPUs")
         gpus = Section("gpus", "GPUs", "The run was spread over several GPUs (torchrun, one process per GPU): rows per "
                        "card with the clocks NVML saw" + (", and in variance mode (every GPU measured every case) the "
-                                                          "card-to-card spread of each case." if run.spread else "."))
+                                                          "card-to-card spread of each case. Elsewhere in this report (claims, "
+                                                          "figures, speedups, --compare) such a case counts with the median of "
+                                                          "its per-GPU medians." if run.spread else "."))
         gpus.items += figure(figs.spread_figure(run.spread))
         gpus.items.append(table(tbl.gpu_table(run)))
         if run.spread:
@@ -193,7 +195,7 @@ def render_report(run_path: str | Path, out_dir: str | Path | None = None, compa
         progress.advance(task)
         progress.update(task, description="missing cases")
         expected = expected_cases(run)
-        claims = evaluate_claims(run.rows, run.scenarios, card=run.device_name)
+        claims = evaluate_claims(run.case_rows, run.scenarios, card=run.device_name)  # variance mode: median over GPUs
         progress.advance(task)
         sections, tables, figures = build_sections(run, other, claims, expected, progress, task)
         progress.advance(task, 2)

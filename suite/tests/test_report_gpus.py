@@ -41,6 +41,9 @@ dtypes: [float32]
 params: {batch: 2}
 sweep: {grid: [2, 3]}
 timing: {budget_ms: 4, warmup_ms: 0, min_reps: 2, max_reps: 4}
+claims:
+  - {id: sleep-3, text: "test-sleep at grid 3", paper: 3.0, kind: time,
+     numerator: {implementation: test-sleep, level: sublayer, params: {grid: 3}}}
 """
 # Synthetic NVML clocks per GPU (MHz) for the relabelled copies: gpu1 runs slower on purpose.
 SYNTHETIC_SM_CLOCKS = {0: [1980, 1965], 1: [1830, 1845]}
@@ -126,6 +129,10 @@ def test_real_variance_run_reports_per_rank_rows_and_spread(variance_run, tmp_pa
         assert math.isclose(rec["spread_of_min_pct"], 100 * runner[rec["case_id"]]["spread"], rel_tol=1e-12)
     assert_figure(tmp_path / "report" / "gpu-spread.png")
     assert "gpu-spread.png" in html
+
+    claim = pd.read_csv(tmp_path / "report" / "claims.csv").iloc[0]  # a case on two ranks: the median over them
+    grid3 = statistics.median(r.median_ms for r in rows if r.params["grid"] == 3)
+    assert math.isclose(claim["ours"], grid3, rel_tol=1e-12)
 
     latency = pd.read_csv(tmp_path / "report" / "latency.csv")  # every row listed, with the rank that measured it
     assert sorted(latency["gpu"]) == ["rank0", "rank0", "rank1", "rank1"]
@@ -214,3 +221,12 @@ def test_synthetic_sharded_fixture_groups_rows_by_gpu(tmp_path):
         assert rec["sm_clock_min_mhz"] == min(n["sm_clock_min_mhz"] for n in sampled)
         assert rec["throttled_rows"] == sum(bool(n.get("throttled")) for n in sampled)
     assert "2 (sharded)" in html  # header fact
+
+
+def test_cli_report_default_out_is_named_after_the_run_directory(variance_run, tmp_path, monkeypatch):
+    """As `cgspn-bench report --help` says: without --out the report goes to reports/local/<RUN directory name>."""
+    from suite.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", str(variance_run)]) == 0
+    assert (tmp_path / "reports" / "local" / variance_run.name / "gpu_spread.csv").exists()
