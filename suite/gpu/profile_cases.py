@@ -195,7 +195,8 @@ def ncu_pass(args: argparse.Namespace, out: Path, reference_scan: Row | None) ->
         params = {"batch": 8, "channels": c, "grid": args.grid}
         print(f"ncu: gspn-original {params} (first {args.ncu_launches} launches)", flush=True)
         results[f"gspn-original-C{c}-B8"] = ncu_case("gspn-original", "sublayer", params, args.dtype, MODE,
-                                                     out_dir=out / "ncu", launch_count=args.ncu_launches)
+                                                     out_dir=out / "ncu", launch_count=args.ncu_launches,
+                                                     kernel_name="original_scan")
     return results
 
 

@@ -70,7 +70,8 @@ FIELDS = {
 }
 
 _PREFIX = {"n": 1e-9, "u": 1e-6, "m": 1e-3, "": 1.0, "K": 1e3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
-_UNIT = re.compile(r"^(n|u|m|K|k|M|G|T)?(second|byte|byte/second|cycle|cycle/second|hz)$")
+# ncu spells units in full ("nsecond", "byte/second") or abbreviated ("ns", "B/s"), by version and flags
+_UNIT = re.compile(r"^(n|u|m|K|k|M|G|T)?(second|s|byte|B|byte/second|B/s|cycle|cycle/second|cycle/s|hz|Hz)$")
 
 
 def find_ncu(ncu: str | None = None) -> str | None:
@@ -160,7 +161,8 @@ def _tail(text: str, lines: int = 25) -> str:
 
 def ncu_case(implementation: str, level: str, params: dict, dtype: str = "bfloat16", mode: str = "fwd", *,
              out_dir: str | Path, reps: int = 1, metrics: tuple[str, ...] = METRICS, ncu: str | None = None,
-             launch_count: int | None = None, timeout_s: float = 600.0, python: str = sys.executable) -> dict:
+             launch_count: int | None = None, kernel_name: str | None = None, timeout_s: float = 600.0,
+             python: str = sys.executable) -> dict:
     """Run Nsight Compute on one registered case and return per-kernel counters.
 
     Args:
@@ -168,6 +170,8 @@ def ncu_case(implementation: str, level: str, params: dict, dtype: str = "bfloat
         out_dir: where the ``.ncu-rep`` report goes.
         reps: repetitions inside the NVTX range (each kernel launch is profiled).
         launch_count: profile only the first N kernels of the range (cases with hundreds of launches).
+        kernel_name: profile only kernels whose name matches this regular expression (``--kernel-name
+            regex:...``), e.g. the scan-step kernel of a case that also launches copies.
         ncu: path or name of the ncu executable (default: found on PATH / CUDA_HOME).
 
     Returns ``{"available", "kernels": [per-kernel dicts], "summary": {...}, "report", "command"}``,
@@ -186,6 +190,7 @@ def ncu_case(implementation: str, level: str, params: dict, dtype: str = "bfloat
               "--params", json.dumps(params), "--dtype", dtype, "--mode", mode, "--reps", str(reps)]
     command = [exe, "--clock-control", "none", "--target-processes", "all", "--nvtx", "--nvtx-include", f"{NVTX_RANGE}/",
                "--metrics", ",".join(metrics), *(["--launch-count", str(launch_count)] if launch_count else []),
+               *(["--kernel-name", f"regex:{kernel_name}"] if kernel_name else []),
                "--export", str(report.with_suffix("")), "--force-overwrite", *target]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])))
     base = {"available": True, "command": command, "report": str(report)}

@@ -337,8 +337,15 @@ NCU_CSV = "==PROF== Disconnected from process 4242\n" + "".join(
     ",".join(f'"{v}"' for v in line) + "\n" for line in [NCU_COLUMNS, NCU_UNITS, *NCU_ROWS])
 
 
-def test_parse_ncu_csv_converts_units():
-    kernels = parse_ncu_csv(NCU_CSV)
+# the same units as ncu abbreviates them (seen on an H200 with the CUDA 13 ncu: durations in "ns")
+NCU_UNITS_SHORT = [""] * 11 + ["B/s", "B", "B", "%", "ns", "register/thread", "%", "B"]
+NCU_CSV_SHORT = "==PROF== Disconnected from process 4242\n" + "".join(
+    ",".join(f'"{v}"' for v in line) + "\n" for line in [NCU_COLUMNS, NCU_UNITS_SHORT, *NCU_ROWS])
+
+
+@pytest.mark.parametrize("text", [NCU_CSV, NCU_CSV_SHORT], ids=["full-units", "abbreviated-units"])
+def test_parse_ncu_csv_converts_units(text):
+    kernels = parse_ncu_csv(text)
     assert [k["name"] for k in kernels] == ["_propagate_fwd_kernel", "_scan_pair_fwd_kernel"]
     first = kernels[0]
     assert first["duration_ms"] == pytest.approx(600e-6)
