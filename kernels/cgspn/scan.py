@@ -53,8 +53,10 @@ from kernels.cgspn.triton_support import INTERPRET, check_runnable, configs
 __all__ = ["cgspn_scan", "propagate", "SCAN_VARIANTS"]
 
 # Variants the GPU bench compares: design (quad: four directions in one pipelined launch; pairs: one
-# launch per axis; directions: four launches + PyTorch merge) x shift method. The first is the default.
-SCAN_VARIANTS = ("quad-gather", "quad-scratch", "pairs-gather", "pairs-scratch", "directions-gather", "directions-scratch")
+# launch per axis; directions: four launches + PyTorch merge) x shift method. The first is the default:
+# quad-scratch, measured fastest on an H200 (results/h200/2026-11-27/scan-variant-ab: 0.31 vs 0.41 ms at
+# grid 74 and 1.43 vs 1.92 ms at grid 147 for quad-gather, B=32, C_c=64, bf16, forward).
+SCAN_VARIANTS = ("quad-scratch", "quad-gather", "pairs-gather", "pairs-scratch", "directions-gather", "directions-scratch")
 DEFAULT_VARIANT = SCAN_VARIANTS[0]
 SHIFT_GATHER, SHIFT_SCRATCH = 0, 1
 _MAX_BC = 32
@@ -797,8 +799,8 @@ def cgspn_scan(x: torch.Tensor, lam: torch.Tensor, u: torch.Tensor, gates: torch
         x, lam, u: ``(B, H, W, C)``, float32/bfloat16/float16, any strides; views with unit
             stride on C (e.g. of one fused head output) are read in place, others copied once.
         gates: raw logits ``(B, H, W, 3, C)`` (l, m, r), same dtype.
-        variant: ``"quad-gather"`` (default: the four directions in one pipelined launch, then a
-            combine kernel), ``"quad-scratch"``, ``"pairs-gather"``, ``"pairs-scratch"`` (two
+        variant: ``"quad-scratch"`` (default: the four directions in one pipelined launch, the
+            neighbour shift through a per-program scratch tile, then a combine kernel), ``"quad-gather"``, ``"pairs-gather"``, ``"pairs-scratch"`` (two
             launches, one per axis, both directions per program), ``"directions-gather"``,
             ``"directions-scratch"`` (four single-direction launches); see :data:`SCAN_VARIANTS`.
 
