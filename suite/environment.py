@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+COMMIT_ENV = "CGSPN_BENCH_COMMIT"  # the commit of a tree copied without its .git
 
 
 def git_state(root: Path = REPO_ROOT) -> dict[str, Any]:
@@ -30,6 +31,9 @@ def git_state(root: Path = REPO_ROOT) -> dict[str, Any]:
             return None
 
     commit = git("rev-parse", "HEAD")
+    if commit is None and os.environ.get(COMMIT_ENV):
+        # a copy of the tree without .git (e.g. shipped to a GPU box): the caller names the commit
+        return {"commit": os.environ[COMMIT_ENV], "dirty": None, "branch": None, "source": COMMIT_ENV}
     status = git("status", "--porcelain", "--untracked-files=no")
     dirty = bool(status) if status is not None else None
     return {"commit": commit, "dirty": dirty, "branch": git("rev-parse", "--abbrev-ref", "HEAD")}
