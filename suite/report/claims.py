@@ -31,6 +31,8 @@ Verdict rule (``factor = ours / paper``; the paper measured on A100, we measure 
 - time claims are absolute latencies on another card: ``holds`` within a factor of 2 either way,
   else ``disagrees`` (note says faster/slower) -- a baseline far faster than the paper's also
   changes the paper's speedups, so it is flagged too;
+- ``measured`` when the paper gives no number for it (our own figure, e.g. a split of a speedup):
+  nothing to agree or disagree with;
 - ``not measured`` when a selector matches no ok row (the note lists what matched instead).
 ``weaker`` and ``disagrees`` are the report's disagreement marks.
 """
@@ -45,7 +47,7 @@ from suite.results import Row
 KINDS = ("ratio", "time", "share")
 HOLDS_FRACTION = 0.9  # ratio/share: ours >= 90% of the paper's number counts as reproduced
 DISAGREE_FACTOR = 2.0  # ratio/share below paper/2, or time outside [paper/2, 2*paper], disagrees
-VERDICTS = ("holds", "weaker", "disagrees", "not measured")
+VERDICTS = ("holds", "weaker", "disagrees", "measured", "not measured")
 DISAGREEMENT = ("weaker", "disagrees")
 
 
@@ -99,7 +101,7 @@ def verdict(kind: str, ours: float | None, paper: float | None) -> tuple[str, st
     if ours is None:
         return "not measured", ""
     if paper is None or paper == 0:
-        return "holds", "no paper number to compare"
+        return "measured", "no paper number to compare"
     factor = ours / paper
     if kind == "time":
         if 1 / DISAGREE_FACTOR <= factor <= DISAGREE_FACTOR:

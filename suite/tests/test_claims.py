@@ -98,6 +98,7 @@ def test_share_and_time_kinds(rows):
     ("time", 0.1, 0.462, "disagrees"),
     ("time", 1.0, 0.462, "disagrees"),
     ("ratio", None, 10.0, "not measured"),
+    ("ratio", 2.7, None, "measured"),  # our own figure: nothing to agree or disagree with
 ])
 def test_verdict_rule(kind, ours, paper, expected):
     assert verdict(kind, ours, paper)[0] == expected
