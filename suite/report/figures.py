@@ -289,8 +289,9 @@ def speedup_figure(name: str, scenario: dict, rows: list[Row], colors: dict[str,
             ax.set_title(level)
             ax.legend(loc="best")
         fig.suptitle(f"{name}: speedup over the strongest attention baseline", fontsize=11)
-        caption = ("Speedup = latency of the fastest attention implementation at that point / latency of the implementation; "
-                   "above the dotted line is faster than every attention baseline measured.")
+        caption = ("Speedup = latency of the fastest global-attention implementation at that point (tiled FlashAttention, "
+                   "a windowed approximation, is not a baseline) / latency of the implementation; above the dotted line "
+                   "is faster than every global-attention baseline measured.")
         return _finish(fig, f"speedup-{_slug(name)}", f"Speedup: {name}", caption, wide=len(levels) > 1)
 
 

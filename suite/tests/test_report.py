@@ -230,3 +230,18 @@ def test_reproduce_on_cpu_falls_back_runs_and_reports(tmp_path):
     meta = json.loads((run / "run.json").read_text())
     assert meta["elapsed_s"] > 0 and meta["reproduce"]["cpu_fallback"] is True
     assert (report / "index.html").exists() and (report / "latency.csv").exists()
+
+
+def test_speedup_baseline_is_global_attention_not_tiled():
+    """Tiled FlashAttention (a windowed approximation) is faster but is not the baseline."""
+    from suite.report.tables import speedups
+    from suite.results import Row
+
+    def row(impl, family, ms):
+        return Row(case_id=impl, implementation=impl, family=family, level="block", mode="fwd", dtype="bfloat16",
+                   params={"batch": 32, "channels": 1152, "grid": 74}, median_ms=ms)
+
+    frame = speedups([row("attention-cudnn", "attention", 24.0), row("attention-tiled-flash", "attention", 18.0),
+                      row("cgspn", "cgspn", 8.0)])
+    assert list(frame["baseline"]) == ["attention-cudnn"]
+    assert frame["speedup_x"].iloc[0] == 3.0
