@@ -5,7 +5,7 @@
     cgspn-bench list
     cgspn-bench validate PATH [PATH...]
 
-Other modules add subcommands: each of ``suite.report``, ``suite.gate``, ``suite.distill`` that
+Other modules add subcommands: each of ``suite.report``, ``suite.gate``, ``suite.distill``, ``suite.profiling.cli`` that
 imports and defines ``register_cli(subparsers)`` is called with the subparsers object.
 ``python -m suite.cli`` is the same program. Kernel modules are imported only after the device
 is known, because on CPU ``TRITON_INTERPRET=1`` must be set before Triton kernels are defined.
@@ -23,7 +23,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-PLUGIN_CLI_MODULES = ("suite.report", "suite.gate", "suite.distill")
+PLUGIN_CLI_MODULES = ("suite.report", "suite.gate", "suite.distill", "suite.profiling.cli")
 
 
 def cuda_available() -> bool:

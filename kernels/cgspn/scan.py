@@ -800,7 +800,8 @@ def cgspn_scan(x: torch.Tensor, lam: torch.Tensor, u: torch.Tensor, gates: torch
             stride on C (e.g. of one fused head output) are read in place, others copied once.
         gates: raw logits ``(B, H, W, 3, C)`` (l, m, r), same dtype.
         variant: ``"quad-scratch"`` (default: the four directions in one pipelined launch, the
-            neighbour shift through a per-program scratch tile, then a combine kernel), ``"quad-gather"``, ``"pairs-gather"``, ``"pairs-scratch"`` (two
+            neighbour shift through a per-program scratch tile, then a combine kernel),
+            ``"quad-gather"`` (the shift by ``tl.gather``), ``"pairs-gather"``, ``"pairs-scratch"`` (two
             launches, one per axis, both directions per program), ``"directions-gather"``,
             ``"directions-scratch"`` (four single-direction launches); see :data:`SCAN_VARIANTS`.
 

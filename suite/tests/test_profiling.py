@@ -446,3 +446,13 @@ def test_profile_of_a_triton_case_carries_compile_metadata(tmp_path):
         # the launch the trace saw agrees with one compiled variant (registers, warps, shared memory)
         assert any(v["n_regs"] == row["registers_per_thread"] and v["num_warps"] * 32 == row["threads_per_block"]
                    for v in row["triton"])
+
+
+def test_ncu_command_without_ncu_says_so(monkeypatch, capsys):
+    """`cgspn-bench ncu` on a machine without Nsight Compute reports it and exits 2 (no exception)."""
+    import suite.profiling.ncu as ncu_module
+    from suite.cli import main
+
+    monkeypatch.setattr(ncu_module, "find_ncu", lambda ncu=None: None)
+    assert main(["ncu", "cgspn-scan", "sublayer", "--param", "batch=2", "--param", "grid=5"]) == 2
+    assert "ncu unavailable" in capsys.readouterr().out
