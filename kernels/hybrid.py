@@ -20,14 +20,14 @@ import importlib
 import torch
 from torch import nn
 
-from kernels.attention.entries import ATTN_NETWORK_PARAMS, attention_layer_flops, ideal_bytes, network_flops
+from kernels.attention.entries import ATTN_NETWORK_PARAMS, attention_layer_flops, network_flops
 from kernels.attention.layer import AttentionLayer, set_variant
 from kernels.attention.sublayer import fastest_backend
 from kernels.attention.variants import grid_attention
 from kernels.params import Params
 from kernels.registry import Workload, register
 from kernels.vit import VisionEncoder, attention_positions
-from kernels.workloads import module_workload, random_images
+from kernels.workloads import ideal_bytes, module_workload, random_images
 
 CGSPN_LAYER_MODULE = "kernels.cgspn.layer"
 HYBRID_PARAMS = ATTN_NETWORK_PARAMS + ("attn_blocks", "compression", "latent_channels")

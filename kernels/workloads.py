@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from kernels.params import Params
-from kernels.registry import Workload
+from kernels.registry import GRID_PARAMS, Workload
 from kernels.vit import mlp_flops
 
 
@@ -63,6 +63,12 @@ def module_workload(module: nn.Module, inputs: list[torch.Tensor], dtype: torch.
     )
 
 
+def ideal_bytes(module: nn.Module, inputs: list[torch.Tensor], out_numel: int, dtype: torch.dtype) -> float:
+    """Ideal traffic of a module case: read every input and weight once, write the output once."""
+    numel = sum(t.numel() for t in inputs) + sum(p.numel() for p in module.parameters()) + out_numel
+    return float(numel * torch.empty((), dtype=dtype).element_size())
+
+
 def linear_flops(tokens: int, c_in: int, c_out: int) -> float:
     return 2.0 * tokens * c_in * c_out
 
@@ -78,5 +84,5 @@ def embed_flops(params: Params) -> float:
     return linear_flops(params.batch * params.tokens, 3 * params.patch * params.patch, params.channels)
 
 
-BLOCK_PARAMS = ("batch", "channels", "mlp_hidden", "grid", "grid_h", "grid_w", "resolution", "patch")
+BLOCK_PARAMS = ("batch", "channels", "mlp_hidden") + GRID_PARAMS
 NETWORK_PARAMS = BLOCK_PARAMS + ("depth",)

@@ -29,6 +29,7 @@ from kernels.workloads import (
     BLOCK_PARAMS,
     block_flops,
     embed_flops,
+    ideal_bytes,
     module_workload,
     random_images,
     random_tokens,
@@ -53,12 +54,6 @@ def mixer_flops(variant: str, params: Params) -> float:
 
 def attention_layer_flops(variant: str, params: Params) -> float:
     return layer_flops(params.batch * params.tokens, params.channels) + mixer_flops(variant, params)
-
-
-def ideal_bytes(module: torch.nn.Module, inputs: list[torch.Tensor], out_numel: int, dtype: torch.dtype) -> float:
-    """Read every input and weight once, write the output once."""
-    numel = sum(t.numel() for t in inputs) + sum(p.numel() for p in module.parameters()) + out_numel
-    return float(numel * torch.empty((), dtype=dtype).element_size())
 
 
 def _requires(variant: str):

@@ -23,20 +23,20 @@ from torch import nn
 from kernels.cgspn.layer import CGSPNLayer, cgspn_layer_flops, latent_width
 from kernels.cgspn.triton_support import runnable
 from kernels.params import ParamError, Params
-from kernels.registry import Workload, register
+from kernels.registry import GRID_PARAMS, Workload, register
 from kernels.vit import Block, VisionEncoder
 from kernels.workloads import (
     BLOCK_PARAMS,
     NETWORK_PARAMS,
     block_flops,
     embed_flops,
+    ideal_bytes,
     module_workload,
     random_images,
     random_tokens,
 )
 
-GRID = ("grid", "grid_h", "grid_w", "resolution", "patch")
-LAYER_PARAMS = ("batch", "channels", "compression", "latent_channels") + GRID
+LAYER_PARAMS = ("batch", "channels", "compression", "latent_channels") + GRID_PARAMS
 CGSPN_BLOCK_PARAMS = BLOCK_PARAMS + ("compression", "latent_channels")
 CGSPN_NETWORK_PARAMS = NETWORK_PARAMS + ("compression", "latent_channels")
 DTYPES = ("float32", "bfloat16", "float16", "float64")
@@ -71,16 +71,10 @@ def layer_flops(params: Params) -> float:
     return cgspn_layer_flops(params.batch * params.tokens, params.channels, latent)
 
 
-def _ideal_bytes(module: nn.Module, inputs: list[torch.Tensor], out_numel: int, dtype: torch.dtype) -> float:
-    """Read the inputs and the weights once, write the output once."""
-    numel = sum(t.numel() for t in inputs) + sum(p.numel() for p in module.parameters()) + out_numel
-    return float(numel * torch.empty((), dtype=dtype).element_size())
-
-
 def _case(module: nn.Module, inputs: list[torch.Tensor], out_numel: int, dtype: torch.dtype, mode: str, flops: float,
           reference: bool, detail: str) -> Workload:
     return module_workload(module, inputs, dtype, mode, reference_module=as_reference(module) if reference else None,
-                           flops=flops, bytes_ideal=_ideal_bytes(module, inputs, out_numel, dtype), backend_detail=detail)
+                           flops=flops, bytes_ideal=ideal_bytes(module, inputs, out_numel, dtype), backend_detail=detail)
 
 
 def _detail(params: Params, fused_norm: bool) -> str:

@@ -33,20 +33,20 @@ from torch import nn
 from kernels.cgspn.triton_support import runnable
 from kernels.gspn.layer import GSPNLayer, gspn_layer_flops, gspn_propagation
 from kernels.params import Params
-from kernels.registry import Workload, register
+from kernels.registry import GRID_PARAMS, Workload, register
 from kernels.vit import Block, VisionEncoder
 from kernels.workloads import (
     BLOCK_PARAMS,
     NETWORK_PARAMS,
     block_flops,
     embed_flops,
+    ideal_bytes,
     module_workload,
     random_images,
     random_tokens,
 )
 
-GRID = ("grid", "grid_h", "grid_w", "resolution", "patch")
-SUBLAYER_PARAMS = ("batch", "channels", "chunk") + GRID
+SUBLAYER_PARAMS = ("batch", "channels", "chunk") + GRID_PARAMS
 LAYER_PARAMS = SUBLAYER_PARAMS
 GSPN_BLOCK_PARAMS = BLOCK_PARAMS + ("chunk",)
 GSPN_NETWORK_PARAMS = NETWORK_PARAMS + ("chunk",)
@@ -138,11 +138,6 @@ def as_reference(module: nn.Module) -> nn.Module:
     return ref
 
 
-def _ideal_bytes(module: nn.Module, inputs: list[torch.Tensor], out_numel: int, dtype: torch.dtype) -> float:
-    numel = sum(t.numel() for t in inputs) + sum(p.numel() for p in module.parameters()) + out_numel
-    return float(numel * torch.empty((), dtype=dtype).element_size())
-
-
 def _module_case(module: nn.Module, params: Params, inputs: list[torch.Tensor], dtype: torch.dtype, mode: str,
                  flops: float, flags: dict, scan: str, with_reference: bool) -> Workload:
     d_inner = 2 * params.channels if flags["channel_extension"] else params.channels
@@ -151,7 +146,7 @@ def _module_case(module: nn.Module, params: Params, inputs: list[torch.Tensor], 
     out_numel = params.batch * params.tokens * params.channels
     on = ", ".join(k for k, v in flags.items() if v) or "no optional components"
     return module_workload(module, inputs, dtype, mode, reference_module=as_reference(module) if with_reference else None,
-                           flops=flops, bytes_ideal=_ideal_bytes(module, inputs, out_numel, dtype),
+                           flops=flops, bytes_ideal=ideal_bytes(module, inputs, out_numel, dtype),
                            backend_detail=f"{scan} scan; d_inner={d_inner}; {on}; chunk={params.chunk or 'global'}")
 
 
@@ -205,11 +200,6 @@ def _bind(level: str, scan: str, flags: dict, name: str):
 
     build.__qualname__ = f"build_{level}[{name}]"
     return build
-
-
-def _describe(what: str, scan: str, flags: dict) -> str:
-    removed = [k for k, v in flags.items() if not v]
-    return f"{what} ({scan} scan; {'removed: ' + ', '.join(removed) if removed else 'all components on'})"
 
 
 def _describe(what: str, scan: str, flags: dict) -> str:
