@@ -16,6 +16,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are defined
 
 from kernels.cgspn import normalize_gates, normalize_gates_eager, normalize_gates_fused  # noqa: E402
+from suite.tests.helpers import poison_empty, relative_rms  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOLERANCE = {
@@ -25,23 +26,9 @@ TOLERANCE = {
 }
 
 
-def relative_rms(out: torch.Tensor, ref: torch.Tensor) -> float:
-    diff = (out.double() - ref.double()).pow(2).mean().sqrt()
-    err = (diff / ref.double().pow(2).mean().sqrt().clamp_min(1e-9)).item()
-    return err if err == err else float("inf")
-
-
 @pytest.fixture(autouse=True)
 def nan_poisoned_empty(monkeypatch):
-    real_empty, real_empty_like = torch.empty, torch.empty_like
-
-    def poison(t: torch.Tensor) -> torch.Tensor:
-        if t.is_floating_point():
-            t.fill_(float("nan"))
-        return t
-
-    monkeypatch.setattr(torch, "empty", lambda *a, **k: poison(real_empty(*a, **k)))
-    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: poison(real_empty_like(*a, **k)))
+    poison_empty(monkeypatch)
 
 
 def raw_gates(shape, dtype=torch.float32, seed=0) -> torch.Tensor:

@@ -18,7 +18,7 @@ if not torch.cuda.is_available():
 
 from kernels.cgspn.layer import CGSPNLayer, latent_width  # noqa: E402
 from kernels.vit import Block  # noqa: E402
-from suite.measure import compare  # noqa: E402
+from suite.tests.helpers import assert_rel_rms  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 REL_RMS = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
@@ -26,8 +26,7 @@ SHAPE = (2, 5, 7, 36)
 
 
 def assert_close(out, ref, dtype, what):
-    err = compare(out, ref)["rel_rms"]
-    assert err <= REL_RMS[dtype], f"{what}: relative RMS {err:.3g} > {REL_RMS[dtype]:.0e} ({dtype})"
+    assert_rel_rms(out, ref, REL_RMS[dtype], f"{what} ({dtype})")
 
 
 def reference_copy(module: torch.nn.Module) -> torch.nn.Module:

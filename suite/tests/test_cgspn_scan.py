@@ -20,6 +20,7 @@ if not torch.cuda.is_available():
 
 from kernels.cgspn import DIRECTIONS, SCAN_VARIANTS, cgspn_scan, cgspn_scan_reference, propagate, propagate_reference  # noqa: E402
 from kernels.cgspn.reference import AXIS_OF, normalize_gates_eager  # noqa: E402
+from suite.tests.helpers import poison_empty, relative_rms  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # relative RMS error allowed against the float64 reference: a few units of the dtype's rounding
@@ -31,15 +32,6 @@ TOLERANCE = {
 gpu_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (full-size shapes)")
 
 
-def relative_rms(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """RMS(out - ref) / RMS(ref); inf on NaN/inf. The 1e-9 floor only matters for gradients that
-    are analytically zero (e.g. gates of a 1xW grid), where the reference holds rounding noise."""
-    diff = (out.double() - ref.double()).pow(2).mean().sqrt()
-    scale = ref.double().pow(2).mean().sqrt().clamp_min(1e-9)
-    err = (diff / scale).item()
-    return err if err == err and err != float("inf") else float("inf")
-
-
 def assert_close(name: str, out: torch.Tensor, ref: torch.Tensor, tol: float) -> None:
     assert out.shape == ref.shape, f"{name}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
     err = relative_rms(out, ref)
@@ -48,17 +40,7 @@ def assert_close(name: str, out: torch.Tensor, ref: torch.Tensor, tol: float) ->
 
 @pytest.fixture(autouse=True)
 def nan_poisoned_empty(monkeypatch):
-    """Fill freshly allocated float tensors with NaN so unwritten outputs fail (fla's habit)."""
-    real_empty, real_empty_like, real_new_empty = torch.empty, torch.empty_like, torch.Tensor.new_empty
-
-    def poison(t: torch.Tensor) -> torch.Tensor:
-        if t.is_floating_point():
-            t.fill_(float("nan"))
-        return t
-
-    monkeypatch.setattr(torch, "empty", lambda *a, **k: poison(real_empty(*a, **k)))
-    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: poison(real_empty_like(*a, **k)))
-    monkeypatch.setattr(torch.Tensor, "new_empty", lambda self, *a, **k: poison(real_new_empty(self, *a, **k)))
+    poison_empty(monkeypatch)
 
 
 def make_inputs(shape, dtype, gate_fill=None, seed=0):

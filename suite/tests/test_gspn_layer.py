@@ -27,15 +27,14 @@ from kernels.gspn.layer import (  # noqa: E402
     to_frame,
 )
 from kernels.vit import Block  # noqa: E402
-from suite.measure import compare  # noqa: E402
+from suite.tests.helpers import assert_rel_rms  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 REL_RMS = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 2e-2}
 
 
 def assert_close(out, ref, dtype, what):
-    err = compare(out, ref)["rel_rms"]
-    assert err <= REL_RMS[dtype], f"{what}: relative RMS {err:.3g} > {REL_RMS[dtype]:.0e} ({dtype})"
+    assert_rel_rms(out, ref, REL_RMS[dtype], f"{what} ({dtype})")
 
 
 def test_frames_round_trip_on_a_non_square_grid():

@@ -18,15 +18,14 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first triton import
 
 from kernels.gspn.original_scan import chunk_length, original_scan, original_scan_reference  # noqa: E402
-from suite.measure import compare  # noqa: E402
+from suite.tests.helpers import assert_rel_rms  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 REL_RMS = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
 
 
 def assert_close(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, what: str) -> None:
-    err = compare(out, ref)["rel_rms"]
-    assert err <= REL_RMS[dtype], f"{what}: relative RMS {err:.3g} > {REL_RMS[dtype]:.0e} ({dtype})"
+    assert_rel_rms(out, ref, REL_RMS[dtype], f"{what} ({dtype})")
 
 
 def random_inputs(shape, dtype, seed=0):
