@@ -310,20 +310,33 @@ def breakdown_figure(rows: list[Row]) -> Figure | None:
     categories = [c for c in CATEGORIES if c in totals] + sorted(c for c in totals if c not in CATEGORIES)
     cmap = plt.get_cmap("tab10")
     with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(10, 0.9 + 0.32 * len(profiled)))
+        # absolute time (left) and the share of each case's time (right): a 1 ms block next to a
+        # 400 ms one is a sliver in the first panel but reads plainly in the second
+        fig, (ax, ax_share) = plt.subplots(1, 2, figsize=(13, 1.3 + 0.32 * len(profiled)), sharey=True,
+                                           gridspec_kw={"width_ratios": [3, 2]})
         labels = [case_label(case_columns(r)) for r in profiled]
+        totals_per_row = [sum(r.profile["categories"].values()) or 1.0 for r in profiled]
         left = [0.0] * len(profiled)
+        left_share = [0.0] * len(profiled)
         for i, cat in enumerate(categories):
             widths = [r.profile["categories"].get(cat, 0.0) for r in profiled]
+            shares = [100.0 * w / t for w, t in zip(widths, totals_per_row, strict=True)]
             index = CATEGORIES.index(cat) if cat in CATEGORIES else len(CATEGORIES) + i
             ax.barh(labels, widths, left=left, color=cmap(index % cmap.N), label=cat, height=0.7)
+            ax_share.barh(labels, shares, left=left_share, color=cmap(index % cmap.N), height=0.7)
             left = [a + b for a, b in zip(left, widths, strict=True)]
+            left_share = [a + b for a, b in zip(left_share, shares, strict=True)]
         ax.invert_yaxis()
         ax.set_xlabel("GPU time in one profiled repetition (ms)")
-        ax.grid(axis="y", visible=False)
-        ax.legend(loc="lower right", ncols=min(4, len(categories)))
+        ax_share.set_xlabel("share of the case's GPU time (%)")
+        ax_share.set_xlim(0, 100)
+        for a in (ax, ax_share):
+            a.grid(axis="y", visible=False)
+        fig.legend(loc="lower center", ncols=min(8, len(categories)), bbox_to_anchor=(0.5, 0.0), frameon=False)
+        fig.subplots_adjust(bottom=max(0.08, 0.9 / (1.3 + 0.32 * len(profiled))))
         fig.suptitle("Time breakdown by kernel category", fontsize=11)
-        caption = "GPU time per kernel category (torch.profiler), stacked; one bar per profiled case."
+        caption = ("GPU time per kernel category (torch.profiler), stacked, one bar per profiled case: in ms (left) and "
+                   "as a share of the case's kernel time (right).")
         return _finish(fig, "breakdown", "Time breakdown by kernel category", caption, wide=True)
 
 
