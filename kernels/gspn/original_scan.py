@@ -47,13 +47,11 @@ BLOCK = 512  # the original's THREADS_PER_BLOCK: one element per thread
 NUM_WARPS = BLOCK // 32
 
 
-@triton.jit(do_not_specialize=["t", "n_chunks", "chunk", "P", "L", "n_elements"])
-def _original_scan_fwd_step(
-    x, lam, g1, g2, g3, h,
-    t, n_chunks, chunk, P, L, n_elements,
-    BLOCK: tl.constexpr,
-):
-    """Step ``t`` of every chunk: one element per thread, fp32 state read from/stored to ``h``."""
+@triton.jit
+def _step_position(t, n_chunks, chunk, P, L, n_elements, BLOCK: tl.constexpr):
+    """This program's elements at step ``t``: the flat index decomposed in the original's order
+    (chunk fastest, then p, then b*C + c); returns p, the chunk start, the position s along L,
+    the validity mask and the flat offset of (bc, p, s)."""
     idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     in_range = idx < n_elements
     k = idx % n_chunks  # chunk index varies fastest, as in the original
@@ -64,6 +62,17 @@ def _original_scan_fwd_step(
     s = start + t
     valid = in_range & (s < L)
     off = bc * P * L + p * L + s
+    return p, start, s, valid, off
+
+
+@triton.jit(do_not_specialize=["t", "n_chunks", "chunk", "P", "L", "n_elements"])
+def _original_scan_fwd_step(
+    x, lam, g1, g2, g3, h,
+    t, n_chunks, chunk, P, L, n_elements,
+    BLOCK: tl.constexpr,
+):
+    """Step ``t`` of every chunk: one element per thread, fp32 state read from/stored to ``h``."""
+    p, start, s, valid, off = _step_position(t, n_chunks, chunk, P, L, n_elements, BLOCK)
     # (block-shaped comparisons: the CPU interpreter cannot combine a scalar condition with a mask)
     has_prev = valid & (s > start)  # the state restarts at the first step of each chunk
     up = has_prev & (p > 0)
@@ -89,16 +98,7 @@ def _original_scan_bwd_step(
     """Step ``t`` of the adjoint (run for t = chunk-1 .. 0): the same recurrence reversed with the
     gates of the next step, ``dh[p, s] = dy[p, s] + g3[p-1, s+1] dh[p-1, s+1] + g2[p, s+1] dh[p, s+1]
     + g1[p+1, s+1] dh[p+1, s+1]``; then the input and gate gradients of step s."""
-    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
-    in_range = idx < n_elements
-    k = idx % n_chunks
-    rest = idx // n_chunks
-    p = rest % P
-    bc = rest // P
-    start = k * chunk
-    s = start + t
-    valid = in_range & (s < L)
-    off = bc * P * L + p * L + s
+    p, start, s, valid, off = _step_position(t, n_chunks, chunk, P, L, n_elements, BLOCK)
     has_next = valid & (s + 1 < start + chunk) & (s + 1 < L)
     up_next = has_next & (p > 0)
     down_next = has_next & (p < P - 1)
