@@ -21,17 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
-
-import torch
 
 from kernels import registry
 from kernels.attention import VARIANTS
 from kernels.params import Params
 from suite.environment import collect_environment
+from suite.gpu.common import check_device, print_table, run_pytest
 from suite.measure import TimingSettings, measure_case
 from suite.results import Row, RunDir
 
@@ -40,16 +37,6 @@ SHAPE = {"batch": 32, "channels": 1152, "heads": 16, "mlp_hidden": 4304, "tile":
 TINY_SHAPE = {"batch": 2, "channels": 48, "heads": 2, "mlp_hidden": 40, "tile": 3, "compression": 6}  # --tiny: plumbing check
 TIMING = TimingSettings(budget_ms=150, warmup_ms=25, min_reps=5, max_reps=200, l2_flush="auto", cuda_graph=False)
 EXTRA = {"sublayer": ("cgspn-scan",), "block": ("vit-mlp-half", "cgspn")}  # comparison rows, when registered
-
-
-def run_tests(out: Path) -> dict:
-    """The attention test files in a subprocess (fresh CUDA context); outcome and output tail."""
-    cmd = [sys.executable, "-m", "pytest", *TEST_FILES, "-q", "-rs", "-p", "no:cacheprovider", f"--junitxml={out / 'tests.xml'}"]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    lines = (proc.stdout + proc.stderr).strip().splitlines()
-    return {"command": " ".join(cmd), "returncode": proc.returncode, "seconds": round(time.perf_counter() - start, 1),
-            "summary": lines[-1] if lines else "", "tail": lines[-40:]}
 
 
 def cases(grids: list[int], shape: dict) -> list[tuple[str, str, Params]]:
@@ -83,12 +70,6 @@ def table(rows: list[Row], grids: list[int]) -> list[list[str]]:
     return out
 
 
-def print_table(lines: list[list[str]]) -> None:
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    for line in lines:
-        print("  ".join(text.ljust(w) for text, w in zip(line, widths, strict=True)))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("results/gpu-check/attention"), help="output folder")
@@ -96,9 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-tests", action="store_true", help="only time (the tests already ran)")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes on whatever device exists: checks the script itself")
     args = parser.parse_args(argv)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu" and not args.tiny:
-        print("attention_check: needs a CUDA GPU (torch.cuda.is_available() is False); --tiny runs it on CPU", file=sys.stderr)
+    device = check_device("attention_check", args.tiny)
+    if device is None:
         return 2
     shape = TINY_SHAPE if args.tiny else SHAPE
     args.out.mkdir(parents=True, exist_ok=True)
@@ -108,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     environment = collect_environment(device)
     run.write_meta({"name": "attention-check", "environment": environment, "timing": TIMING.__dict__, "shape": shape})
 
-    tests = {"skipped": True} if args.skip_tests else run_tests(args.out)
+    tests = {"skipped": True} if args.skip_tests else run_pytest(TEST_FILES, args.out)
     if not args.skip_tests:
         print(f"tests: {tests['summary']} ({tests['seconds']} s)")
 

@@ -32,7 +32,6 @@ import argparse
 import csv
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -56,6 +55,7 @@ from kernels.cgspn import (  # noqa: E402
 )
 from kernels.registry import Workload  # noqa: E402
 from suite.environment import collect_environment  # noqa: E402
+from suite.gpu.common import check_device, print_table, run_pytest  # noqa: E402
 from suite.measure import TimingSettings, copy_bandwidth_gbps, make_step, measure  # noqa: E402
 
 TEST_SELECTION = ["suite/tests/test_cgspn_scan.py::TestFullShapesGPU", "suite/tests/test_cgspn_gate_norm.py"]
@@ -242,18 +242,7 @@ def tuned_configs() -> dict[str, str]:
 
 
 def run_tests(out: Path, tiny: bool, timeout_s: float) -> dict:
-    selection = ["suite/tests/test_cgspn_reference.py"] if tiny else TEST_SELECTION
-    cmd = [sys.executable, "-m", "pytest", *selection, "-q", "-rs", "-p", "no:cacheprovider", f"--junitxml={out / 'tests.xml'}"]
-    start = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired as error:
-        tail = ((error.stdout or b"").decode() if isinstance(error.stdout, bytes) else (error.stdout or "")).splitlines()
-        return {"command": " ".join(cmd), "returncode": 124, "seconds": round(time.perf_counter() - start, 1),
-                "summary": f"timed out after {timeout_s:.0f} s", "tail": tail[-40:]}
-    lines = (proc.stdout + proc.stderr).strip().splitlines()
-    return {"command": " ".join(cmd), "returncode": proc.returncode, "seconds": round(time.perf_counter() - start, 1),
-            "summary": lines[-1] if lines else "", "tail": lines[-40:]}
+    return run_pytest(["suite/tests/test_cgspn_reference.py"] if tiny else TEST_SELECTION, out, timeout_s)
 
 
 def summarize(rows: list[dict]) -> list[list[str]]:
@@ -297,12 +286,6 @@ def tuned_summary(row: dict) -> str:
     return "; ".join(row["configs"][k] for k in wanted if k in row["configs"])
 
 
-def print_table(lines: list[list[str]]) -> None:
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    for line in lines:
-        print("  ".join(text.ljust(w) for text, w in zip(line, widths, strict=True)))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("results/gpu-check/cgspn-scan"), help="output folder")
@@ -312,9 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny", action="store_true", help="tiny shapes on whatever device exists: checks the script itself")
     args = parser.parse_args(argv)
     deadline = time.perf_counter() + args.budget_s
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu" and not args.tiny:
-        print("cgspn_scan_bench: needs a CUDA GPU; --tiny runs it on CPU (Triton interpreter)", file=sys.stderr)
+    device = check_device("cgspn_scan_bench", args.tiny, " (Triton interpreter)")
+    if device is None:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict = {"environment": collect_environment(device), "timing": TIMING.__dict__}
