@@ -107,10 +107,18 @@ class RunDir:
         return json.loads(p.read_text()) if p.exists() else {}
 
     def append(self, row: Row) -> None:
-        """Append one row and fsync, so a SIGKILL right after loses nothing."""
+        """Append one row and fsync, so a SIGKILL right after loses nothing.
+
+        A torn last line (a writer killed mid-line) is ended first; otherwise this row would be
+        glued to it and both lines would be unreadable, losing the row on resume."""
         self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.rows_path, "a", encoding="utf-8") as f:
-            f.write(row.to_json() + "\n")
+        data = (row.to_json() + "\n").encode("utf-8")
+        with open(self.rows_path, "a+b") as f:  # "a": writes always go to the end, whatever we read
+            if f.seek(0, os.SEEK_END) > 0:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    data = b"\n" + data
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
 
