@@ -395,12 +395,12 @@ def measure_case(impl: Implementation, params: Params, dtype: str, device: torch
     row = Row(case_id=case_id(impl.name, impl.level, mode, dtype, values), implementation=impl.name, family=impl.family,
               level=impl.level, mode=mode, dtype=dtype, params=values, scenario=scenario, run_id=run_id,
               timestamp=time.time(), device=_device_name(device))
-    reason = impl.unavailable(params, dtype, device.type, mode)
-    if reason:
-        row.status, row.message = "unsupported", reason
-        return row
     workload = step = None
     try:
+        reason = impl.unavailable(params, dtype, device.type, mode)  # may probe the backend: inside the try
+        if reason:
+            row.status, row.message = "unsupported", reason
+            return row
         # the gate's test-only slowdown switch: a no-op unless CGSPN_BENCH_TEST_SLOWDOWN names this case
         workload = apply_test_slowdown(impl.name, impl.build(params, DTYPES[dtype], device, mode), level=impl.level)
         row.backend_detail = workload.backend_detail

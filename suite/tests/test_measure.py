@@ -251,3 +251,15 @@ def test_cuda_timer_on_a_matmul(graph):
     assert timing.timer == ("cuda-graph" if graph else "cuda-events")
     assert timing.l2_flush and timing.n >= 5 and 0 < timing.min_ms <= timing.median_ms
     assert timing.peak_mem_bytes >= a.numel() * 4
+
+
+def test_availability_probe_that_raises_is_an_error_row_not_a_crash(impls):
+    """``Implementation.requires`` may probe the backend (a tiny SDPA call); its exception is the case's outcome."""
+    def probe(params, dtype, device):
+        raise RuntimeError("backend probe exploded")
+
+    impl = registry.Implementation(name="test-probe", family="vit", level="sublayer", build=impls.build_sleep,
+                                   params=("batch", "grid"), dtypes=("float32",), requires=probe)
+    row = measure_case(impl, Params(batch=1, grid=1), "float32", "cpu", "fwd", FAST)
+    assert row.status == "error" and "backend probe exploded" in row.message
+    assert row.samples_ms == [] and row.median_ms is None
