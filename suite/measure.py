@@ -109,7 +109,7 @@ class Timing:
     outliers: int  # samples beyond 1.5 IQR outside the quartiles
     timer: str = ""  # "cuda-events", "cuda-graph" or "cpu-perf-counter"
     l2_flush: bool = False
-    peak_mem_bytes: int | None = None  # CUDA: max allocated during the first call
+    peak_mem_bytes: int | None = None  # CUDA: max allocated during a call after the first (compile/autotune)
     message: str = ""  # e.g. why CUDA-graph capture fell back to eager
 
     @classmethod
@@ -252,8 +252,10 @@ def measure_cuda(step: Callable[[], None], device: torch.device, settings: Timin
     """CUDA events around each repetition, one synchronize after the loop."""
     with torch.cuda.device(device):
         torch.cuda.synchronize()
+        step()  # first call: JIT compile, autotune (whose scratch, e.g. Triton's 256 MiB bench buffer, is not the case's)
+        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        step()  # first call: JIT compile, autotune; its peak is the case's memory footprint
+        step()  # a steady-state call: its peak is the case's memory footprint
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated()
 
