@@ -189,7 +189,7 @@ def _error_row(case: dict[str, Any], message: str) -> Row:
                dtype=case["dtype"], params=case["params"], status="error", message=message, scenario=case["scenario"])
 
 
-def _case_request(case: Any, budget_scale: float, check: bool, run_id: str) -> dict[str, Any]:
+def case_request(case: Any, budget_scale: float, check: bool, run_id: str) -> dict[str, Any]:
     """A scenario Case as the JSON the workers receive."""
     timing = case.timing.scaled(budget_scale) if budget_scale != 1.0 else case.timing
     return {"implementation": case.implementation.name, "family": case.implementation.family,
@@ -248,7 +248,7 @@ def run_ab(ref: str, *, scenario: str | Path = "scenarios/gate.yaml", rounds: in
     out = Path(out) if out else repo / "results" / "runs" / f"ab-{Path(ref).name or 'ref'}-{stamp}"
     if (out / "current" / ROUNDS_FILE).exists() or (out / "ref" / ROUNDS_FILE).exists():
         raise ABError(f"--out {out}: already holds an A/B run; choose a new directory")
-    requests = [_case_request(c, budget_scale, check, f"ab-{stamp}") for c in loaded.cases]
+    requests = [case_request(c, budget_scale, check, f"ab-{stamp}") for c in loaded.cases]
     slowdown = os.environ.get(SLOWDOWN_VAR, "").strip()
     if slowdown:
         console.print(f"[yellow]{SLOWDOWN_VAR}={slowdown}[/] applies to the current tree only")

@@ -18,6 +18,10 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from suite.results import Row
 
 
 def _protocol_stream():
@@ -28,6 +32,33 @@ def _protocol_stream():
     return private
 
 
+def measure_request(case: dict, device: str, *, run_dir: str | Path | None = None, tag: str = "") -> Row:
+    """Measure one case given as the JSON request of :func:`suite.gate.ab.case_request` through
+    :func:`suite.measure.measure_case`; the registry gives the implementation. A case the imported
+    ``kernels`` tree does not register becomes an ``unsupported`` row. Shared by the A/B workers and
+    the gate's confirmation step (:mod:`suite.gate.confirm`)."""
+    import torch
+
+    import kernels
+    from kernels import registry
+    from kernels.params import Params
+    from suite.measure import TimingSettings, measure_case
+    from suite.results import Row, case_id
+
+    try:
+        impl = registry.get(case["implementation"], case["level"])
+    except registry.RegistryError as err:  # the other tree does not have this implementation
+        values = case["params"]
+        tree = Path(kernels.__file__).resolve().parent.parent
+        return Row(case_id=case_id(case["implementation"], case["level"], case["mode"], case["dtype"], values),
+                   implementation=case["implementation"], family=case.get("family", ""), level=case["level"],
+                   mode=case["mode"], dtype=case["dtype"], params=values, status="unsupported",
+                   message=f"not in the tree at {tree}: {err}")
+    return measure_case(impl, Params(**case["params"]), case["dtype"], torch.device(device), case["mode"],
+                        TimingSettings(**case["timing"]), check=case["check"], nvml=case["nvml"], run_dir=run_dir,
+                        scenario=case["scenario"], run_id=case["run_id"], tag=tag)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--device", required=True, help="cuda, cuda:N or cpu")
@@ -36,14 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("TRITON_INTERPRET", "1")  # before any Triton kernel is defined
     out = _protocol_stream()
 
-    import torch
-
     import kernels
-    from kernels import registry
-    from kernels.params import Params
     from suite.environment import collect_environment, git_state
-    from suite.measure import TimingSettings, measure_case
-    from suite.results import Row, case_id
 
     tree = Path(kernels.__file__).resolve().parent.parent
     environment = collect_environment(args.device)
@@ -56,19 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         request = json.loads(line)
         if request.get("quit"):
             break
-        case = request["case"]
-        try:
-            impl = registry.get(case["implementation"], case["level"])
-        except registry.RegistryError as err:  # the other tree does not have this implementation
-            values = case["params"]
-            row = Row(case_id=case_id(case["implementation"], case["level"], case["mode"], case["dtype"], values),
-                      implementation=case["implementation"], family=case.get("family", ""), level=case["level"],
-                      mode=case["mode"], dtype=case["dtype"], params=values, status="unsupported",
-                      message=f"not in the tree at {tree}: {err}")
-        else:
-            row = measure_case(impl, Params(**case["params"]), case["dtype"], torch.device(args.device), case["mode"],
-                               TimingSettings(**case["timing"]), check=case["check"], nvml=case["nvml"],
-                               scenario=case["scenario"], run_id=case["run_id"])
+        row = measure_request(request["case"], args.device)
         out.write(json.dumps({"row": json.loads(row.to_json())}) + "\n")
     return 0
 

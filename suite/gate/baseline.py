@@ -25,6 +25,12 @@ from suite.results import Row, RunDir
 
 FORMAT = "cgspn-bench-baseline/1"
 DEFAULT_DIR = Path("results/baselines")
+CONFIRM_MARKER = "gate-confirm"  # starts the message of rows re-measured by ``gate --confirm`` (suite.gate.confirm)
+
+
+def is_confirmation(row: Row) -> bool:
+    """Whether a run directory's row was appended by the gate's confirmation step, not by the run itself."""
+    return (row.message or "").startswith(CONFIRM_MARKER)
 
 
 class BaselineError(ValueError):
@@ -91,12 +97,14 @@ class Snapshot:
 
     @classmethod
     def from_run(cls, path: str | Path) -> Snapshot:
+        """The run's own rows; rows a gate appended while confirming (:func:`is_confirmation`) are
+        evidence of that gate, not part of the run, so judging or freezing the run again ignores them."""
         run = RunDir(path)
         if not run.rows_path.exists():
             raise BaselineError(f"{path}: not a run directory (no {run.rows_path.name}); "
                                 f"run `cgspn-bench run SCENARIO --out {path}` first")
         meta = run.meta()
-        rows = run.rows()
+        rows = [r for r in run.rows() if not is_confirmation(r)]
         environment = meta.get("environment") or {}
         return cls(rows=rows, gpu_model=gpu_model_of(environment, rows), environment=environment, source=str(path))
 

@@ -15,6 +15,7 @@ from rich.table import Table
 
 from suite.gate.baseline import DEFAULT_DIR, BaselineError, Snapshot, baseline_path, update_baseline
 from suite.gate.compare import GpuMismatch, compare_snapshots
+from suite.gate.confirm import RECOMMENDED, confirm_regressions
 from suite.gate.decision import DecisionRule
 from suite.gate.render import markdown, render
 from suite.gate.thresholds import ThresholdError, Thresholds, parse_percent
@@ -23,7 +24,9 @@ EXIT_PASSED, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
 GATE_HELP = """Judge a run against the baseline of its card (or, with --ab, the current tree against a git ref
 measured in this job). A case regresses when its median is slower than its max slowdown AND the shift
 exceeds the IQR noise of both runs AND the bootstrap CI of the median ratio excludes 1 AND a one-sided
-Mann-Whitney U test is significant. See docs/gates.md.
+Mann-Whitney U test is significant. With --confirm N (stored-baseline mode; CI uses 3) every
+first-pass regression is re-measured N times in this job and fails only if a majority of the N
+re-measurements are regressions on their own; the others are listed as cleared. See docs/gates.md.
 
 Exit codes: 0 passed; 1 failed (a regression, a correctness failure, a case that errored or ran out
 of memory where the baseline did not); 2 could not compare (bad input, a baseline of another GPU model,
@@ -44,7 +47,8 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     ab = gate.add_argument_group("A/B mode")
     ab.add_argument("--scenario", default=DEFAULT_AB_SCENARIO, help=f"scenario to measure (default {DEFAULT_AB_SCENARIO})")
     ab.add_argument("--rounds", type=int, default=3, help="measurements per case and side, alternating A/B (default 3)")
-    ab.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda if available, else cpu")
+    ab.add_argument("--device", choices=("cuda", "cpu"), help="where A/B and --confirm measure (default: A/B cuda if available, "
+                    "else cpu; --confirm the run's own device)")
     ab.add_argument("--out", help="where the two pooled runs go (default results/runs/ab-<ref>-<time>)")
     ab.add_argument("--budget-scale", type=float, default=1.0, help="multiply every case's timing budget")
     ab.add_argument("--no-check", action="store_true", help="skip the correctness check before timing")
@@ -53,6 +57,10 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
                       "overrides the thresholds file's default)")
     rule.add_argument("--thresholds", help="YAML file with per-case max slowdowns (see docs/gates.md)")
     rule.add_argument("--alpha", type=float, default=DecisionRule.alpha, help="Mann-Whitney U significance level (default 0.01)")
+    rule.add_argument("--confirm", type=int, default=0, metavar="N",
+                      help="re-measure each first-pass regression N more times here (same scenario settings, same card) "
+                      f"and fail only when a majority of them regress; default 0 (off), CI uses {RECOMMENDED}; "
+                      "the rows are appended to --current")
     rule.add_argument("--allow-other-gpu", action="store_true", help="compare against a baseline of another GPU model")
     rule.add_argument("--fail-on-missing", action="store_true", help="also fail when a baseline case is absent from the run")
     out = gate.add_argument_group("output")
@@ -103,9 +111,14 @@ def run_gate(args: argparse.Namespace) -> int:
     console = Console(width=200)
     try:
         rule, thresholds = _rule(args)
+        if args.confirm < 0:
+            raise BaselineError(f"--confirm: expected an integer >= 0 (re-measurements per flagged case), got {args.confirm}")
         if args.ab:
             if args.baseline or args.current:
                 raise BaselineError("give either --ab REF or --baseline/--current, not both")
+            if args.confirm:
+                raise BaselineError("--confirm is for the stored-baseline mode; A/B mode already measures both sides "
+                                    "interleaved in this job (use --rounds for more evidence)")
             from suite.gate.ab import run_ab
 
             baseline, current = run_ab(args.ab, scenario=args.scenario, rounds=args.rounds, device=args.device, out=args.out,
@@ -117,6 +130,9 @@ def run_gate(args: argparse.Namespace) -> int:
             baseline = Snapshot.load(_resolve_baseline(args.baseline, current))
         report = compare_snapshots(baseline, current, thresholds=thresholds, rule=rule,
                                    allow_other_gpu=args.allow_other_gpu, fail_on_missing=args.fail_on_missing)
+        if args.confirm and not args.ab:
+            confirm_regressions(report, baseline, current, args.current, args.confirm, rule=rule, device=args.device,
+                                console=console)
     except (BaselineError, ThresholdError, GpuMismatch, ValueError, ImportError) as err:
         console.print(f"[bold red]gate: cannot compare:[/] {escape(str(err))}")
         return EXIT_REFUSED

@@ -11,6 +11,8 @@ failed-check    the current row failed its correctness check                    
 broken          the current row errored (or ran out of memory where the         yes
                 baseline was ok)
 inconclusive    slower than the threshold but within the noise                  no
+cleared         a first-pass regression that ``--confirm N`` re-measured and    no
+                that did not persist in a majority of the N (confirm.py)
 improvement     faster beyond threshold, noise and significance                 no
 unchanged       within the threshold                                            no
 not-run         ok in the baseline, unsupported now (e.g. a missing library)    no
@@ -38,8 +40,8 @@ from suite.gate.thresholds import Thresholds
 from suite.measure import Timing
 from suite.results import Row
 
-VERDICTS = ("regression", "failed-check", "broken", "inconclusive", "not-run", "missing", "new", "improvement", "unchanged",
-            "skipped")
+VERDICTS = ("regression", "failed-check", "broken", "inconclusive", "cleared", "not-run", "missing", "new", "improvement",
+            "unchanged", "skipped")
 FAILING = frozenset({"regression", "failed-check", "broken"})
 
 
@@ -117,6 +119,10 @@ class CaseResult:
     p_value: float | None = None  # one-sided Mann-Whitney U in the direction of the change
     delta_ms: float | None = None
     noise_ms: float | None = None
+    # set by the confirmation step (suite.gate.confirm) on the cases it re-measured: the first
+    # pass's verdict and reason, and the re-measurements' verdicts, ratios and medians
+    first_pass: dict[str, Any] | None = None
+    confirmation: dict[str, Any] | None = None
 
     @property
     def label(self) -> str:
@@ -134,6 +140,7 @@ class GateReport:
     current: dict[str, Any]
     fail_on_missing: bool = False
     warnings: list[str] = field(default_factory=list)
+    confirm: dict[str, Any] | None = None  # what the confirmation step did (suite.gate.confirm), if it ran
 
     @property
     def failures(self) -> list[CaseResult]:
@@ -156,6 +163,9 @@ class GateReport:
             "baseline": self.baseline,
             "current": self.current,
             "warnings": self.warnings,
+            "confirm": self.confirm,
+            "first_pass_failures": [c.case_id for c in self.cases
+                                    if (c.first_pass or {}).get("verdict", c.verdict) in FAILING],
             "cases": [dataclasses.asdict(c) | {"label": c.label} for c in self.cases],
         }
 
@@ -229,6 +239,12 @@ def judge_case(base: Row | None, cur: Row | None, threshold: float, rule: Decisi
     return result
 
 
+def sort_cases(cases: list[CaseResult]) -> None:
+    """Failures first, then in the order of VERDICTS; within a verdict by implementation, level, mode, dtype, params."""
+    order = {v: i for i, v in enumerate(VERDICTS)}
+    cases.sort(key=lambda c: (order[c.verdict], c.implementation, c.level, c.mode, c.dtype, sorted(c.params.items())))
+
+
 def compare_snapshots(baseline: Snapshot, current: Snapshot, *, thresholds: Thresholds | None = None,
                       rule: DecisionRule | None = None, allow_other_gpu: bool = False,
                       fail_on_missing: bool = False) -> GateReport:
@@ -241,7 +257,6 @@ def compare_snapshots(baseline: Snapshot, current: Snapshot, *, thresholds: Thre
     for cid in list(dict.fromkeys([*base_rows, *cur_rows])):
         base, cur = base_rows.get(cid), cur_rows.get(cid)
         cases.append(judge_case(base, cur, thresholds.for_row(cur or base), rule))
-    order = {v: i for i, v in enumerate(VERDICTS)}
-    cases.sort(key=lambda c: (order[c.verdict], c.implementation, c.level, c.mode, c.dtype, sorted(c.params.items())))
+    sort_cases(cases)
     return GateReport(cases=cases, rule=rule, baseline=_describe(baseline), current=_describe(current),
                       fail_on_missing=fail_on_missing, warnings=[warning] if warning else [])

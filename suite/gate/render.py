@@ -9,8 +9,8 @@ from rich.table import Table
 from suite.gate.compare import FAILING, GateReport
 
 STYLES = {"regression": "bold red", "failed-check": "bold red", "broken": "bold red", "inconclusive": "yellow",
-          "not-run": "yellow", "missing": "yellow", "new": "cyan", "improvement": "green", "unchanged": "dim",
-          "skipped": "dim"}
+          "cleared": "magenta", "not-run": "yellow", "missing": "yellow", "new": "cyan", "improvement": "green",
+          "unchanged": "dim", "skipped": "dim"}
 
 
 def _ms(summary: dict | None) -> str:
@@ -20,6 +20,30 @@ def _ms(summary: dict | None) -> str:
         return summary["status"]
     iqr = summary["iqr_ms"] or 0.0
     return f"{summary['median_ms']:.4g} ±{iqr / 2:.2g} (n={summary['n']})"
+
+
+def _first_pass(case) -> str:
+    """The first pass's verdict and, after a confirmation, how many re-measurements agreed."""
+    if not case.first_pass:
+        return ""
+    confirmation = case.confirmation or {}
+    if not confirmation.get("runs"):
+        return f"{case.first_pass['verdict']} (not re-measured)"
+    return f"{case.first_pass['verdict']}, {confirmation['regressions']}/{confirmation['requested']} again"
+
+
+def confirm_line(report: GateReport) -> str | None:
+    """One line on what ``--confirm`` did, or None when it did not run."""
+    info = report.confirm
+    if not info:
+        return None
+    if not info["flagged"]:
+        return f"confirm: N={info['n']}, no first-pass regression to re-measure"
+    if not info["device"]:
+        return f"confirm: {len(info['flagged'])} first-pass regression(s) not re-measured (see the warning): their verdicts stand"
+    return (f"confirm: {len(info['flagged'])} first-pass regression(s) re-measured {info['n']}x each on {info['device']} "
+            f"(majority rule): {len(info['confirmed'])} confirmed, {len(info['cleared'])} cleared; "
+            f"rows appended to {info['rows_appended_to']}")
 
 
 def render(report: GateReport, console: Console | None = None, show_unchanged: bool = True) -> None:
@@ -33,8 +57,13 @@ def render(report: GateReport, console: Console | None = None, show_unchanged: b
                   f"{100 * rule.confidence:.0f}% bootstrap CI of the ratio excludes 1 AND Mann-Whitney p < {rule.alpha}")
     for warning in report.warnings:
         console.print(f"[yellow]warning:[/] {escape(warning)}")
+    line = confirm_line(report)
+    if line:
+        console.print(escape(line))
+    confirmed = any(c.first_pass for c in report.cases)
     table = Table(show_lines=False, header_style="bold")
-    for name, justify in (("verdict", "left"), ("case", "left"), ("baseline ms (median ±IQR/2)", "right"),
+    first_pass_column = (("first pass", "left"),) if confirmed else ()
+    for name, justify in (("verdict", "left"), *first_pass_column, ("case", "left"), ("baseline ms (median ±IQR/2)", "right"),
                           ("current ms", "right"), ("ratio", "right"), ("CI", "right"), ("p", "right"),
                           ("max", "right"), ("why", "left")):
         table.add_column(name, justify=justify, overflow="fold")
@@ -48,7 +77,8 @@ def render(report: GateReport, console: Console | None = None, show_unchanged: b
         ci = f"[{case.ci[0]:.3f}, {case.ci[1]:.3f}]" if case.ci and case.ci[0] == case.ci[0] else "-"
         p = f"{case.p_value:.2g}" if case.p_value is not None and case.p_value == case.p_value else "-"
         threshold = f"{100 * case.threshold:.0f}%" if case.threshold is not None else "-"
-        table.add_row(f"[{style}]{case.verdict}[/]", escape(case.label), _ms(case.baseline), _ms(case.current), ratio,
+        first = (escape(_first_pass(case)),) if confirmed else ()
+        table.add_row(f"[{style}]{case.verdict}[/]", *first, escape(case.label), _ms(case.baseline), _ms(case.current), ratio,
                       ci, p, threshold, escape(case.reason))
     console.print(table)
     if hidden:
@@ -68,16 +98,20 @@ def markdown(report: GateReport, show_unchanged: bool = False) -> str:
     b, c = report.baseline, report.current
     lines = [f"### Regression gate: {head}", "",
              f"baseline `{b['source']}` ({b['gpu_model']}, commit `{b['commit']}`) vs "
-             f"current `{c['source']}` ({c['gpu_model']}, commit `{c['commit']}`): {counts}",
-             "", "| verdict | case | baseline ms | current ms | ratio | 95% CI | p | max | why |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+             f"current `{c['source']}` ({c['gpu_model']}, commit `{c['commit']}`): {counts}", ""]
+    if confirm_line(report):
+        lines += [str(confirm_line(report)), ""]
+    confirmed = any(case.first_pass for case in report.cases)
+    lines += ["| verdict |" + (" first pass |" if confirmed else "") + " case | baseline ms | current ms | ratio | 95% CI | p "
+              "| max | why |", "|---|" + ("---|" if confirmed else "") + "---|---:|---:|---:|---:|---:|---:|---|"]
     for case in report.cases:
         if case.verdict in ("unchanged", "skipped") and not show_unchanged:
             continue
         ratio = f"{case.ratio:.3f}" if case.ratio is not None and case.ratio == case.ratio else ""
         ci = f"{case.ci[0]:.3f}–{case.ci[1]:.3f}" if case.ci and case.ci[0] == case.ci[0] else ""
         p = f"{case.p_value:.2g}" if case.p_value is not None and case.p_value == case.p_value else ""
-        cells = [f"**{case.verdict}**" if case.verdict in FAILING else case.verdict, case.label, _ms(case.baseline),
+        cells = [f"**{case.verdict}**" if case.verdict in FAILING else case.verdict,
+                 *((_first_pass(case),) if confirmed else ()), case.label, _ms(case.baseline),
                  _ms(case.current), ratio, ci, p, f"{100 * case.threshold:.0f}%" if case.threshold is not None else "",
                  case.reason]
         lines.append("| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |")

@@ -280,3 +280,156 @@ def test_json_output_is_strict_json(tmp_path):
     json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
     assert code == 0 and {c["verdict"] for c in result["cases"]} == {"inconclusive"}
     assert all(c["ci"] == [None, None] and c["p_value"] is None for c in result["cases"])
+
+
+# ---- --confirm: re-measure first-pass regressions, settle by majority ------------------------
+
+SAMPLE_IMPLS = __import__("pathlib").Path(__file__).parent / "data" / "sample_impls.py"
+
+
+@pytest.fixture
+def sample_impls(monkeypatch):
+    """The test-only implementations (test-sleep sleeps ``grid`` ms per call) in the registry for one test."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cgspn_sample_impls_gate", SAMPLE_IMPLS)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.install(monkeypatch)
+    return module
+
+
+def sleep_runs(tmp_path, monkeypatch) -> tuple[str, str]:
+    """A baseline run and a run with test-sleep slowed 2x (CGSPN_BENCH_TEST_SLOWDOWN), both by the real runner on CPU."""
+    import os
+
+    from rich.console import Console
+
+    from suite.runner import RunOptions, run_scenarios
+    from suite.scenario import load_scenario
+
+    path = tmp_path / "sleep.yaml"
+    path.write_text("name: confirm-sleep\ndescription: gate confirm test\ndevice: any\nimplementations: [test-sleep]\n"
+                    "levels: [sublayer]\nmodes: [fwd]\ndtypes: [float32]\nparams: {batch: 2, grid: 4}\n"
+                    "timing: {budget_ms: 40, warmup_ms: 4, min_reps: 8, max_reps: 12}\nmetrics: [latency]\n")
+    quiet = Console(file=open(os.devnull, "w"))  # noqa: SIM115 - closed with the process
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    run_scenarios([load_scenario(path)], RunOptions(out=tmp_path / "base", device="cpu"), console=quiet)
+    monkeypatch.setenv(ENV_VAR, "test-sleep=2")
+    run_scenarios([load_scenario(path)], RunOptions(out=tmp_path / "slow", device="cpu"), console=quiet)
+    return str(tmp_path / "base"), str(tmp_path / "slow")
+
+
+def test_confirm_clears_a_flagged_case_that_is_fast_again(sample_impls, tmp_path, monkeypatch):
+    base, slow = sleep_runs(tmp_path, monkeypatch)
+    code, first = gate(tmp_path, base, slow)
+    assert code == 1 and verdicts(first) == {"test-sleep": "regression"}  # the first pass alone fails
+    monkeypatch.delenv(ENV_VAR)  # the re-measurements run at full speed: the "slowdown" was transient
+    code, result = gate(tmp_path, base, slow, "--confirm", "3")
+    case = result["cases"][0]
+    assert code == 0 and result["passed"] and case["verdict"] == "cleared"
+    assert case["first_pass"]["verdict"] == "regression" and result["first_pass_failures"] == [case["case_id"]]
+    assert case["confirmation"]["runs"] == 3 and case["confirmation"]["regressions"] < 2
+    assert result["confirm"]["cleared"] == [case["case_id"]]
+    rows = RunDir(slow).rows()
+    confirm_rows = [r for r in rows if r.message.startswith("gate-confirm")]
+    assert len(rows) == 4 and [r.message.split(":")[0] for r in confirm_rows] == ["gate-confirm 1/3", "gate-confirm 2/3",
+                                                                                  "gate-confirm 3/3"]
+    assert all(r.status == "ok" and not was_slowed(r.backend_detail) and r.case_id == case["case_id"] for r in confirm_rows)
+    assert len(Snapshot.from_run(slow).rows) == 1  # judging the run again sees the run as measured
+    meta = json.loads((tmp_path / "slow" / "run.json").read_text())
+    assert meta["gate_confirm"][-1]["cases"] == {case["case_id"]: "cleared"}
+
+
+def test_confirm_keeps_a_persistent_slowdown_failed(sample_impls, tmp_path, monkeypatch):
+    base, slow = sleep_runs(tmp_path, monkeypatch)  # the switch stays on: the re-measurements are slow too
+    code, result = gate(tmp_path, base, slow, "--confirm", "3")
+    case = result["cases"][0]
+    assert code == 1 and case["verdict"] == "regression" and case["reason"].startswith("confirmed")
+    assert case["confirmation"]["regressions"] >= 2 and case["first_pass"]["verdict"] == "regression"
+    confirm_rows = [r for r in RunDir(slow).rows() if r.message.startswith("gate-confirm")]
+    assert len(confirm_rows) == 3 and all(was_slowed(r.backend_detail) for r in confirm_rows)
+
+
+def fake_measure(base_median: float, scales: list[float], status: str = "ok"):
+    """A deterministic stand-in for the measurement core: the k-th re-measurement's samples are the
+    baseline's distribution scaled by ``scales[k-1]`` (real Row objects, seeded draws)."""
+    def measure(request, device, k):
+        params = request["params"]
+        row = make_row(request["implementation"], request["level"], request["mode"], params,
+                       samples(base_median * scales[k - 1], 0.02, 60, 100 + k), device=H100)
+        if status != "ok" and k == 2:
+            row.status, row.correctness = status, {"passed": False, "rel_rms": 0.5, "tolerance": 2e-2}
+        return row
+
+    return measure
+
+
+def synthetic_pair(tmp_path, slow_scale: float) -> tuple[Snapshot, Snapshot, str, str]:
+    """Baseline and current runs of one test-sleep case whose run.json records its scenario."""
+    from suite.scenario import parse_scenario
+
+    text = ("name: confirm-synthetic\ndescription: x\nimplementations: [test-sleep]\nlevels: [sublayer]\nmodes: [fwd]\n"
+            "dtypes: [float32]\nparams: {batch: 2, grid: 3}\n")
+    case = parse_scenario(text).cases[0]
+    runs = []
+    for name, scale, seed in (("base", 1.0, 1), ("cur", slow_scale, 2)):
+        row = make_row("test-sleep", "sublayer", "fwd", case.values, samples(3.0 * scale, 0.02, 60, seed))
+        row.dtype, row.case_id = "float32", case.id
+        path = write_run(tmp_path / name, [row])
+        meta = RunDir(path).meta() | {"run_id": name, "scenarios": [{"name": "confirm-synthetic", "contents": text}],
+                                      "settings": {"device": "cpu", "budget_scale": 0.5, "check": True}}
+        RunDir(path).write_meta(meta)
+        runs.append(path)
+    return Snapshot.from_run(runs[0]), Snapshot.from_run(runs[1]), runs[0], runs[1]
+
+
+@pytest.mark.parametrize(("scales", "expected", "regressions"), [
+    ([1.3, 1.0, 1.0], "cleared", 1),      # persisted in 1 of 3: a transient
+    ([1.3, 1.3, 1.0], "regression", 2),   # persisted in a majority
+    ([1.0, 1.0, 1.0, 1.3, 1.3], "cleared", 2),
+])
+def test_confirm_majority_of_independent_re_measurements(sample_impls, tmp_path, scales, expected, regressions):
+    from suite.gate.confirm import confirm_regressions
+
+    baseline, current, _, cur_path = synthetic_pair(tmp_path, 1.3)
+    rule = DecisionRule()
+    report = compare_snapshots(baseline, current, rule=rule)
+    assert [c.verdict for c in report.cases] == ["regression"]
+    requests = []
+
+    def measure(request, device, k):
+        requests.append((request, device))
+        return fake_measure(3.0, scales)(request, device, k)
+
+    confirm_regressions(report, baseline, current, cur_path, len(scales), rule=rule, measure=measure)
+    case = report.cases[0]
+    assert case.verdict == expected and case.confirmation["regressions"] == regressions
+    assert report.passed == (expected == "cleared")
+    request, device = requests[0]  # rebuilt from run.json: the run's device, budget scale and check
+    assert device == "cpu" and request["check"] is True and request["timing"]["budget_ms"] == pytest.approx(0.5 * 300.0)
+    assert sum(r.message.startswith("gate-confirm") for r in RunDir(cur_path).rows()) == len(scales)
+
+
+def test_confirm_correctness_failure_on_re_measurement_fails(sample_impls, tmp_path):
+    from suite.gate.confirm import confirm_regressions
+
+    baseline, current, _, cur_path = synthetic_pair(tmp_path, 1.3)
+    report = compare_snapshots(baseline, current)
+    confirm_regressions(report, baseline, current, cur_path, 3, rule=DecisionRule(),
+                        measure=fake_measure(3.0, [1.0, 1.0, 1.0], status="failed-check"))
+    assert report.cases[0].verdict == "failed-check" and not report.passed
+
+
+def test_confirm_leaves_an_unrebuildable_case_failed_and_is_refused_in_ab_mode(tmp_path, capsys):
+    base = standard_run(tmp_path / "base", seed=1)
+    cur = standard_run(tmp_path / "cur", seed=2, scale={"cgspn-scan": 1.3})  # run.json without scenarios
+    for device in ([], ["--device", "cpu"]):  # the run's own device (cuda, not here or another model), then one that is here
+        code, result = gate(tmp_path, base, cur, "--confirm", "3", *device)
+        case = next(c for c in result["cases"] if c["implementation"] == "cgspn-scan")
+        assert code == 1 and case["verdict"] == "regression" and case["first_pass"]["verdict"] == "regression"
+        assert "not confirmed" in case["reason"] or "confirmation not run" in " ".join(result["warnings"])
+    assert "not confirmed: cannot rebuild the case" in case["reason"]
+    assert len(RunDir(cur).rows()) == len(CASES)  # nothing measured, nothing appended
+    assert main(["gate", "--ab", "HEAD", "--confirm", "3"]) == 2
+    assert "--confirm is for the stored-baseline mode" in capsys.readouterr().out
