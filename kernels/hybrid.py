@@ -20,7 +20,7 @@ import importlib
 import torch
 from torch import nn
 
-from kernels.attention.entries import ATTN_NETWORK_PARAMS, attention_layer_flops, network_flops
+from kernels.attention.entries import ATTN_NETWORK_PARAMS, attention_layer_flops, backward_flops, mixer_flops, network_flops
 from kernels.attention.layer import AttentionLayer, set_variant
 from kernels.attention.sublayer import fastest_backend
 from kernels.attention.variants import grid_attention
@@ -99,6 +99,9 @@ def build_hybrid(params: Params, dtype: torch.dtype, device: torch.device, mode:
               f"[{grid_attention(variant, device.type, params.tile).detail}]; C-GSPN C_c={latent}")
     reference = as_reference(copy.deepcopy(net))
     out_numel = tokens * params.channels
-    return module_workload(net, [images], dtype, mode, reference_module=reference, flops=network_flops(params, mixers),
-                           bytes_ideal=ideal_bytes(net, [images], out_numel, dtype), backend_detail=detail)
+    flops = network_flops(params, mixers)
+    workload = module_workload(net, [images], dtype, mode, reference_module=reference, flops=flops,
+                               bytes_ideal=ideal_bytes(net, [images], out_numel, dtype), backend_detail=detail)
+    workload.flops_bwd = backward_flops(flops, len(positions) * mixer_flops(variant, params))
+    return workload
 

@@ -94,14 +94,23 @@ def build_sublayer(variant: str, params: Params, dtype: torch.dtype, device: tor
 
 
 # ---- layer / block / network -----------------------------------------------------------------
+def backward_flops(flops: float, attention: float) -> float:
+    """Backward FLOPs of a module whose forward is ``flops``, ``attention`` of them in attention
+    sublayers: those at ``BWD_FLOP_FACTOR`` x (the sublayer's convention), the rest at 2x."""
+    return 2 * (flops - attention) + BWD_FLOP_FACTOR * attention
+
+
 def _module_case(variant: str, module: torch.nn.Module, inputs: list[torch.Tensor], out_numel: int,
-                 dtype: torch.dtype, mode: str, flops: float, tile: int) -> Workload:
+                 dtype: torch.dtype, mode: str, flops: float, tile: int, attention: float) -> Workload:
     """The module through ``variant``; its reference is a deep copy (same weights) through the
-    reference variant, evaluated by ``module_workload`` in fp32/fp64."""
+    reference variant, evaluated by ``module_workload`` in fp32/fp64. ``attention``: the forward
+    FLOPs of its attention sublayers (counted at the sublayer's backward factor)."""
     reference = set_variant(copy.deepcopy(module), REFERENCE_OF[variant])
     detail = grid_attention(variant, inputs[0].device.type, tile).detail
-    return module_workload(module, inputs, dtype, mode, reference_module=reference, flops=flops,
-                           bytes_ideal=ideal_bytes(module, inputs, out_numel, dtype), backend_detail=detail)
+    workload = module_workload(module, inputs, dtype, mode, reference_module=reference, flops=flops,
+                               bytes_ideal=ideal_bytes(module, inputs, out_numel, dtype), backend_detail=detail)
+    workload.flops_bwd = backward_flops(flops, attention)
+    return workload
 
 
 def build_layer(variant: str, params: Params, dtype: torch.dtype, device: torch.device, mode: str) -> Workload:
@@ -109,7 +118,8 @@ def build_layer(variant: str, params: Params, dtype: torch.dtype, device: torch.
     with device:
         layer = AttentionLayer(params.channels, params.heads, variant, params.tile)
     x = random_tokens(params, dtype, device)
-    return _module_case(variant, layer, [x], x.numel(), dtype, mode, attention_layer_flops(variant, params), params.tile)
+    return _module_case(variant, layer, [x], x.numel(), dtype, mode, attention_layer_flops(variant, params), params.tile,
+                        mixer_flops(variant, params))
 
 
 def build_block(variant: str, params: Params, dtype: torch.dtype, device: torch.device, mode: str) -> Workload:
@@ -118,7 +128,7 @@ def build_block(variant: str, params: Params, dtype: torch.dtype, device: torch.
         block = Block(AttentionLayer(params.channels, params.heads, variant, params.tile), params.channels, params.mlp_hidden)
     x = random_tokens(params, dtype, device)
     flops = block_flops(params, attention_layer_flops(variant, params))
-    return _module_case(variant, block, [x], x.numel(), dtype, mode, flops, params.tile)
+    return _module_case(variant, block, [x], x.numel(), dtype, mode, flops, params.tile, mixer_flops(variant, params))
 
 
 def attention_network(params: Params, variant: str) -> VisionEncoder:
@@ -139,7 +149,8 @@ def build_network(variant: str, params: Params, dtype: torch.dtype, device: torc
     images = random_images(params, dtype, device)
     flops = network_flops(params, [attention_layer_flops(variant, params)] * params.depth)
     out_numel = params.batch * params.tokens * params.channels
-    return _module_case(variant, net, [images], out_numel, dtype, mode, flops, params.tile)
+    return _module_case(variant, net, [images], out_numel, dtype, mode, flops, params.tile,
+                        params.depth * mixer_flops(variant, params))
 
 
 _BUILDERS = {
