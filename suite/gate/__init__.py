@@ -4,6 +4,7 @@
 * :mod:`suite.gate.compare`    matching rows by case_id and one verdict per case;
 * :mod:`suite.gate.baseline`   ``results/baselines/<gpu-model>.json``;
 * :mod:`suite.gate.thresholds` per-case max slowdowns from YAML;
+* :mod:`suite.gate.confirm`    ``--confirm N``: re-measure first-pass regressions, keep those a majority reproduce;
 * :mod:`suite.gate.ab`         same-job A/B against a git ref, interleaved on one card;
 * :mod:`suite.gate.slowdown`   the test-only slowdown switch (``CGSPN_BENCH_TEST_SLOWDOWN``);
 * :mod:`suite.gate.cli`        ``cgspn-bench gate`` and ``cgspn-bench baseline``.
