@@ -399,6 +399,9 @@ def measure_case(impl: Implementation, params: Params, dtype: str, device: torch
               timestamp=time.time(), device=_device_name(device))
     workload = step = None
     try:
+        # the bandwidth ceiling needs ~1 GiB of its own: measure it (once per process) before the
+        # workload holds memory, so a case that fits is never turned into an OOM by the ceiling
+        ceiling_gbps = copy_bandwidth_gbps(device)
         reason = impl.unavailable(params, dtype, device.type, mode)  # may probe the backend: inside the try
         if reason:
             row.status, row.message = "unsupported", reason
@@ -421,7 +424,7 @@ def measure_case(impl: Implementation, params: Params, dtype: str, device: torch
         else:
             timing = measure(step, device, settings, workload.bytes_for(mode))
         _fill_timing(row, timing)
-        _throughput(row, workload, mode, copy_bandwidth_gbps(device))
+        _throughput(row, workload, mode, ceiling_gbps)
         if sampler is not None:
             row.nvml = sampler.summary(median_ms=row.median_ms)
             if run_dir is not None and sampler.samples:
