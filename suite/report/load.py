@@ -20,6 +20,7 @@ import pandas as pd
 import yaml
 
 from kernels.params import ParamError, Params
+from suite.gate.baseline import is_confirmation
 from suite.results import ROWS_FILE, RUN_FILE, Row, RunDir, flatten
 
 SPREAD_FILE = "gpu_spread.json"  # written by suite.runner in variance mode
@@ -222,4 +223,7 @@ def load_run(path: str | Path) -> Run:
     if not (path / RUN_FILE).exists() and not (path / ROWS_FILE).exists():
         raise ReportError(f"{str(path)!r} is not a run directory: neither {RUN_FILE} nor {ROWS_FILE} is there")
     run_dir = RunDir(path)
-    return Run(path=path, meta=run_dir.meta(), rows=run_dir.rows())
+    # rows the gate's --confirm step appended are re-measurements of flagged cases, not the run's
+    # own measurements: the report shows the run as it was measured (the gate's JSON has the rest)
+    rows = [r for r in run_dir.rows() if not is_confirmation(r)]
+    return Run(path=path, meta=run_dir.meta(), rows=rows)

@@ -245,3 +245,17 @@ def test_speedup_baseline_is_global_attention_not_tiled():
                       row("cgspn", "cgspn", 8.0)])
     assert list(frame["baseline"]) == ["attention-cudnn"]
     assert frame["speedup_x"].iloc[0] == 3.0
+
+
+def test_report_leaves_out_gate_confirmation_rows(tmp_path):
+    """Rows appended by `gate --confirm` are not the run's own measurements."""
+    from suite.gate.baseline import CONFIRM_MARKER
+    from suite.report.load import load_run
+    from suite.results import Row, RunDir
+
+    run = RunDir(tmp_path / "run")
+    base = dict(implementation="cgspn-scan", family="cgspn", level="sublayer", mode="fwd", dtype="bfloat16",
+                params={"batch": 8, "grid": 27})
+    run.append(Row(case_id="a", median_ms=1.0, **base))
+    run.append(Row(case_id="a", median_ms=2.0, message=f"{CONFIRM_MARKER} 1/3", **base))
+    assert [r.median_ms for r in load_run(run.path).rows] == [1.0]
