@@ -143,6 +143,15 @@ def repetition_counts(estimate_ms: float, settings: TimingSettings) -> tuple[int
 # ---- steps -----------------------------------------------------------------------------------
 
 
+def tensor_outputs(result: Any) -> list[torch.Tensor]:
+    """All output tensors of a workload call (a tensor, or a tuple/list of them)."""
+    items = list(result) if isinstance(result, (tuple, list)) else [result]
+    for item in items:
+        if not isinstance(item, torch.Tensor):
+            raise TypeError(f"workload returned {type(item).__name__}, expected a tensor or a tuple of tensors")
+    return items
+
+
 def first_output(result: Any) -> torch.Tensor:
     """The output tensor of a workload call (``fn`` may return a tuple whose first item is it)."""
     if isinstance(result, (tuple, list)):
@@ -349,12 +358,18 @@ def check_correctness(workload: Workload, dtype: str, level: str = "block", dept
     if workload.reference is None:
         return {"reference": None, "passed": None, "tolerance": tolerance, "note": "no reference for this workload"}
     with torch.no_grad():
-        output = first_output(workload.fn())
-        reference = first_output(workload.reference())
-    errors = compare(output, reference)
+        outputs = tensor_outputs(workload.fn())
+        references = tensor_outputs(workload.reference())
+    # every output both return (e.g. the vertical and the horizontal normalized gates); the worst counts
+    # (a fwd+bwd workload may return only the first output: what it back-propagates)
+    pairs = list(zip(outputs, references, strict=False))
+    per_output = [compare(out, ref) for out, ref in pairs]
+    errors = {key: max((e[key] for e in per_output), key=lambda v: math.inf if math.isnan(v) else v)
+              for key in ("rel_rms", "max_rel_err")}
     passed = math.isfinite(errors["rel_rms"]) and errors["rel_rms"] <= tolerance
     name = getattr(workload.reference, "__qualname__", "reference")
-    return {"reference": name, "checked": "forward output", **errors, "tolerance": tolerance, "passed": passed}
+    checked = "forward output" if len(pairs) == 1 else f"{len(pairs)} forward outputs"
+    return {"reference": name, "checked": checked, **errors, "tolerance": tolerance, "passed": passed}
 
 
 # ---- one case --------------------------------------------------------------------------------

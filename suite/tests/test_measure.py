@@ -284,3 +284,18 @@ def test_peak_memory_is_the_steady_call_not_first_call_scratch():
     resident = torch.cuda.memory_allocated()
     timing = measure(step, "cuda", TimingSettings(budget_ms=5, warmup_ms=1, min_reps=2, max_reps=5, l2_flush=False))
     assert x.nbytes <= timing.peak_mem_bytes - resident < 64 * 2**20
+
+
+def test_correctness_check_compares_every_output():
+    """A workload with two outputs fails when only the second one is wrong (e.g. the horizontal gates)."""
+    from kernels.registry import Workload
+    from suite.measure import check_correctness
+
+    good, wrong = torch.ones(4, 4), torch.full((4, 4), 2.0)
+    both_right = Workload(fn=lambda: (good, good), reference=lambda: (good, good))
+    second_wrong = Workload(fn=lambda: (good, wrong), reference=lambda: (good, good))
+    second_nan = Workload(fn=lambda: (good, torch.full((4, 4), float("nan"))), reference=lambda: (good, good))
+    assert check_correctness(both_right, "float32")["passed"] is True
+    result = check_correctness(second_wrong, "float32")
+    assert result["passed"] is False and result["rel_rms"] == pytest.approx(1.0) and result["checked"] == "2 forward outputs"
+    assert check_correctness(second_nan, "float32")["passed"] is False
