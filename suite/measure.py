@@ -454,8 +454,25 @@ def measure_case(impl: Implementation, params: Params, dtype: str, device: torch
         row.status, row.message = "error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=-3)}".strip()
     finally:
         del workload, step
-        _release(device)
+        try:
+            _release(device)
+        except Exception as exc:  # a sticky CUDA error (illegal address, ...): the context is gone
+            row.status = "error"
+            row.message = f"{row.message}\nthe CUDA context is unusable after this case: {type(exc).__name__}: {exc}".strip()
+            raise DeviceLostError(row) from exc
     return row
+
+
+class DeviceLostError(RuntimeError):
+    """A case left the CUDA context unusable; ``row`` is its (error) row, to be recorded before stopping.
+
+    Nothing more can run in this process: the caller records the row (so ``--resume`` skips the
+    case) and ends; a new process resumes the rest.
+    """
+
+    def __init__(self, row: Row):
+        super().__init__(f"{row.implementation} {row.level} {row.mode} {row.dtype} {row.params}: {row.message}")
+        self.row = row
 
 
 def _fill_timing(row: Row, timing: Timing) -> None:

@@ -29,7 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from suite import sharding
 from suite.environment import collect_environment
-from suite.measure import measure_case
+from suite.measure import DeviceLostError, measure_case
 from suite.results import Row, RunDir
 from suite.scenario import Case, Scenario
 
@@ -212,9 +212,16 @@ def run_scenarios(scenarios: list[Scenario], options: RunOptions, group: Group |
         task = progress.add_task(escape(f"{prefix}starting"), total=len(todo))
         for case in todo:
             progress.update(task, description=escape(f"{prefix}{case.label}"))
-            row = measure_case(case.implementation, case.params, case.dtype, device, case.mode, case.timing,
-                               check=case.check, profile=case.profile, nvml=case.nvml, run_dir=run.path,
-                               scenario=case.scenario, run_id=meta["run_id"], tag=tag)
+            try:
+                row = measure_case(case.implementation, case.params, case.dtype, device, case.mode, case.timing,
+                                   check=case.check, profile=case.profile, nvml=case.nvml, run_dir=run.path,
+                                   scenario=case.scenario, run_id=meta["run_id"], tag=tag)
+            except DeviceLostError as lost:
+                # record the case that broke the context (so --resume skips it), then stop this process
+                lost.row.rank, lost.row.gpu_index, lost.row.gpu_uuid = group.rank, gpu_index, gpu_uuid
+                sink.append(lost.row)
+                raise SystemExit(f"stopped: {lost}\nits row is recorded as an error; run again with --resume "
+                                 "to measure the remaining cases in a fresh process") from lost
             row.rank, row.gpu_index, row.gpu_uuid = group.rank, gpu_index, gpu_uuid
             sink.append(row)
             measured.append(row)

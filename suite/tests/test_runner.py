@@ -139,3 +139,30 @@ def test_sigkill_mid_run_then_resume_loses_and_repeats_nothing(tmp_path):
     assert [(r.case_id, r.timestamp) for r in rows[:len(before)]] == [(r.case_id, r.timestamp) for r in before]
     assert all(r.status == "ok" for r in rows)
     assert (out / "rows.csv").exists()
+
+
+def test_a_case_that_breaks_the_device_is_recorded_and_the_run_stops(impls, tmp_path, monkeypatch):
+    """A sticky CUDA error (simulated: releasing the device raises after grid 2) ends the process,
+    but that case's row is written first, so --resume skips it and measures only the rest."""
+    import suite.measure as measure
+
+    real_release = measure._release
+    calls = {"n": 0}
+
+    def release(device):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        real_release(device)
+
+    monkeypatch.setattr(measure, "_release", release)
+    scenario = load_scenario(write_scenario(tmp_path, "lost", ["test-sleep"], [1, 2, 3]))
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit, match="illegal memory access"):
+        run_scenarios([scenario], RunOptions(out=out, device="cpu"), console=quiet())
+    rows = RunDir(out).rows()
+    assert [(r.params["grid"], r.status) for r in rows] == [(1, "ok"), (2, "error")]
+    assert "CUDA context is unusable" in rows[1].message
+    monkeypatch.setattr(measure, "_release", real_release)
+    run_scenarios([scenario], RunOptions(out=out, device="cpu", resume=True), console=quiet())
+    assert sorted((r.params["grid"], r.status) for r in RunDir(out).rows()) == [(1, "ok"), (2, "error"), (3, "ok")]
