@@ -11,7 +11,18 @@ Names (``gspn-original`` plus ablation / kernel variants ``gspn-original-<varian
 ``gspn-original-fast-no-proj...``           the three cumulative removals on the fast scan, where the
                                             propagation is a small share, i.e. the layer time is
                                             the paper's "overhead" (non-propagation) time
+``gspn-original[-fast]-no-proj-residual-``  beyond Fig. 3: (1)-(3) + one parameter set shared by
+``ext-dirparams``                           the four directions instead of four (component 3)
+``gspn-original[-fast]-no-proj-residual-``  all five components removed: directions summed, no
+``ext-dirparams-merge``                     merge conv / LayerNorm / GRN (component 5); what is
+                                            left is C-GSPN's structure at full width (no P_down)
+                                            with eager normalization, so against ``cgspn`` it
+                                            isolates latent compression + fused normalization
 ==========================================  =====================================================
+
+The first eight names (all but the ``-dirparams`` ones) leave ``direction_parameters`` and
+``merge_norm`` at their defaults (on); their structure and case ids are those of the committed
+measurements.
 
 The sublayer (``gspn-original``, ``gspn-original-fast``) is the propagation over ``4 * channels``
 raw-space channel slices given x ``(B, C, H, W)``, lambda and u ``(B, 4C, H, W)`` and raw gates
@@ -57,6 +68,8 @@ ALL_ON = {"attention_projections": True, "channel_extension": True, "inner_resid
 NO_PROJ = {**ALL_ON, "attention_projections": False}
 NO_PROJ_RESIDUAL = {**NO_PROJ, "inner_residual": False}
 NO_PROJ_RESIDUAL_EXT = {**NO_PROJ_RESIDUAL, "channel_extension": False}
+NO_PROJ_RESIDUAL_EXT_DIRPARAMS = {**NO_PROJ_RESIDUAL_EXT, "direction_parameters": False, "merge_norm": True}
+NONE_ON = {**NO_PROJ_RESIDUAL_EXT_DIRPARAMS, "merge_norm": False}
 # name -> (scan, layer flags, levels)
 VARIANTS: dict[str, tuple[str, dict, tuple[str, ...]]] = {
     "gspn-original": ("original", ALL_ON, ("sublayer", "layer", "block", "network")),
@@ -67,6 +80,10 @@ VARIANTS: dict[str, tuple[str, dict, tuple[str, ...]]] = {
     "gspn-original-fast-no-proj": ("fast", NO_PROJ, ("layer", "block")),
     "gspn-original-fast-no-proj-residual": ("fast", NO_PROJ_RESIDUAL, ("layer", "block")),
     "gspn-original-fast-no-proj-residual-ext": ("fast", NO_PROJ_RESIDUAL_EXT, ("layer", "block")),
+    "gspn-original-no-proj-residual-ext-dirparams": ("original", NO_PROJ_RESIDUAL_EXT_DIRPARAMS, ("layer", "block")),
+    "gspn-original-no-proj-residual-ext-dirparams-merge": ("original", NONE_ON, ("layer", "block")),
+    "gspn-original-fast-no-proj-residual-ext-dirparams": ("fast", NO_PROJ_RESIDUAL_EXT_DIRPARAMS, ("layer", "block")),
+    "gspn-original-fast-no-proj-residual-ext-dirparams-merge": ("fast", NONE_ON, ("layer", "block")),
 }
 
 

@@ -11,22 +11,32 @@ channels-first ``(B, d, H, W)`` like the original (``d = d_inner``). The pieces 
    from the same proxy as the gates, no output projection).
 2. channel extension, ``channel_extension``: ``Linear(C, 2C)`` (d_inner = 2C) then a depthwise
    3x3 conv. Off: identity, d_inner = C (only the layout change to channels-first remains).
-3. raw-space parameter generation (always on; C-GSPN's latent heads replace it): a 1x1 conv down
-   to ``d_state=16``, then 1x1 convs up to ``12 d`` gates (3 gates x 4 directions), ``4 d``
-   lambda, ``4 d`` u and ``4 d`` D - one set per direction, at full width.
-4. the four directions stacked on channels (always on): x, x^T, flip(x), flip(x^T) (the original
-   order: lr, tb, rl, bt), every per-direction parameter map moved into its direction's frame,
-   the gates normalized in eager PyTorch (sigmoid, sum, boundary fix, clamp, divide), and *one*
-   scan over ``4 d`` channels (square grids; a non-square grid needs two scans of ``2 d``
-   channels, one per frame shape). ``scan`` picks the kernel: ``"original"`` (one launch per
-   step, :mod:`kernels.gspn.original_scan`), ``"fast"`` (the C-GSPN single-direction Triton
-   scan on pre-normalized gates: same layer, other kernel) or ``"reference"`` (PyTorch loop).
+3. raw-space parameter generation with one parameter set per direction, ``direction_parameters``:
+   a 1x1 conv down to ``d_state=16``, then 1x1 convs up to ``12 d`` gates (3 gates x 4
+   directions), ``4 d`` lambda, ``4 d`` u and ``4 d`` D - four direction-stacked sets at full
+   width. Off: the same ``d_state`` bottleneck, but the up convs emit *one* set per pixel
+   (``3 d`` gates, ``d`` lambda, ``d`` u, ``d`` D) shared by the four directions, as C-GSPN's
+   heads do (paper Eq. 4). :func:`gspn_propagation` broadcasts a shared set to the four
+   directions before stacking, so the scan still sees ``4 d`` channels and the shapes stay those
+   of the original; each direction still normalizes the shared logits in its own frame (which
+   neighbours exist depends on the scan axis). Only the up convs shrink (4x fewer outputs).
+4. the four directions stacked on channels (no flag: it is the original's execution structure,
+   tied to the scan switch): x, x^T, flip(x), flip(x^T) (the original order: lr, tb, rl, bt),
+   every per-direction parameter map moved into its direction's frame, the gates normalized in
+   eager PyTorch (sigmoid, sum, boundary fix, clamp, divide), and *one* scan over ``4 d``
+   channels (square grids; a non-square grid needs two scans of ``2 d`` channels, one per frame
+   shape). ``scan`` picks the kernel: ``"original"`` (one launch per step,
+   :mod:`kernels.gspn.original_scan`), ``"fast"`` (the C-GSPN single-direction Triton scan on
+   pre-normalized gates: same layer, other kernel) or ``"reference"`` (PyTorch loop).
 5. inner residual ``out * u + x * D``, ``inner_residual``; off: ``out * u`` (no D head).
-   Then (always on) the direction merge by a learned 1x1 conv over the 4 directions (after
-   undoing each direction's flip/transpose, which the original forgets), LayerNorm, GRN and the
-   ``Linear(d, C)`` out projection.
+   Then the direction merge, ``merge_norm``: a learned 1x1 conv over the 4 directions (after
+   undoing each direction's flip/transpose, which the original forgets), LayerNorm and GRN. Off:
+   the four direction outputs are summed (C-GSPN's ``sum_dir``, Eq. 6), no LayerNorm, no GRN.
+   The ``Linear(d, C)`` out projection stays in both cases: it is what brings d_inner back to
+   the model width C (C-GSPN's P_up plays the same role), so the flags stay independent.
 
-Fig. 3 right of the paper removes 1, then 5's residual, then 2 (cumulatively).
+Fig. 3 right of the paper removes 1, then 5's residual, then 2 (cumulatively); the defaults (every
+flag True) are the original layer.
 """
 
 from __future__ import annotations
@@ -103,24 +113,36 @@ def scan_frames(x, lam, g1, g2, g3, chunk: int | None, scan: str) -> torch.Tenso
     return h.permute(0, 3, 1, 2)
 
 
+def per_direction(t: torch.Tensor, maps: int, d: int) -> torch.Tensor:
+    """``(B, maps*4*d, H, W)`` (one set per direction) or ``(B, maps*d, H, W)`` (one set shared by the
+    four directions, broadcast without a copy) -> ``(B, maps, 4, d, H, W)``, direction-major."""
+    B, _, H, W = t.shape
+    if t.shape[1] == maps * 4 * d:
+        return t.view(B, maps, 4, d, H, W)
+    return t.view(B, maps, 1, d, H, W).expand(B, maps, 4, d, H, W)
+
+
 def gspn_propagation(x: torch.Tensor, lam: torch.Tensor, u: torch.Tensor, gates: torch.Tensor, *,
                      D: torch.Tensor | None = None, chunk: int | None = None, scan: str = "original") -> torch.Tensor:
     """The original GSPN propagation sublayer (components 4 and 5's residual), in the original's layout.
 
     x: ``(B, d, H, W)``; lam, u, D: ``(B, 4d, H, W)``, direction-major in :data:`DIRECTIONS` order;
     gates: raw logits ``(B, 12d, H, W)`` = ``[g1 | g2 | g3]``, each ``4d`` direction-major (the
-    original's ``w_conv_up`` output split in three). All in the image frame. Stacks the directions,
-    normalizes the gates eagerly, scans, applies ``h * u (+ x * D)`` and returns the four direction
-    outputs back in the image frame, ``(B, 4, d, H, W)``.
+    original's ``w_conv_up`` output split in three). A parameter map may instead hold one set
+    shared by the four directions (lam, u, D ``(B, d, H, W)``, gates ``(B, 3d, H, W)``; component
+    3 off). All in the image frame. Stacks the directions, normalizes the gates eagerly, scans,
+    applies ``h * u (+ x * D)`` and returns the four direction outputs back in the image frame,
+    ``(B, 4, d, H, W)``.
     """
     if scan not in SCANS:
         raise ValueError(f"scan: {scan!r} is not one of {', '.join(SCANS)}")
     B, d, H, W = x.shape
-    for name, t, width in (("lam", lam, 4 * d), ("u", u, 4 * d), ("gates", gates, 12 * d), ("D", D, 4 * d)):
-        if t is not None and tuple(t.shape) != (B, width, H, W):
-            raise ValueError(f"{name}: expected {(B, width, H, W)} for x of shape {tuple(x.shape)}, got {tuple(t.shape)}")
-    per_dir = {name: t.view(B, 4, d, H, W) for name, t in (("lam", lam), ("u", u), ("D", D)) if t is not None}
-    g_per_dir = gates.view(B, 3, 4, d, H, W)
+    for name, t, maps in (("lam", lam, 1), ("u", u, 1), ("gates", gates, 3), ("D", D, 1)):
+        if t is not None and tuple(t.shape) not in ((B, maps * 4 * d, H, W), (B, maps * d, H, W)):
+            raise ValueError(f"{name}: expected {(B, maps * 4 * d, H, W)} (per direction) or {(B, maps * d, H, W)} (shared) "
+                             f"for x of shape {tuple(x.shape)}, got {tuple(t.shape)}")
+    per_dir = {name: per_direction(t, 1, d)[:, 0] for name, t in (("lam", lam), ("u", u), ("D", D)) if t is not None}
+    g_per_dir = per_direction(gates, 3, d)
     outs: dict[str, torch.Tensor] = {}
     for group in direction_groups(H, W):
         index = [DIRECTIONS.index(k) for k in group]
@@ -161,14 +183,18 @@ class GSPNLayer(nn.Module):
 
     Args:
         channels: model width C.
-        attention_projections, channel_extension, inner_residual: components 1, 2, 5 (residual).
+        attention_projections, channel_extension: components 1 and 2.
+        direction_parameters: component 3 (False: one parameter set shared by the four directions).
+        inner_residual, merge_norm: component 5 (the ``x * D`` residual; the merge conv, LayerNorm
+            and GRN - False: directions summed). The out projection is always there.
         chunk: the original's ``items_each_chunk`` (None: global propagation).
         scan: ``"original"``, ``"fast"`` or ``"reference"``.
         d_state: width of the parameter-generation bottleneck (16 in the original).
     """
 
     def __init__(self, channels: int, *, attention_projections: bool = True, channel_extension: bool = True,
-                 inner_residual: bool = True, chunk: int | None = None, scan: str = "original", d_state: int = D_STATE):
+                 inner_residual: bool = True, direction_parameters: bool = True, merge_norm: bool = True,
+                 chunk: int | None = None, scan: str = "original", d_state: int = D_STATE):
         super().__init__()
         if scan not in SCANS:
             raise ValueError(f"scan: {scan!r} is not one of {', '.join(SCANS)}")
@@ -178,6 +204,8 @@ class GSPNLayer(nn.Module):
         self.attention_projections = attention_projections
         self.channel_extension = channel_extension
         self.inner_residual = inner_residual
+        self.direction_parameters = direction_parameters
+        self.merge_norm = merge_norm
         d = self.d_inner = 2 * channels if channel_extension else channels
         if attention_projections:
             self.qkv = nn.Linear(channels, 3 * channels)
@@ -187,14 +215,16 @@ class GSPNLayer(nn.Module):
             self.in_proj = nn.Linear(channels, d, bias=False)
             self.dwconv = nn.Conv2d(d, d, kernel_size=3, padding=1, groups=d)
         self.x_conv_down = nn.Conv2d(d, d_state, 1, bias=False)
-        self.w_conv_up = nn.Conv2d(d_state, 12 * d, 1, bias=False)  # 3 gates x 4 directions
-        self.l_conv_up = nn.Conv2d(d_state, 4 * d, 1, bias=False)
-        self.u_conv_up = nn.Conv2d(d_state, 4 * d, 1, bias=False)
+        sets = 4 if direction_parameters else 1  # parameter sets: one per direction, or one shared
+        self.w_conv_up = nn.Conv2d(d_state, 3 * sets * d, 1, bias=False)  # 3 gates x sets
+        self.l_conv_up = nn.Conv2d(d_state, sets * d, 1, bias=False)
+        self.u_conv_up = nn.Conv2d(d_state, sets * d, 1, bias=False)
         if inner_residual:
-            self.d_conv = nn.Conv2d(d_state, 4 * d, 1, bias=False)
-        self.m_conv = nn.Conv2d(4, 1, 1, bias=False)  # direction merge
-        self.out_norm = nn.LayerNorm(d)
-        self.grn = GRN(d)
+            self.d_conv = nn.Conv2d(d_state, sets * d, 1, bias=False)
+        if merge_norm:
+            self.m_conv = nn.Conv2d(4, 1, 1, bias=False)  # direction merge
+            self.out_norm = nn.LayerNorm(d)
+            self.grn = GRN(d)
         self.out_proj = nn.Linear(d, channels, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -220,30 +250,37 @@ class GSPNLayer(nn.Module):
             D=self.d_conv(proxy) if self.inner_residual else None, chunk=self.chunk, scan=self.scan,
         )
         d = self.d_inner
-        merged = self.m_conv(outs.view(B, 4, d * H, W)).view(B, d, H, W)
-        y = self.out_proj(self.grn(self.out_norm(merged.permute(0, 2, 3, 1))))
+        if self.merge_norm:
+            merged = self.m_conv(outs.view(B, 4, d * H, W)).view(B, d, H, W)
+            y = self.out_proj(self.grn(self.out_norm(merged.permute(0, 2, 3, 1))))
+        else:
+            y = self.out_proj(outs.sum(dim=1).permute(0, 2, 3, 1))
         return self.to_out(y) if self.attention_projections else y
 
     def extra_repr(self) -> str:
         return (f"channels={self.channels}, d_inner={self.d_inner}, attention_projections={self.attention_projections}, "
-                f"channel_extension={self.channel_extension}, inner_residual={self.inner_residual}, "
+                f"channel_extension={self.channel_extension}, direction_parameters={self.direction_parameters}, "
+                f"inner_residual={self.inner_residual}, merge_norm={self.merge_norm}, "
                 f"chunk={self.chunk}, scan={self.scan}")
 
 
 def gspn_layer_flops(tokens: int, channels: int, *, attention_projections: bool = True, channel_extension: bool = True,
-                     inner_residual: bool = True, d_state: int = D_STATE) -> float:
+                     inner_residual: bool = True, direction_parameters: bool = True, merge_norm: bool = True,
+                     d_state: int = D_STATE) -> float:
     """Forward FLOPs counted from the shapes: GEMMs/convs at 2 per MAC, the scan at ~8 per stacked
-    element (3 gate products, lambda*x, adds), the eager normalization at ~9 per gate triple, the
-    u/D products and the 4-way merge."""
+    element (3 gate products, lambda*x, adds), the eager normalization at ~9 per gate triple (per
+    stacked element also with shared parameters: each direction normalizes in its own frame), the
+    u/D products and the 4-way merge (2 per stacked element for the merge conv, 1 for a plain sum)."""
     C, d = channels, (2 * channels if channel_extension else channels)
-    macs = d * d_state + d_state * (12 + 4 + 4 + (4 if inner_residual else 0)) * d + d * C
+    sets = 4 if direction_parameters else 1
+    macs = d * d_state + d_state * (3 + 1 + 1 + (1 if inner_residual else 0)) * sets * d + d * C
     if attention_projections:
         macs += 3 * C * C + C * C + 2 * C * d_state
     if channel_extension:
         macs += C * d + 9 * d
-    elementwise = 4 * d * (8 + 9 + (3 if inner_residual else 1) + 2)
+    elementwise = 4 * d * (8 + 9 + (3 if inner_residual else 1) + (2 if merge_norm else 1))
     return tokens * (2.0 * macs + elementwise)
 
 
 __all__ = ["DIRECTIONS", "GRN", "GSPNLayer", "direction_groups", "from_frame", "gspn_layer_flops", "gspn_propagation",
-           "normalize_gates_original", "to_frame"]
+           "normalize_gates_original", "per_direction", "to_frame"]
