@@ -1,8 +1,13 @@
-"""Helpers shared by the kernel tests: relative RMS errors that fail on NaN, and NaN-poisoned
-allocations so that an output element a kernel forgot to write cannot pass unnoticed.
+"""Helpers shared by the tests: relative RMS errors that fail on NaN, NaN-poisoned allocations so
+that an output element a kernel forgot to write cannot pass unnoticed, and the test-only
+implementations of ``data/sample_impls.py``.
 """
 
 from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -39,3 +44,17 @@ def poison_empty(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch, "empty", lambda *a, **k: poison(real_empty(*a, **k)))
     monkeypatch.setattr(torch, "empty_like", lambda *a, **k: poison(real_empty_like(*a, **k)))
     monkeypatch.setattr(torch.Tensor, "new_empty", lambda self, *a, **k: poison(real_new_empty(self, *a, **k)))
+
+
+SAMPLE_IMPLS = Path(__file__).parent / "data" / "sample_impls.py"
+
+
+def load_sample_impls(monkeypatch: pytest.MonkeyPatch | None = None) -> ModuleType:
+    """A fresh import of ``data/sample_impls.py`` (the ``test-*`` implementations); with
+    ``monkeypatch`` they are also put in the registry for the duration of one test."""
+    spec = importlib.util.spec_from_file_location("cgspn_sample_impls", SAMPLE_IMPLS)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if monkeypatch is not None:
+        module.install(monkeypatch)
+    return module

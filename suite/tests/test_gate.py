@@ -22,6 +22,7 @@ from suite.gate.decision import DecisionRule, compare_samples
 from suite.gate.slowdown import ENV_VAR, SlowdownError, apply_test_slowdown, parse_slowdown, was_slowed
 from suite.gate.thresholds import ThresholdError, Thresholds, parse_percent
 from suite.results import Row, RunDir, case_id
+from suite.tests.helpers import load_sample_impls
 
 H100 = "NVIDIA H100 80GB HBM3"
 H200 = "NVIDIA H200"
@@ -284,19 +285,10 @@ def test_json_output_is_strict_json(tmp_path):
 
 # ---- --confirm: re-measure first-pass regressions, settle by majority ------------------------
 
-SAMPLE_IMPLS = __import__("pathlib").Path(__file__).parent / "data" / "sample_impls.py"
-
-
 @pytest.fixture
 def sample_impls(monkeypatch):
     """The test-only implementations (test-sleep sleeps ``grid`` ms per call) in the registry for one test."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("cgspn_sample_impls_gate", SAMPLE_IMPLS)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.install(monkeypatch)
-    return module
+    return load_sample_impls(monkeypatch)
 
 
 def sleep_runs(tmp_path, monkeypatch) -> tuple[str, str]:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -25,20 +23,12 @@ from suite.measure import (
     should_flush_l2,
 )
 from suite.results import case_id
-
-DATA = Path(__file__).parent / "data"
-
-
-def sample_impls():
-    spec = importlib.util.spec_from_file_location("cgspn_sample_impls", DATA / "sample_impls.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from suite.tests.helpers import load_sample_impls
 
 
 @pytest.fixture
 def impls(monkeypatch):
-    module = sample_impls()
+    module = load_sample_impls()
     module.install(monkeypatch)
     return module
 
@@ -135,7 +125,7 @@ def test_first_call_is_not_timed():
 
 
 def test_fwd_bwd_step_resets_grads_and_uses_one_upstream_gradient():
-    module = sample_impls()
+    module = load_sample_impls()
     workload = module.build_linear(Params(batch=3, grid=5), torch.float64, torch.device("cpu"), "fwd+bwd")
     step = make_step(workload, "fwd+bwd")
     step()
@@ -146,7 +136,7 @@ def test_fwd_bwd_step_resets_grads_and_uses_one_upstream_gradient():
 
 
 def test_fwd_step_builds_no_graph():
-    module = sample_impls()
+    module = load_sample_impls()
     workload = module.build_linear(Params(batch=3, grid=5), torch.float32, torch.device("cpu"), "fwd+bwd")
     outputs = []
     original = workload.fn
@@ -165,7 +155,7 @@ def test_compare_reports_relative_errors_and_nan():
 
 
 def test_check_correctness_uses_the_dtype_tolerance():
-    module = sample_impls()
+    module = load_sample_impls()
     cpu = torch.device("cpu")
     good = check_correctness(module.build_sleep(Params(batch=2, grid=1), torch.float32, cpu, "fwd"), "float32")
     assert good["passed"] is True and good["tolerance"] == registry.TOLERANCE["float32"]

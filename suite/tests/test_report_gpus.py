@@ -26,10 +26,11 @@ import pytest
 from suite.report.render import render_report
 from suite.results import Row, RunDir
 from suite.sharding import write_spread
+from suite.tests.helpers import SAMPLE_IMPLS, load_sample_impls
 
 DATA = Path(__file__).parent / "data"
 FIXTURE = DATA / "fixture_run"
-PLUGIN = DATA / "sample_impls.py"
+
 ROOT = Path(__file__).resolve().parents[2]
 
 SCENARIO = """name: variance-tiny
@@ -57,7 +58,7 @@ def variance_run(tmp_path_factory) -> Path:
     scenario.write_text(SCENARIO)
     out = tmp / "run"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "suite.run",
-               str(scenario), "--out", str(out), "--device", "cpu", "--import", str(PLUGIN), "--same-case-on-every-gpu"]
+               str(scenario), "--out", str(out), "--device", "cpu", "--import", str(SAMPLE_IMPLS), "--same-case-on-every-gpu"]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
@@ -68,12 +69,7 @@ def variance_run(tmp_path_factory) -> Path:
 @pytest.fixture(autouse=True)
 def sample_impls(monkeypatch):
     """The report expands the run's stored scenario, which names test-sleep."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("cgspn_sample_impls", PLUGIN)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.install(monkeypatch)
+    load_sample_impls(monkeypatch)
 
 
 def rows_of(run: Path) -> list[Row]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -19,19 +18,14 @@ from rich.console import Console
 from suite.results import RunDir
 from suite.runner import RunError, RunOptions, run_scenarios
 from suite.scenario import load_scenario
+from suite.tests.helpers import SAMPLE_IMPLS, load_sample_impls
 
-DATA = Path(__file__).parent / "data"
 ROOT = Path(__file__).resolve().parents[2]
-PLUGIN = DATA / "sample_impls.py"
 
 
 @pytest.fixture
 def impls(monkeypatch):
-    spec = importlib.util.spec_from_file_location("cgspn_sample_impls", PLUGIN)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.install(monkeypatch)
-    return module
+    return load_sample_impls(monkeypatch)
 
 
 def write_scenario(folder: Path, name: str, implementations: list[str], grids: list[int], device: str = "any",
@@ -108,7 +102,7 @@ def test_overrides_no_check_and_budget_scale(impls, tmp_path):
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "suite.cli", "run", *args, "--device", "cpu", "--import", str(PLUGIN)]
+    return [sys.executable, "-m", "suite.cli", "run", *args, "--device", "cpu", "--import", str(SAMPLE_IMPLS)]
 
 
 def test_sigkill_mid_run_then_resume_loses_and_repeats_nothing(tmp_path):

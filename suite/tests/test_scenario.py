@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -10,6 +9,7 @@ import pytest
 from kernels.params import Params
 from suite.results import case_id
 from suite.scenario import ScenarioError, load_scenario, load_scenarios, parse_scenario
+from suite.tests.helpers import load_sample_impls
 
 DATA = Path(__file__).parent / "data"
 ROOT = Path(__file__).resolve().parents[2]
@@ -18,11 +18,7 @@ BAD = sorted((DATA / "bad").glob("*.yaml"))
 
 @pytest.fixture
 def impls(monkeypatch):
-    spec = importlib.util.spec_from_file_location("cgspn_sample_impls", DATA / "sample_impls.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.install(monkeypatch)
-    return module
+    return load_sample_impls(monkeypatch)
 
 
 def expected_error(path: Path) -> str:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -18,21 +17,13 @@ from suite.measure import TimingSettings
 from suite.results import Row, RunDir
 from suite.scenario import Case
 from suite.sharding import estimate_cost_ms, gpu_spread, merge_rank_rows, rank_rows_path, shard
+from suite.tests.helpers import SAMPLE_IMPLS, load_sample_impls
 
-DATA = Path(__file__).parent / "data"
 ROOT = Path(__file__).resolve().parents[2]
-PLUGIN = DATA / "sample_impls.py"
-
-
-def load_impls():
-    spec = importlib.util.spec_from_file_location("cgspn_sample_impls", PLUGIN)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def cases(grids: list[int], name: str = "test-sleep") -> list[Case]:
-    impl = next(i for i in load_impls().IMPLEMENTATIONS if i.name == name)
+    impl = next(i for i in load_sample_impls().IMPLEMENTATIONS if i.name == name)
     return [Case(impl, Params(batch=2, grid=g), "fwd", "float32", "t", TimingSettings(budget_ms=10)) for g in grids]
 
 
@@ -105,7 +96,7 @@ timing: {budget_ms: 4, warmup_ms: 0, min_reps: 2, max_reps: 4}
 
 def torchrun(*args: str, ranks: int = 2, env: dict | None = None) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}", "-m", "suite.run",
-               *args, "--device", "cpu", "--import", str(PLUGIN)]
+               *args, "--device", "cpu", "--import", str(SAMPLE_IMPLS)]
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
 
