@@ -101,8 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd += ["--single", str(out / "cgspn"), "--ddp", str(out / "ddp2")]
         if run_logged("report", cmd, out):
             failures.append("report")
-    if not args.keep_checkpoints:
-        for run in ("cgspn", "hybrid", "ddp2"):
+    if not args.keep_checkpoints:  # only this invocation's runs: another one may be training beside it
+        for run in [{"ddp": "ddp2"}.get(p, p) for p in parts if p in ("cgspn", "hybrid", "ddp")]:
             shutil.rmtree(out / run / "checkpoints", ignore_errors=True)
             (out / run / "teacher.pt").unlink(missing_ok=True)
     print(f"== done; failed parts: {', '.join(failures) or 'none'}; outputs in {out}")
