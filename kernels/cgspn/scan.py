@@ -87,10 +87,12 @@ _SCAN_TUNING = dict(
 
 def _prune_quad_configs(configs, named_args, **kwargs):
     """Per channel block, the 8-elements-per-thread warp count, and for BC 8/16 also half of it
-    (16 elements per thread: more independent loads per thread, more programs per SM)."""
+    (16 elements per thread: more independent loads per thread, more programs per SM; with one row
+    of prefetch only, two would not fit the registers)."""
     def keep(c):
         full = _scan_warps(kwargs["BP"], c.kwargs["BC"])
-        return c.num_warps == full or (c.kwargs["BC"] in (8, 16) and full > 1 and c.num_warps == full // 2)
+        half = c.kwargs["BC"] in (8, 16) and full > 1 and c.num_warps == full // 2 and c.kwargs.get("DEPTH", 1) == 1
+        return c.num_warps == full or half
     return [c for c in configs if keep(c)]
 
 
@@ -102,6 +104,16 @@ _QUAD_TUNING = dict(
         triton.Config({"BC": 8}, num_warps=4),
     ),
     prune_configs_by=None if INTERPRET else {"early_config_prune": _prune_quad_configs},
+)
+# The forward also tunes its prefetch depth (rows of loads in flight ahead of the computed row):
+# 2 doubles the bytes in flight per program for 5 more packed tiles of registers.
+_QUAD_FWD_TUNING = dict(
+    configs=configs(
+        [triton.Config({"BC": bc, "DEPTH": d}, num_warps=w) for bc in (4, 8, 16, 32) for w in (1, 2, 4, 8, 16)
+         for d in (1, 2)],
+        triton.Config({"BC": 8, "DEPTH": 2}, num_warps=4),
+    ),
+    prune_configs_by=_QUAD_TUNING["prune_configs_by"],
 )
 
 
@@ -390,8 +402,27 @@ def _axis_view(H, W, i_d):
 
 @triton.jit
 def _row_strides(vertical, s_h, s_w):
-    """(scan-row, state-position) strides of one tensor for the program's axis, int64."""
-    return tl.where(vertical, s_h, s_w).to(tl.int64), tl.where(vertical, s_w, s_h).to(tl.int64)
+    """(scan-row, state-position) strides of one tensor for the program's axis; the row stride in
+    int64 (it multiplies the row index into the scalar base), the position stride as passed."""
+    return tl.where(vertical, s_h, s_w).to(tl.int64), tl.where(vertical, s_w, s_h)
+
+
+@triton.jit
+def _tile_offsets(o_p, o_c, s_p, WIDE: tl.constexpr):
+    """Element offsets of one [BP, BC] row tile from its row's base: int32 (half the registers of
+    int64 pointer tiles, which the loop keeps live), or int64 when WIDE (the host decides: a row's
+    extent past 2^31 elements). Row and batch parts stay in the int64 scalar base."""
+    if WIDE:
+        offsets = o_p.to(tl.int64)[:, None] * s_p.to(tl.int64) + o_c.to(tl.int64)[None, :]
+    else:
+        offsets = o_p[:, None] * s_p.to(tl.int32) + o_c[None, :]
+    return offsets
+
+
+@triton.jit
+def _scratch_tile(scratch, i_d, i_b, i_c, BP: tl.constexpr, BC: tl.constexpr):
+    """This program's two [BP, BC] fp32 scratch tiles (the scratch neighbour shift)."""
+    return scratch + ((i_d * tl.num_programs(1) + i_b) * tl.num_programs(0) + i_c) * 2 * BP * BC
 
 
 @triton.jit
@@ -426,20 +457,21 @@ def _normalized(r_l, r_m, r_r, has_l, has_r, mask):
     return s_l * inv, s_m * inv, s_r * inv, s_l, s_m, s_r, inv, d
 
 
-@triton.autotune(**_QUAD_TUNING, key=["H", "W", "C", "STORE_STATE", "SHIFT"])
+@triton.autotune(**_QUAD_FWD_TUNING, key=["H", "W", "C", "SHIFT"])
 @triton.jit(do_not_specialize=["H", "W"])
 def _scan_quad_fwd_kernel(
     x, lam, g, hs, scratch,
     H, W, C,
     s_xb, s_xh, s_xw, s_lb, s_lh, s_lw, s_gb, s_gh, s_gw, s_gk, s_hd, s_hb, s_hh, s_hw,
-    STORE_STATE: tl.constexpr, SHIFT: tl.constexpr, BP: tl.constexpr, BC: tl.constexpr,
+    SHIFT: tl.constexpr, WIDE: tl.constexpr, DEPTH: tl.constexpr, BP: tl.constexpr, BC: tl.constexpr,
 ):
     """Every direction's h, all four in one launch (4x the programs of a pair launch), stored in
-    ``hs[d]`` in the input dtype; the next row's inputs are loaded one step ahead (software
-    pipelining: the loads of row t+1 are in flight while row t is computed and shifted)."""
-    i_c, i_b, i_d = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
+    ``hs[d]`` in the input dtype. Software pipelining: the inputs of row t + DEPTH are loaded
+    before row t is computed (DEPTH 1 or 2, an autotune choice), so DEPTH rows of loads are in
+    flight during the normalization, shift and update of this one."""
+    i_c, i_b, i_d = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
     vertical, reverse, L, P = _axis_view(H, W, i_d)
-    o_p = tl.arange(0, BP).to(tl.int64)
+    o_p = tl.arange(0, BP)
     o_c = i_c * BC + tl.arange(0, BC)
     mask = (o_p < P)[:, None] & (o_c < C)[None, :]
     has_l, has_r = (o_p > 0)[:, None], (o_p < P - 1)[:, None]
@@ -447,27 +479,36 @@ def _scan_quad_fwd_kernel(
     s_ls, s_lp = _row_strides(vertical, s_lh, s_lw)
     s_gs, s_gp = _row_strides(vertical, s_gh, s_gw)
     s_hs, s_hp = _row_strides(vertical, s_hh, s_hw)
-    first = tl.where(reverse, L - 1, 0).to(tl.int64)
+    o_x, o_l = _tile_offsets(o_p, o_c, s_xp, WIDE), _tile_offsets(o_p, o_c, s_lp, WIDE)
+    o_g, o_h = _tile_offsets(o_p, o_c, s_gp, WIDE), _tile_offsets(o_p, o_c, s_hp, WIDE)
+    # int64 scalar bases of this program's batch element (and direction, for hs)
+    b_x, b_lam, b_g = x + i_b * s_xb, lam + i_b * s_lb, g + i_b * s_gb
+    b_hs = hs + i_d * s_hd + i_b * s_hb
+    p_scratch = _scratch_tile(scratch, i_d, i_b, i_c, BP, BC)
+    row = tl.where(reverse, L - 1, 0).to(tl.int64)
     sign = tl.where(reverse, -1, 1).to(tl.int64)
-    p_x = x + i_b * s_xb + first * s_xs + o_p[:, None] * s_xp + o_c[None, :]
-    p_lam = lam + i_b * s_lb + first * s_ls + o_p[:, None] * s_lp + o_c[None, :]
-    p_g = g + i_b * s_gb + first * s_gs + o_p[:, None] * s_gp + o_c[None, :]
-    p_h = hs + i_d * s_hd + i_b * s_hb + first * s_hs + o_p[:, None] * s_hp + o_c[None, :]
-    p_scratch = scratch + ((i_d * tl.num_programs(1) + i_b) * tl.num_programs(0) + i_c) * 2 * BP * BC
-    c_x, c_lam, c_l, c_m, c_r = _load_inputs(p_x, p_lam, p_g, s_gk, mask)
+    c_x, c_lam, c_l, c_m, c_r = _load_inputs(b_x + row * s_xs + o_x, b_lam + row * s_ls + o_l, b_g + row * s_gs + o_g,
+                                             s_gk, mask)
+    if DEPTH == 2:
+        nxt = row + sign
+        n_x, n_lam, n_l, n_m, n_r = _load_inputs(b_x + nxt * s_xs + o_x, b_lam + nxt * s_ls + o_l,
+                                                 b_g + nxt * s_gs + o_g, s_gk, mask & _before(o_p, 1, L))
     b_h = tl.zeros([BP, BC], dtype=tl.float32)
     for t in range(0, L):
-        p_x += sign * s_xs
-        p_lam += sign * s_ls
-        p_g += sign * s_gs
-        # prefetch row t+1 before touching row t
-        n_x, n_lam, n_l, n_m, n_r = _load_inputs(p_x, p_lam, p_g, s_gk, mask & _before(o_p, t + 1, L))
+        # prefetch row t + DEPTH before touching row t
+        ahead = row + DEPTH * sign
+        f_x, f_lam, f_l, f_m, f_r = _load_inputs(b_x + ahead * s_xs + o_x, b_lam + ahead * s_ls + o_l,
+                                                 b_g + ahead * s_gs + o_g, s_gk, mask & _before(o_p, t + DEPTH, L))
         w_l, w_m, w_r, _, _, _, _, _ = _normalized(c_l, c_m, c_r, has_l, has_r, mask)
         left, right = _neighbours(b_h, b_h, o_p, P, p_scratch, True, SHIFT, BP, BC)
         b_h = w_l * left + w_m * b_h + w_r * right + c_lam.to(tl.float32) * c_x.to(tl.float32)
-        tl.store(p_h, b_h.to(p_h.dtype.element_ty), mask=mask)
-        p_h += sign * s_hs
-        c_x, c_lam, c_l, c_m, c_r = n_x, n_lam, n_l, n_m, n_r
+        tl.store(b_hs + row * s_hs + o_h, b_h.to(hs.dtype.element_ty), mask=mask)
+        row += sign
+        if DEPTH == 2:
+            c_x, c_lam, c_l, c_m, c_r = n_x, n_lam, n_l, n_m, n_r
+            n_x, n_lam, n_l, n_m, n_r = f_x, f_lam, f_l, f_m, f_r
+        else:
+            c_x, c_lam, c_l, c_m, c_r = f_x, f_lam, f_l, f_m, f_r
 
 
 @triton.autotune(**_QUAD_TUNING, key=["H", "W", "C", "SHIFT"])
@@ -477,7 +518,7 @@ def _scan_quad_bwd_kernel(
     H, W, C,
     s_gb, s_gh, s_gw, s_gk, s_hd, s_hb, s_hh, s_hw,
     s_db, s_dh, s_dw, s_ad, s_ab, s_ah, s_aw, s_qd, s_qb, s_qh, s_qw, s_qk,
-    SHIFT: tl.constexpr, BP: tl.constexpr, BC: tl.constexpr,
+    SHIFT: tl.constexpr, WIDE: tl.constexpr, BP: tl.constexpr, BC: tl.constexpr,
 ):
     """Adjoint of every direction in one launch, rows in reverse scan order, inputs one step ahead.
 
@@ -487,9 +528,9 @@ def _scan_quad_bwd_kernel(
     of the previous row, through Eq. 2 (see ``_propagate_bwd_kernel``). Plain stores, no
     read-modify-write and no atomics: the four directions never touch the same buffer.
     """
-    i_c, i_b, i_d = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)
+    i_c, i_b, i_d = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2).to(tl.int64)
     vertical, reverse, L, P = _axis_view(H, W, i_d)
-    o_p = tl.arange(0, BP).to(tl.int64)
+    o_p = tl.arange(0, BP)
     o_c = i_c * BC + tl.arange(0, BC)
     mask = (o_p < P)[:, None] & (o_c < C)[None, :]
     has_l, has_r = (o_p > 0)[:, None], (o_p < P - 1)[:, None]
@@ -499,18 +540,19 @@ def _scan_quad_bwd_kernel(
     s_ds, s_dp = _row_strides(vertical, s_dh, s_dw)
     s_as, s_ap = _row_strides(vertical, s_ah, s_aw)
     s_qs, s_qp = _row_strides(vertical, s_qh, s_qw)
+    o_g, o_d = _tile_offsets(o_p, o_c, s_gp, WIDE), _tile_offsets(o_p, o_c, s_dp, WIDE)
+    o_h, o_a, o_q = _tile_offsets(o_p, o_c, s_hp, WIDE), _tile_offsets(o_p, o_c, s_ap, WIDE), _tile_offsets(o_p, o_c, s_qp, WIDE)
+    # int64 scalar bases of this program's batch element and direction
+    b_g, b_dh = g + i_b * s_gb, dh + i_b * s_db
+    b_hs, a_base, q_base = hs + i_d * s_hd + i_b * s_hb, adj + i_d * s_ad + i_b * s_ab, dgs + i_d * s_qd + i_b * s_qb
     # start at the last row in scan order and step back towards the first
-    last = tl.where(reverse, 0, L - 1).to(tl.int64)
+    row = tl.where(reverse, 0, L - 1).to(tl.int64)
     back = tl.where(reverse, 1, -1).to(tl.int64)
-    p_g = g + i_b * s_gb + last * s_gs + o_p[:, None] * s_gp + o_c[None, :]
-    p_dh = dh + i_b * s_db + last * s_ds + o_p[:, None] * s_dp + o_c[None, :]
-    p_hm = hs + i_d * s_hd + i_b * s_hb + (last + back) * s_hs + o_p[:, None] * s_hp + o_c[None, :]  # previous row
-    p_a = adj + i_d * s_ad + i_b * s_ab + last * s_as + o_p[:, None] * s_ap + o_c[None, :]
-    p_q = dgs + i_d * s_qd + i_b * s_qb + last * s_qs + o_p[:, None] * s_qp + o_c[None, :]
-    p_scratch = scratch + ((i_d * tl.num_programs(1) + i_b) * tl.num_programs(0) + i_c) * 2 * BP * BC
+    p_scratch = _scratch_tile(scratch, i_d, i_b, i_c, BP, BC)
     # loads of step 0 (the previous row exists unless L == 1)
-    c_l, c_m, c_r = _load_raw_gates(p_g, s_gk, mask)
-    c_dh = tl.load(p_dh, mask=mask, other=0)
+    c_l, c_m, c_r = _load_raw_gates(b_g + row * s_gs + o_g, s_gk, mask)
+    c_dh = tl.load(b_dh + row * s_ds + o_d, mask=mask, other=0)
+    p_hm = b_hs + (row + back) * s_hs + o_h  # previous row of h
     m_prev = _before(o_p, 1, L)
     c_hl = tl.load(p_hm - s_hp, mask=mask_left & m_prev, other=0)
     c_hm = tl.load(p_hm, mask=mask & m_prev, other=0)
@@ -520,21 +562,20 @@ def _scan_quad_bwd_kernel(
     n_wm = tl.zeros([BP, BC], dtype=tl.float32)
     n_wr = tl.zeros([BP, BC], dtype=tl.float32)
     for t in range(0, L):
-        p_g += back * s_gs
-        p_dh += back * s_ds
-        p_hm += back * s_hs
+        nxt = row + back
+        p_hm = b_hs + (nxt + back) * s_hs + o_h
         # prefetch step t+1 (its previous row exists while t + 2 < L)
         m_next = mask & _before(o_p, t + 1, L)
         m_prev = _before(o_p, t + 2, L)
-        f_l, f_m, f_r = _load_raw_gates(p_g, s_gk, m_next)
-        f_dh = tl.load(p_dh, mask=m_next, other=0)
+        f_l, f_m, f_r = _load_raw_gates(b_g + nxt * s_gs + o_g, s_gk, m_next)
+        f_dh = tl.load(b_dh + nxt * s_ds + o_d, mask=m_next, other=0)
         f_hl = tl.load(p_hm - s_hp, mask=mask_left & m_prev, other=0)
         f_hm = tl.load(p_hm, mask=mask & m_prev, other=0)
         f_hr = tl.load(p_hm + s_hp, mask=mask_right & m_prev, other=0)
         # carry from the next row: l' a' arrives from p+1, r' a' from p-1
         to_left, to_right = _neighbours(n_wr * b_a, n_wl * b_a, o_p, P, p_scratch, False, SHIFT, BP, BC)
         b_a = c_dh.to(tl.float32) + n_wm * b_a + to_left + to_right
-        tl.store(p_a, b_a.to(p_a.dtype.element_ty), mask=mask)
+        tl.store(a_base + row * s_as + o_a, b_a.to(adj.dtype.element_ty), mask=mask)
         d_l, d_m, d_r = b_a * c_hl.to(tl.float32), b_a * c_hm.to(tl.float32), b_a * c_hr.to(tl.float32)
         n_wl, n_wm, n_wr, sg_l, sg_m, sg_r, inv, d = _normalized(c_l, c_m, c_r, has_l, has_r, mask)
         live = d > 1e-7  # below the clamp D is constant
@@ -545,28 +586,78 @@ def _scan_quad_bwd_kernel(
         d_l = (d_l - tl.where(has_l, dot, 0.0)) * inv * sg_l * (1.0 - sg_l)
         d_m = d_m_net * inv * sg_m * (1.0 - sg_m)
         d_r = (d_r - tl.where(has_r, dot, 0.0)) * inv * sg_r * (1.0 - sg_r)
-        tl.store(p_q, d_l.to(p_q.dtype.element_ty), mask=mask)
-        tl.store(p_q + s_qk, d_m.to(p_q.dtype.element_ty), mask=mask)
-        tl.store(p_q + 2 * s_qk, d_r.to(p_q.dtype.element_ty), mask=mask)
-        p_a += back * s_as
-        p_q += back * s_qs
+        p_q = q_base + row * s_qs + o_q
+        tl.store(p_q, d_l.to(dgs.dtype.element_ty), mask=mask)
+        tl.store(p_q + s_qk, d_m.to(dgs.dtype.element_ty), mask=mask)
+        tl.store(p_q + 2 * s_qk, d_r.to(dgs.dtype.element_ty), mask=mask)
+        row = nxt
         c_l, c_m, c_r, c_dh, c_hl, c_hm, c_hr = f_l, f_m, f_r, f_dh, f_hl, f_hm, f_hr
+
+
+@triton.jit
+def _pixel_tile(i_n, i_c, N, C, BN: tl.constexpr, BC: tl.constexpr):
+    """(pixels o_n, channels o_c, mask) of one [BN, BC] tile of a (B*H*W, C) elementwise pass."""
+    o_n = i_n.to(tl.int64) * BN + tl.arange(0, BN).to(tl.int64)
+    o_c = i_c * BC + tl.arange(0, BC)
+    return o_n, o_c, (o_n < N)[:, None] & (o_c < C)[None, :]
+
+
+@triton.jit
+def _strided(o_n, o_c, HW, W, s_b, s_h, s_w):
+    """[BN, BC] offsets of pixels o_n (flat over B, H, W) of a tensor with strides (s_b, s_h, s_w, 1)."""
+    return ((o_n // HW) * s_b + ((o_n % HW) // W) * s_h + (o_n % W) * s_w)[:, None] + o_c[None, :]
+
+
+@triton.jit
+def _direction_sum(p, s_d, mask):
+    """fp32 sum of the four per-direction tiles at p, p + s_d, p + 2 s_d, p + 3 s_d."""
+    total = tl.load(p, mask=mask, other=0).to(tl.float32)
+    total += tl.load(p + s_d, mask=mask, other=0).to(tl.float32)
+    total += tl.load(p + 2 * s_d, mask=mask, other=0).to(tl.float32)
+    total += tl.load(p + 3 * s_d, mask=mask, other=0).to(tl.float32)
+    return total
 
 
 @triton.jit
 def _combine_kernel(hs, u, y, N, HW, W, C, s_hd, s_ub, s_uh, s_uw, BN: tl.constexpr, BC: tl.constexpr):
     """y = u * (h_tb + h_bt + h_lr + h_rl) over (B*H*W, C); hs contiguous, u any strides (unit on C)."""
-    o_n = tl.program_id(0).to(tl.int64) * BN + tl.arange(0, BN).to(tl.int64)
-    o_c = tl.program_id(1) * BC + tl.arange(0, BC)
-    mask = (o_n < N)[:, None] & (o_c < C)[None, :]
-    p_h = hs + o_n[:, None] * C + o_c[None, :]
-    total = tl.load(p_h, mask=mask, other=0).to(tl.float32)
-    total += tl.load(p_h + s_hd, mask=mask, other=0).to(tl.float32)
-    total += tl.load(p_h + 2 * s_hd, mask=mask, other=0).to(tl.float32)
-    total += tl.load(p_h + 3 * s_hd, mask=mask, other=0).to(tl.float32)
-    o_u = (o_n // HW) * s_ub + ((o_n % HW) // W) * s_uh + (o_n % W) * s_uw
-    b_u = tl.load(u + o_u[:, None] + o_c[None, :], mask=mask, other=0).to(tl.float32)
-    tl.store(y + o_n[:, None] * C + o_c[None, :], (b_u * total).to(y.dtype.element_ty), mask=mask)
+    o_n, o_c, mask = _pixel_tile(tl.program_id(0), tl.program_id(1), N, C, BN, BC)
+    o_flat = o_n[:, None] * C + o_c[None, :]
+    total = _direction_sum(hs + o_flat, s_hd, mask)
+    b_u = tl.load(u + _strided(o_n, o_c, HW, W, s_ub, s_uh, s_uw), mask=mask, other=0).to(tl.float32)
+    tl.store(y + o_flat, (b_u * total).to(y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _bwd_prologue_kernel(dy, u, hs, dh, du, N, HW, W, C, s_hd, s_yb, s_yh, s_yw, s_ub, s_uh, s_uw,
+                         BN: tl.constexpr, BC: tl.constexpr):
+    """One pass before the adjoint launch: dh = dy * u (what every direction receives, in the
+    input dtype) and du = dy * sum_d h_d (fp32 sum of the stored states). dy and u any strides
+    (unit on C); hs, dh, du contiguous."""
+    o_n, o_c, mask = _pixel_tile(tl.program_id(0), tl.program_id(1), N, C, BN, BC)
+    o_flat = o_n[:, None] * C + o_c[None, :]
+    b_dy = tl.load(dy + _strided(o_n, o_c, HW, W, s_yb, s_yh, s_yw), mask=mask, other=0).to(tl.float32)
+    b_u = tl.load(u + _strided(o_n, o_c, HW, W, s_ub, s_uh, s_uw), mask=mask, other=0).to(tl.float32)
+    tl.store(dh + o_flat, (b_dy * b_u).to(dh.dtype.element_ty), mask=mask)
+    tl.store(du + o_flat, (b_dy * _direction_sum(hs + o_flat, s_hd, mask)).to(du.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _bwd_epilogue_kernel(adj, dgs, x, lam, dx, dlam, dg, N, HW, W, C, s_ad, s_qd,
+                         s_xb, s_xh, s_xw, s_lb, s_lh, s_lw, BN: tl.constexpr, BC: tl.constexpr):
+    """One pass after the adjoint launch: with a = sum_d a_d (fp32), dx = lam * a, dlam = x * a,
+    and the raw-gate gradient summed over the four directions, dg[k] = sum_d dgs[d][k]. adj
+    (4, N, C) and dgs (4, N, 3, C) contiguous; x, lam any strides (unit on C); outputs contiguous."""
+    o_n, o_c, mask = _pixel_tile(tl.program_id(0), tl.program_id(1), N, C, BN, BC)
+    o_flat = o_n[:, None] * C + o_c[None, :]
+    a = _direction_sum(adj + o_flat, s_ad, mask)
+    b_x = tl.load(x + _strided(o_n, o_c, HW, W, s_xb, s_xh, s_xw), mask=mask, other=0).to(tl.float32)
+    b_lam = tl.load(lam + _strided(o_n, o_c, HW, W, s_lb, s_lh, s_lw), mask=mask, other=0).to(tl.float32)
+    tl.store(dx + o_flat, (b_lam * a).to(dx.dtype.element_ty), mask=mask)
+    tl.store(dlam + o_flat, (b_x * a).to(dlam.dtype.element_ty), mask=mask)
+    o_gate = o_n[:, None] * 3 * C + o_c[None, :]
+    for k in tl.static_range(3):
+        tl.store(dg + o_gate + k * C, _direction_sum(dgs + o_gate + k * C, s_qd, mask).to(dg.dtype.element_ty), mask=mask)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -662,39 +753,62 @@ def _quad_grid(B: int, C: int):
     return lambda meta: (triton.cdiv(C, meta["BC"]), B, 4)
 
 
+def _wide_rows(tensors, side: int) -> bool:
+    """Whether a row tile's offsets (up to BP positions x the larger H/W stride, + channels and the
+    gate stride) can pass 2^31 elements: then the quad kernels use int64 tile offsets."""
+    BP = triton.next_power_of_2(side)
+    extent = max(BP * max(abs(t.stride(1)), abs(t.stride(2))) + t.shape[-1] + _MAX_BC
+                 + (2 * abs(t.stride(3)) if t.dim() == 5 else 0) for t in tensors)
+    return extent >= 2**31
+
+
+_ELEMENTWISE_BN = 64
+
+
+def _elementwise_grid(N: int, C: int) -> tuple[tuple[int, int], int]:
+    BC = triton.next_power_of_2(min(C, 64))
+    return (triton.cdiv(N, _ELEMENTWISE_BN), triton.cdiv(C, BC)), BC
+
+
 def _scan_quad_fwd(x, lam, u, gates, shift: int):
     """One launch for the four directions (each h stored in x's dtype), one to combine: y = u * sum h."""
     B, H, W, C = x.shape
     hs = x.new_empty(4, B, H, W, C)
-    BP = triton.next_power_of_2(max(H, W))
     _scan_quad_fwd_kernel[_quad_grid(B, C)](
         x, lam, gates, hs, _scratch(x, max(H, W), shift, 8), H, W, C,
         *_hwc_strides(x), *_hwc_strides(lam), *_hwc_strides(gates), *hs.stride()[:4],
-        STORE_STATE=True, SHIFT=shift, BP=BP,
+        SHIFT=shift, WIDE=_wide_rows((x, lam, gates, hs[0]), max(H, W)), BP=triton.next_power_of_2(max(H, W)),
     )
     y = torch.empty_like(x, memory_format=torch.contiguous_format)
-    N, BN, BCC = B * H * W, 64, triton.next_power_of_2(min(C, 64))
-    _combine_kernel[(triton.cdiv(N, BN), triton.cdiv(C, BCC))](
-        hs, u, y, N, H * W, W, C, hs.stride(0), *_hwc_strides(u), BN=BN, BC=BCC, num_warps=4,
-    )
+    grid, BC = _elementwise_grid(B * H * W, C)
+    _combine_kernel[grid](hs, u, y, B * H * W, H * W, W, C, hs.stride(0), *_hwc_strides(u),
+                          BN=_ELEMENTWISE_BN, BC=BC, num_warps=4)
     return y, hs
 
 
-def _scan_quad_bwd(x, lam, gates, hs, dh, shift: int):
-    """Per-direction adjoints and raw-gate gradients (one launch), summed here:
-    dx = lam * sum_d a_d, dlam = x * sum_d a_d, dgates = sum_d dgates_d."""
+def _scan_quad_bwd(x, lam, u, gates, hs, dy, shift: int):
+    """Three launches: dh = dy * u and du = dy * sum_d h_d (prologue); the four adjoints with their
+    raw-gate gradients (one launch, per-direction plain stores); dx = lam * sum_d a_d,
+    dlam = x * sum_d a_d, dgates = sum_d dgates_d (epilogue). Returns (dx, dlam, du, dgates)."""
     B, H, W, C = x.shape
+    N = B * H * W
+    grid, BC = _elementwise_grid(N, C)
+    dh, du = (torch.empty_like(t, memory_format=torch.contiguous_format) for t in (x, u))
+    _bwd_prologue_kernel[grid](dy, u, hs, dh, du, N, H * W, W, C, hs.stride(0), *_hwc_strides(dy), *_hwc_strides(u),
+                               BN=_ELEMENTWISE_BN, BC=BC, num_warps=4)
     adj = x.new_empty(4, B, H, W, C)
     dgs = x.new_empty(4, B, H, W, 3, C)
     _scan_quad_bwd_kernel[_quad_grid(B, C)](
         gates, hs, dh, adj, dgs, _scratch(x, max(H, W), shift, 8), H, W, C,
         *_hwc_strides(gates), *hs.stride()[:4], *_hwc_strides(dh),
-        *adj.stride()[:4], *dgs.stride()[:5], SHIFT=shift, BP=triton.next_power_of_2(max(H, W)),
+        *adj.stride()[:4], *dgs.stride()[:5], SHIFT=shift,
+        WIDE=_wide_rows((gates, hs[0], dh, adj[0], dgs[0]), max(H, W)), BP=triton.next_power_of_2(max(H, W)),
     )
-    a_sum = adj.sum(0, dtype=torch.float32)
-    dx = (lam.float() * a_sum).to(x.dtype)
-    dlam = (x.float() * a_sum).to(lam.dtype)
-    return dx, dlam, dgs.sum(0, dtype=torch.float32).to(gates.dtype)
+    dx, dlam = (torch.empty_like(t, memory_format=torch.contiguous_format) for t in (x, lam))
+    dg = torch.empty_like(gates, memory_format=torch.contiguous_format)
+    _bwd_epilogue_kernel[grid](adj, dgs, x, lam, dx, dlam, dg, N, H * W, W, C, adj.stride(0), dgs.stride(0),
+                               *_hwc_strides(x), *_hwc_strides(lam), BN=_ELEMENTWISE_BN, BC=BC, num_warps=4)
+    return dx, dlam, du, dg
 
 
 # ---------------------------------------------------------------------------------------------
@@ -720,13 +834,11 @@ class _CgspnScanFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x, lam, u, gates, total, hs = ctx.saved_tensors
-        dy = dy.float()
         if ctx.design == "quad":
-            # dh in the input dtype (one rounding, read by four directions); fp32 sums on the host side
-            dh = (dy * u.float()).to(x.dtype)
-            du = (dy * hs.sum(0, dtype=torch.float32)).to(u.dtype)
-            dx, dlam, dg = _scan_quad_bwd(x, lam, gates, hs, dh, ctx.shift)
+            # dh in the input dtype (one rounding, read by four directions); every sum in fp32 registers
+            dx, dlam, du, dg = _scan_quad_bwd(x, lam, u, gates, hs, _unit_channel_stride(dy), ctx.shift)
             return dx, dlam, du, dg, None, None
+        dy = dy.float()
         dh = (dy * u.float()).contiguous()  # every direction receives d(y)/d(h_d) = dy * u
         du = (dy * total).to(u.dtype)
         dx = torch.empty(x.shape, device=x.device, dtype=torch.float32)

@@ -19,6 +19,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are defined
 
 from kernels.cgspn import DIRECTIONS, SCAN_VARIANTS, cgspn_scan, cgspn_scan_reference, propagate, propagate_reference  # noqa: E402
+from kernels.cgspn import scan as scan_module  # noqa: E402
 from kernels.cgspn.reference import AXIS_OF, normalize_gates_eager  # noqa: E402
 from suite.tests.helpers import poison_empty, relative_rms  # noqa: E402
 
@@ -60,7 +61,7 @@ def run_with_grads(fn, inputs, dy, dtype):
     return [out] + [t.grad for t in leaves]
 
 
-def check_scan(shape, dtype, variant="pairs-gather", gate_fill=None):
+def check_scan(shape, dtype, variant=scan_module.DEFAULT_VARIANT, gate_fill=None):
     inputs = make_inputs(shape, dtype, gate_fill)
     dy = torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
     ours = run_with_grads(lambda *a: cgspn_scan(*a, variant=variant), inputs, dy, dtype)
@@ -86,6 +87,29 @@ def test_scan_variants_agree_with_reference(variant):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_scan_low_precision(dtype):
     check_scan((1, 5, 7, 40), dtype)
+
+
+class _FixedConfig:
+    """Stands in for an autotuned kernel: launches the underlying kernel with fixed meta-parameters
+    (the interpreter's autotune list has one config; these reach the others)."""
+
+    def __init__(self, tuned, **meta):
+        self.fn, self.meta = tuned.fn, meta
+
+    def __getitem__(self, grid):
+        grid = grid(self.meta) if callable(grid) else grid
+        return lambda *args, **kwargs: self.fn[grid](*args, **kwargs, **self.meta)
+
+
+@pytest.mark.parametrize("depth,wide,bc", [(1, False, 4), (2, True, 8), (1, True, 4)], ids=lambda v: str(v))
+def test_quad_prefetch_depths_and_wide_offsets(monkeypatch, depth, wide, bc):
+    """Both prefetch depths of the quad forward, and the int64 tile offsets (WIDE) of forward and
+    backward, which only rows past 2^31 elements select on their own."""
+    monkeypatch.setattr(scan_module, "_scan_quad_fwd_kernel", _FixedConfig(scan_module._scan_quad_fwd_kernel, BC=bc, DEPTH=depth))
+    monkeypatch.setattr(scan_module, "_scan_quad_bwd_kernel", _FixedConfig(scan_module._scan_quad_bwd_kernel, BC=bc))
+    monkeypatch.setattr(scan_module, "_wide_rows", lambda tensors, side: wide)
+    check_scan((2, 5, 7, 6), torch.float32, "quad-scratch")
+    check_scan((1, 3, 1, 5), torch.float32, "quad-gather")
 
 
 GATE_FILLS = {
@@ -210,6 +234,21 @@ class TestFullShapesGPU:
             last = slice(B - 1, B)
             ref = cgspn_scan_reference(x[last].float(), lam[last].float(), u[last].float(), gates[last].float())
         assert_close("y[last batch]", y[last], ref, TOLERANCE[torch.bfloat16])
+
+    def test_backward_buffers_past_2_31_elements(self):
+        """fwd+bwd at B=32, 147x147, C=384: each per-direction buffer fits int32 offsets but the
+        four-direction gate-gradient buffer (4 x B*H*W*3*C = 3.2e9 elements) does not, which is
+        where a direction index multiplied in int32 once wrote out of bounds (found by a sweep).
+        The last batch element's output and gradients are compared with the reference on it alone."""
+        B, H, W, C = 32, 147, 147, 384
+        assert 4 * B * H * W * 3 * C > 2**31 > B * H * W * 3 * C
+        inputs = make_inputs((B, H, W, C), torch.bfloat16)
+        dy = torch.randn(B, H, W, C, device=DEVICE, generator=torch.Generator(device=DEVICE).manual_seed(1))
+        ours = run_with_grads(cgspn_scan, inputs, dy, torch.bfloat16)
+        last = slice(B - 1, B)
+        ref = run_with_grads(cgspn_scan_reference, [t[last].float() for t in inputs], dy[last], torch.float32)
+        for name, a, b in zip(("y", "dx", "dlam", "du", "dgates"), ours, ref, strict=True):
+            assert_close(f"{name}[last batch]", a[last], b, TOLERANCE[torch.bfloat16])
 
 
 def test_kernels_compile_for_hopper_without_spills():
