@@ -6,12 +6,13 @@
 #   scale    scenarios/attention.yaml + scenarios/cgspn-scan.yaml sharded over both GPUs
 #            (cgspn-bench run --gpus all), then the variance mode (--same-case-on-every-gpu) on
 #            the same scenarios, and a report of each
-# Usage: OUT=/some/dir bash suite/gpu/multi_gpu_session.sh distill|scale [BUDGET_SCALE]
+#   variance only the variance run and its report
+# Usage: OUT=/some/dir bash suite/gpu/multi_gpu_session.sh distill|scale|variance [BUDGET_SCALE]
 # Outputs: $OUT/<part>.tgz and $OUT/<part>.log (the working folder is results/runs/multi-gpu).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH="${PYTHONPATH:-}:$(pwd)"
 OUT=${OUT:?set OUT to an output folder}
-PART=${1:?part: distill or scale}
+PART=${1:?part: distill, scale or variance}
 SCALE=${2:-0.3}
 W=results/runs/multi-gpu
 mkdir -p "$W" "$OUT"
@@ -32,21 +33,25 @@ distill)
     log "distill exit ${PIPESTATUS[0]}"
     tar czf "$OUT/distill.tgz" "$W/distill" "$W"/distill-*.out
     ;;
-scale)
+scale|variance)
     CLI="python3 -m suite.cli"
-    log "sharded run over all GPUs (budget scale $SCALE)"
-    timeout 270 $CLI run scenarios/attention.yaml scenarios/cgspn-scan.yaml --gpus all --out "$W/sharded" \
-        --budget-scale "$SCALE" 2>&1 | tail -n 30
-    log "sharded exit ${PIPESTATUS[0]}"
+    runs=(variance)
+    if [ "$PART" = scale ]; then
+        runs=(sharded variance)
+        log "sharded run over all GPUs (budget scale $SCALE)"
+        timeout 270 $CLI run scenarios/attention.yaml scenarios/cgspn-scan.yaml --gpus all --out "$W/sharded" \
+            --budget-scale "$SCALE" 2>&1 | tail -n 30
+        log "sharded exit ${PIPESTATUS[0]}"
+    fi
     log "variance run: every case on every GPU"
     timeout 270 $CLI run scenarios/attention.yaml scenarios/cgspn-scan.yaml --gpus all --same-case-on-every-gpu \
         --out "$W/variance" --budget-scale "$SCALE" 2>&1 | tail -n 30
     log "variance exit ${PIPESTATUS[0]}"
-    for run in sharded variance; do $CLI report "$W/$run" --out "$W/report-$run" 2>&1 | tail -n 5; done
-    tar czf "$OUT/scale.tgz" "$W/sharded" "$W/variance" "$W"/report-*
+    for run in "${runs[@]}"; do $CLI report "$W/$run" --out "$W/report-$run" 2>&1 | tail -n 5; done
+    tar czf "$OUT/$PART.tgz" "${runs[@]/#/$W/}" "$W"/report-*
     ;;
 *)
-    echo "unknown part $PART (allowed: distill, scale)" >&2
+    echo "unknown part $PART (allowed: distill, scale, variance)" >&2
     exit 2
     ;;
 esac
