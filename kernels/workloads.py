@@ -33,8 +33,11 @@ def module_workload(module: nn.Module, inputs: list[torch.Tensor], dtype: torch.
     """Run ``module(*inputs)`` as a workload; parameters are cast to ``dtype`` (no autocast,
     so the timed kernels are exactly the dtype's kernels).
 
-    ``reference_module`` (optional, same weights) is evaluated on the same device in float32
-    (float64 for float64 cases): a float64 CPU reference is too slow at benchmark shapes.
+    ``reference_module`` (optional, same architecture) is evaluated on the same device in float32
+    (float64 for float64 cases): a float64 CPU reference is too slow at benchmark shapes. It runs
+    with ``module``'s own parameters cast up (``torch.func.functional_call``), so it computes from
+    the very weights the case uses and, in ``fwd+bwd`` mode, autograd reaches ``inputs`` and
+    ``parameters`` through it (the harness's gradient check).
     """
     module = module.to(device=inputs[0].device, dtype=dtype)
     if mode == "fwd+bwd":
@@ -48,8 +51,8 @@ def module_workload(module: nn.Module, inputs: list[torch.Tensor], dtype: torch.
         reference_module = reference_module.to(device=inputs[0].device, dtype=ref_dtype)
 
         def reference() -> torch.Tensor:
-            with torch.no_grad():
-                return reference_module(*[t.detach().to(ref_dtype) for t in inputs])
+            weights = {name: p.to(ref_dtype) for name, p in module.named_parameters()}
+            return torch.func.functional_call(reference_module, weights, tuple(t.to(ref_dtype) for t in inputs))
 
     return Workload(
         fn=lambda: module(*inputs),

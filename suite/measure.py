@@ -161,6 +161,13 @@ def first_output(result: Any) -> torch.Tensor:
     return result
 
 
+def upstream_gradient(output: torch.Tensor) -> torch.Tensor:
+    """The fixed random upstream gradient of ``fwd+bwd``: standard normal, seed 0, ``output``'s shape,
+    dtype and device. The timed step and the gradient check draw the same one."""
+    generator = torch.Generator(device=output.device).manual_seed(0)
+    return torch.randn(output.shape, generator=generator, device=output.device, dtype=output.dtype)
+
+
 def make_step(workload: Workload, mode: str) -> Callable[[], None]:
     """A zero-argument callable that runs one repetition of ``mode``.
 
@@ -180,10 +187,7 @@ def make_step(workload: Workload, mode: str) -> Callable[[], None]:
     leaves = [t for t in [*workload.inputs, *workload.parameters] if t.requires_grad]
     if not leaves:
         raise ValueError("fwd+bwd: the workload has no inputs or parameters that require grad")
-    out = first_output(workload.fn())
-    generator = torch.Generator(device=out.device).manual_seed(0)
-    upstream = torch.randn(out.shape, generator=generator, device=out.device, dtype=out.dtype)
-    del out
+    upstream = upstream_gradient(first_output(workload.fn()))
 
     def forward_backward() -> None:
         for t in leaves:
@@ -349,11 +353,29 @@ def compare(output: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
     return {"rel_rms": rel_rms, "max_rel_err": max_rel}
 
 
-def check_correctness(workload: Workload, dtype: str, level: str = "block", depth: int = 1) -> dict[str, Any]:
+# A gradient is allowed twice the forward's relative RMS error. Chosen from the arithmetic, not
+# from any case: the backward starts from the forward's rounded activations and adds rounding of
+# its own over about twice the forward's work (``Workload.flops_bwd`` defaults to 2x), so the two
+# passes' independent errors sum to about twice the forward's; parameter gradients also sum over
+# every token. (The scan tests, test_cgspn_scan.py, hold gradients to their output bound, 4 eps,
+# against float64.) The reference's gradients are float32/float64, rounded once to the leaf's dtype
+# where autograd casts them back: half an ulp, far below the bound.
+GRADIENT_TOLERANCE_FACTOR = 2.0
+
+
+def _worst(errors: list[dict[str, float]]) -> dict[str, float]:
+    """The largest of each error over several comparisons; NaN (a failed comparison) is the largest."""
+    return {key: max((e[key] for e in errors), key=lambda v: math.inf if math.isnan(v) else v)
+            for key in ("rel_rms", "max_rel_err")}
+
+
+def check_correctness(workload: Workload, dtype: str, level: str = "block", depth: int = 1,
+                      mode: str = "fwd") -> dict[str, Any]:
     """Compare the forward output with ``workload.reference()``; ``passed`` is None without one.
 
     The tolerance is ``workload.tolerance`` or :func:`kernels.registry.tolerance_for` (which
-    widens it with the depth of a network)."""
+    widens it with the depth of a network). In ``fwd+bwd`` mode a passing forward is followed by
+    :func:`check_gradients`, whose ``grad_*`` keys join the result; ``passed`` needs both."""
     tolerance = workload.tolerance if workload.tolerance is not None else tolerance_for(dtype, level, depth)
     if workload.reference is None:
         return {"reference": None, "passed": None, "tolerance": tolerance, "note": "no reference for this workload"}
@@ -363,13 +385,100 @@ def check_correctness(workload: Workload, dtype: str, level: str = "block", dept
     # every output both return (e.g. the vertical and the horizontal normalized gates); the worst counts
     # (a fwd+bwd workload may return only the first output: what it back-propagates)
     pairs = list(zip(outputs, references, strict=False))
-    per_output = [compare(out, ref) for out, ref in pairs]
-    errors = {key: max((e[key] for e in per_output), key=lambda v: math.inf if math.isnan(v) else v)
-              for key in ("rel_rms", "max_rel_err")}
+    errors = _worst([compare(out, ref) for out, ref in pairs])
+    checked = "forward output" if len(pairs) == 1 else f"{len(pairs)} forward outputs"
+    del outputs, references, pairs
     passed = math.isfinite(errors["rel_rms"]) and errors["rel_rms"] <= tolerance
     name = getattr(workload.reference, "__qualname__", "reference")
-    checked = "forward output" if len(pairs) == 1 else f"{len(pairs)} forward outputs"
-    return {"reference": name, "checked": checked, **errors, "tolerance": tolerance, "passed": passed}
+    result = {"reference": name, "checked": checked, **errors, "tolerance": tolerance, "passed": passed}
+    if mode == "fwd+bwd":
+        if not passed:
+            result["gradients"] = "not checked (the forward output failed)"
+            return result
+        result.update(check_gradients(workload, GRADIENT_TOLERANCE_FACTOR * tolerance))
+        if result.get("grad_passed") is False:
+            result["passed"] = False
+        if result.get("grad_checked"):
+            result["checked"] += f" + {result['grad_checked']} gradient{'s' if result['grad_checked'] > 1 else ''}"
+    return result
+
+
+def gradient_leaves(workload: Workload) -> list[tuple[str, torch.Tensor]]:
+    """(name, tensor) of every input and parameter that requires grad: ``input <i>``, and the
+    parameter's name in ``workload.module`` when there is one, else ``parameter <i>``."""
+    names = {id(p): n for n, p in workload.module.named_parameters()} if workload.module is not None else {}
+    leaves = [(f"input {i}", t) for i, t in enumerate(workload.inputs) if t.requires_grad]
+    leaves += [(names.get(id(p), f"parameter {i}"), p) for i, p in enumerate(workload.parameters) if p.requires_grad]
+    return leaves
+
+
+def _reference_gradients(workload: Workload, tensors: tuple[torch.Tensor, ...],
+                         upstream: torch.Tensor) -> tuple[torch.Tensor | None, ...] | None:
+    """The reference's gradients of ``tensors`` for ``upstream`` (cast to the reference's dtype);
+    None when its output has no autograd path to them."""
+    with torch.enable_grad():
+        ref = first_output(workload.reference())
+        if not ref.requires_grad:
+            return None
+        return torch.autograd.grad(ref, tensors, upstream.to(ref.dtype), allow_unused=True)
+
+
+def check_gradients(workload: Workload, tolerance: float) -> dict[str, Any]:
+    """``fwd+bwd`` correctness: the gradients of every input and parameter that requires grad,
+    back-propagated by ``fn`` and by ``workload.reference`` from the fixed upstream gradient of
+    the timed step (:func:`upstream_gradient`), compared with :func:`compare`; the worst counts.
+
+    Returns flat keys (rows are flattened into tables): ``gradients`` (what happened),
+    ``grad_checked`` (how many), ``grad_rel_rms`` / ``grad_max_rel_err`` (the worst),
+    ``grad_worst`` (the tensor with the worst relative RMS), ``grad_tolerance``, ``grad_passed``
+    and ``grad_unchecked`` (tensors the reference gives no gradient for). A reference without
+    an autograd path, or whose backward runs out of memory, leaves ``grad_passed`` None: the
+    forward verdict stands and the case is still timed. ``.grad`` is None before and after.
+    """
+    leaves = gradient_leaves(workload)
+    if not leaves:
+        return {"gradients": "no input or parameter requires grad"}
+    names, tensors = zip(*leaves, strict=True)
+    out_of_memory = False
+    try:
+        for t in tensors:
+            t.grad = None
+        with torch.enable_grad():
+            out = first_output(workload.fn())
+            upstream = upstream_gradient(out)
+            ours = torch.autograd.grad(out, tensors, upstream, allow_unused=True)
+        del out
+        try:
+            theirs = _reference_gradients(workload, tensors, upstream)
+        except torch.cuda.OutOfMemoryError:  # a float32/float64 graph at a big shape can be far larger than the case's
+            out_of_memory, theirs = True, None
+    finally:
+        for t in tensors:
+            t.grad = None
+    if out_of_memory:  # outside the except clause: its traceback no longer holds the reference's graph
+        gc.collect()
+        if upstream.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return {"gradients": "skipped (reference backward out of memory)"}
+    if theirs is None or all(g is None for g in theirs):
+        return {"gradients": "reference not differentiable"}
+    checked, errors, unchecked = [], [], []
+    for name, mine, ref in zip(names, ours, theirs, strict=True):
+        if ref is None:
+            unchecked.append(name)
+            continue
+        # fn giving no gradient where the reference has one is a missing gradient: compared as zeros
+        errors.append(compare(torch.zeros_like(ref) if mine is None else mine, ref))
+        checked.append(name)
+    worst = _worst(errors)
+    by_rel_rms = [math.inf if math.isnan(e["rel_rms"]) else e["rel_rms"] for e in errors]
+    result = {"gradients": f"{len(checked)} checked", "grad_checked": len(checked), "grad_rel_rms": worst["rel_rms"],
+              "grad_max_rel_err": worst["max_rel_err"], "grad_worst": checked[by_rel_rms.index(max(by_rel_rms))],
+              "grad_tolerance": tolerance,
+              "grad_passed": math.isfinite(worst["rel_rms"]) and worst["rel_rms"] <= tolerance}
+    if unchecked:
+        result["grad_unchecked"] = ", ".join(unchecked)
+    return result
 
 
 # ---- one case --------------------------------------------------------------------------------
@@ -404,8 +513,8 @@ def measure_case(impl: Implementation, params: Params, dtype: str, device: torch
     ``run_dir`` (optional) receives the NVML time series (``nvml/<case_id><tag>.json``) and profiler
     traces (``traces/``); ``tag`` tells apart files of one case measured by several ranks.
     Status: ``unsupported`` when ``impl.unavailable`` gives a reason or the builder raises
-    NotImplementedError, ``failed-check`` when the output is off the reference
-    (never timed), ``oom`` on CUDA out-of-memory, ``error`` on any other exception.
+    NotImplementedError, ``failed-check`` when the output (in ``fwd+bwd`` also a gradient) is off
+    the reference (never timed), ``oom`` on CUDA out-of-memory, ``error`` on any other exception.
     """
     device = torch.device(device)
     values = params.subset(impl.params)
@@ -425,12 +534,13 @@ def measure_case(impl: Implementation, params: Params, dtype: str, device: torch
         workload = apply_test_slowdown(impl.name, impl.build(params, DTYPES[dtype], device, mode), level=impl.level)
         row.backend_detail = workload.backend_detail
         if check:
-            row.correctness = check_correctness(workload, dtype, impl.level, params.depth)
+            row.correctness = check_correctness(workload, dtype, impl.level, params.depth, mode)
             if row.correctness["passed"] is False:
                 row.status = "failed-check"
-                row.message = (f"relative RMS error {row.correctness['rel_rms']:.3g} exceeds tolerance "
-                               f"{row.correctness['tolerance']:.3g}; not timed")
+                row.message = _check_failure(row.correctness)
                 return row
+            if mode == "fwd+bwd":
+                _release(device)  # the gradient check's graphs: timing starts from a clean allocator
         step = make_step(workload, mode)
         sampler = NvmlSampler(_device_index(device)) if nvml else None
         if sampler is not None:
@@ -461,6 +571,14 @@ def measure_case(impl: Implementation, params: Params, dtype: str, device: torch
             row.message = f"{row.message}\nthe CUDA context is unusable after this case: {type(exc).__name__}: {exc}".strip()
             raise DeviceLostError(row) from exc
     return row
+
+
+def _check_failure(check: dict[str, Any]) -> str:
+    """The message of a ``failed-check`` row: which check failed, by how much."""
+    if check.get("grad_passed") is False:
+        return (f"gradient of {check['grad_worst']}: relative RMS error {check['grad_rel_rms']:.3g} exceeds tolerance "
+                f"{check['grad_tolerance']:.3g} (forward output within {check['tolerance']:.3g}); not timed")
+    return f"relative RMS error {check['rel_rms']:.3g} exceeds tolerance {check['tolerance']:.3g}; not timed"
 
 
 class DeviceLostError(RuntimeError):

@@ -78,8 +78,8 @@ def build_sublayer(variant: str, params: Params, dtype: torch.dtype, device: tor
     flops = mixer_flops(variant, params)
     tensor_bytes = float(q.numel() * q.element_size())
 
-    def reference() -> torch.Tensor:
-        return ref.fn(q.detach(), k.detach(), v.detach(), grid)
+    def reference() -> torch.Tensor:  # not detached: the harness differentiates it in fwd+bwd mode
+        return ref.fn(q, k, v, grid)
 
     return Workload(
         fn=lambda: attn.fn(q, k, v, grid),

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.checkpoint import checkpoint
 
 try:  # FlashAttention-3 (Hopper build of the flash-attn repository)
     import flash_attn_interface
@@ -92,29 +93,42 @@ def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.T
     return torch.matmul(probs, v)
 
 
+def _attend_chunk(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale) v for one chunk, in the dtype of its arguments."""
+    return torch.matmul(torch.softmax(torch.matmul(q * scale, k.transpose(-2, -1)), dim=-1), v)
+
+
 def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dtype: torch.dtype | None = None,
                         max_scores: int = 1 << 28) -> torch.Tensor:
     """Math attention in ``dtype`` (default float64 on CPU or for float64 inputs, else float32), chunked over
     (batch x head) slices and query rows so that at most ``max_scores`` scores exist at once:
     the reference of a 2K-resolution case must not run out of memory where FlashAttention fits.
-    Returns ``dtype``; no autograd (a reference is evaluated, not differentiated)."""
+    Returns ``dtype``. Differentiable when grad is enabled and an input requires it (the harness's
+    gradient check): each chunk is checkpointed, so the graph keeps the chunk's inputs and the
+    backward recomputes its scores, still at most ``max_scores`` at once."""
     check_qkv(q, k, v)
     if dtype is None:
         dtype = torch.float64 if q.device.type == "cpu" or q.dtype == torch.float64 else torch.float32
     b, h, n, d = q.shape
-    qs, ks, vs = (t.detach().reshape(b * h, n, d) for t in (q, k, v))
-    out = torch.empty(b * h, n, d, device=q.device, dtype=dtype)
+    differentiable = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+    qs, ks, vs = (t.reshape(b * h, n, d) for t in (q, k, v))
+    out = None if differentiable else torch.empty(b * h, n, d, device=q.device, dtype=dtype)
     rows = max(1, min(n, max_scores // n))  # query rows per slice that fit in the budget
     slices = max(1, max_scores // (rows * n))  # (batch x head) slices per chunk
     scale = 1.0 / math.sqrt(d)
-    with torch.no_grad():
-        for s0 in range(0, b * h, slices):
-            kc = ks[s0:s0 + slices].to(dtype)
-            vc = vs[s0:s0 + slices].to(dtype)
-            for r0 in range(0, n, rows):
-                qc = qs[s0:s0 + slices, r0:r0 + rows].to(dtype) * scale
-                probs = torch.softmax(torch.matmul(qc, kc.transpose(-2, -1)), dim=-1)
-                out[s0:s0 + slices, r0:r0 + rows] = torch.matmul(probs, vc)
+    pieces = []  # differentiable: the chunks, concatenated at the end (cat's backward only slices)
+    for s0 in range(0, b * h, slices):
+        kc = ks[s0:s0 + slices].to(dtype)
+        vc = vs[s0:s0 + slices].to(dtype)
+        for r0 in range(0, n, rows):
+            qc = qs[s0:s0 + slices, r0:r0 + rows].to(dtype)
+            if differentiable:
+                pieces.append(checkpoint(_attend_chunk, qc, kc, vc, scale, use_reentrant=False))
+            else:
+                out[s0:s0 + slices, r0:r0 + rows] = _attend_chunk(qc, kc, vc, scale)
+    if differentiable:
+        per_slice = -(-n // rows)  # query-row chunks per (batch x head) chunk
+        out = torch.cat([torch.cat(pieces[i:i + per_slice], dim=1) for i in range(0, len(pieces), per_slice)], dim=0)
     return out.reshape(b, h, n, d)
 
 

@@ -68,9 +68,9 @@ def _views(head: torch.Tensor):
 def build_scan(params: Params, dtype: torch.dtype, device: torch.device, mode: str) -> Workload:
     x, head = _scan_inputs(params, dtype, device, mode)
 
-    def reference() -> torch.Tensor:
-        lam, u, gates = _views(head.detach().float())
-        return cgspn_scan_reference(x.detach().float(), lam, u, gates)
+    def reference() -> torch.Tensor:  # not detached: the harness differentiates it in fwd+bwd mode
+        lam, u, gates = _views(head.float())
+        return cgspn_scan_reference(x.float(), lam, u, gates)
 
     element = torch.finfo(dtype).bits // 8
     return Workload(
@@ -123,8 +123,9 @@ def _gate_workload(params: Params, dtype: torch.dtype, device: torch.device, mod
         gates.requires_grad_(True)
     element = torch.finfo(dtype).bits // 8
 
-    def reference():
-        return normalize_gates_eager_both(gates.detach().to(torch.float64 if dtype == torch.float64 else torch.float32))
+    def reference():  # what fn returns (one output through _BothAxes in fwd+bwd); not detached: differentiated in fwd+bwd
+        both = normalize_gates_eager_both(gates.to(torch.float64 if dtype == torch.float64 else torch.float32))
+        return _BothAxes.apply(*both) if mode == "fwd+bwd" else both
 
     return Workload(
         fn=(lambda: _BothAxes.apply(*fn(gates))) if mode == "fwd+bwd" else (lambda: fn(gates)),

@@ -125,9 +125,8 @@ def build_sublayer(scan: str, params: Params, dtype: torch.dtype, device: torch.
 
     reference = None
     if stacked_elements(params, C) <= REFERENCE_LIMIT:
-        def reference() -> torch.Tensor:
-            with torch.no_grad():
-                return run(*(t.detach().float() for t in inputs), which="reference")
+        def reference() -> torch.Tensor:  # not detached: the harness differentiates it in fwd+bwd mode
+            return run(*(t.float() for t in inputs), which="reference")
 
     elem = x.element_size()
     io = (1 + 4 + 4 + 12 + 1) * B * C * H * W  # read x, lambda, u, gates; write y

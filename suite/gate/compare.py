@@ -219,7 +219,8 @@ def judge_case(base: Row | None, cur: Row | None, threshold: float, rule: Decisi
         return result
     if failed_check(cur):
         corr = cur.correctness or {}
-        detail = ", ".join(f"{k}={corr[k]}" for k in ("rel_rms", "max_rel_err", "tolerance") if k in corr)
+        detail = ", ".join(f"{k}={corr[k]}" for k in ("rel_rms", "max_rel_err", "tolerance", "grad_worst", "grad_rel_rms",
+                                                       "grad_tolerance") if k in corr)
         result.verdict, result.reason = "failed-check", f"correctness check failed ({detail or cur.message})"
         return result
     if cur.status != "ok":

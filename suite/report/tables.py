@@ -375,31 +375,40 @@ def nvml_table(run: Run) -> Table:
 
 
 def correctness_table(run: Run) -> Table:
-    """Per implementation, level, mode and dtype: checks passed/failed, worst error, tolerance."""
+    """Per implementation, level, mode and dtype: checks passed/failed, worst error, tolerance; for
+    fwd+bwd also the worst gradient error, its tolerance and what the gradient check did."""
     groups: dict[tuple, dict[str, Any]] = {}
     for row in run.rows:
         key = (row.implementation, row.level, row.mode, row.dtype)
         g = groups.setdefault(key, {"implementation": key[0], "level": key[1], "mode": key[2], "dtype": key[3],
                                     "checked": 0, "passed": 0, "failed": 0, "not_checked": 0,
-                                    "worst_rel_rms": None, "worst_max_rel_err": None, "tolerance": None, "reference": ""})
+                                    "worst_rel_rms": None, "worst_max_rel_err": None, "tolerance": None, "reference": "",
+                                    "worst_grad_rel_rms": None, "grad_tolerance": None, "gradients": ""})
         check = row.correctness
         if not check or check.get("passed") is None:
             g["not_checked"] += 1
             continue
         g["checked"] += 1
         g["passed" if check["passed"] else "failed"] += 1
-        for src, dst in (("rel_rms", "worst_rel_rms"), ("max_rel_err", "worst_max_rel_err")):
+        for src, dst in (("rel_rms", "worst_rel_rms"), ("max_rel_err", "worst_max_rel_err"),
+                         ("grad_rel_rms", "worst_grad_rel_rms")):
             value = _nan_to_none(check.get(src))
             if value is not None:
                 g[dst] = value if g[dst] is None else max(g[dst], value)
             elif src in check:  # NaN error: the check failed on NaN
                 g[dst] = float("nan")
         g["tolerance"] = check.get("tolerance", g["tolerance"])
+        g["grad_tolerance"] = check.get("grad_tolerance", g["grad_tolerance"])
+        note = check.get("gradients")  # e.g. "4 checked", "reference not differentiable"; distinct notes joined
+        if note and note not in g["gradients"].split("; "):
+            g["gradients"] = f"{g['gradients']}; {note}" if g["gradients"] else note
         g["reference"] = g["reference"] or str(check.get("reference", ""))
     frame = pd.DataFrame(list(groups.values()))
     flagged = [g["failed"] > 0 for g in groups.values()]
     caption = ("Correctness checks run before timing: relative RMS error against the reference implementation "
-               "(higher precision), compared with the dtype's tolerance. A failed case is reported as failed, not timed.")
+               "(higher precision), compared with the dtype's tolerance. fwd+bwd cases also compare the gradient of every "
+               "input and parameter for one fixed upstream gradient (worst_grad_rel_rms, tolerance 2x the forward's). "
+               "A failed case is reported as failed, not timed.")
     return Table("correctness", "Correctness", frame, caption, flagged)
 
 
