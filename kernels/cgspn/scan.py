@@ -611,6 +611,7 @@ def _strided(o_n, o_c, HW, W, s_b, s_h, s_w):
 @triton.jit
 def _direction_sum(p, s_d, mask):
     """fp32 sum of the four per-direction tiles at p, p + s_d, p + 2 s_d, p + 3 s_d."""
+    s_d = s_d.to(tl.int64)  # 3 s_d passes 2^31 for the gate-gradient buffer at B=32, 147x147, C=384
     total = tl.load(p, mask=mask, other=0).to(tl.float32)
     total += tl.load(p + s_d, mask=mask, other=0).to(tl.float32)
     total += tl.load(p + 2 * s_d, mask=mask, other=0).to(tl.float32)
