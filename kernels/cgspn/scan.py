@@ -14,31 +14,28 @@ channels of fp32 state in registers, stepping L times. The neighbour terms h[p-1
 register shifts: ``SHIFT=0`` uses ``tl.gather`` (Triton >= 3.2) and ``SHIFT=1`` a round trip
 through a per-program fp32 scratch tile with ``tl.debug_barrier``; the GPU bench compares them.
 
-The sublayer (``cgspn_scan``) runs two launches of the *pair* kernel: one program runs both
-directions of an axis at once (rows s and L-1-s at step s: two independent recurrences for ILP,
-one gate-normalization rule). The first row an axis visits stores its h to an fp32 accumulator,
-the second visit adds and stores; the vertical launch leaves h_tb + h_bt there, the horizontal
-launch adds h_lr + h_rl and, on each row's last visit, writes ``y = u * total`` in the output
-dtype. Gate normalization is recomputed from the raw gates in every visit (sigmoid in registers:
-no normalized-gate tensor in memory). Traffic per (b, pixel, channel), in elements of the input
-dtype (fp32 accumulator = 2 for bf16): reads 4 x 5 (x, lam, 3 gates per direction) + u, writes y,
-plus 3 fp32 accumulator accesses per axis, i.e. ~34 vs the ideal 7 for bf16 (<= ~21% of copy
-bandwidth in ideal-byte terms); NOTES.md says why a global four-direction scan with row programs
-cannot read its inputs only once.
-
-The default ``quad`` design (one launch for the four directions, grid axis 2 = direction, so 4x the
-programs of a pair launch) loads row t+1's inputs before it computes row t (software pipelining),
-stores each direction's h in the input dtype and lets a combine kernel write ``y = u * sum h``:
-~60 B per (b, pixel, channel) in bf16, no accumulator ordering; its backward runs the four adjoints
-in one launch with prefetched loads and plain per-direction stores (NOTES.md, "Round 2").
+The sublayer (``cgspn_scan``) uses the *quad* design by default: one launch for the four directions
+(grid axis 2 = direction: 4x the programs of an axis-pair launch), each program loading the inputs
+of row t + DEPTH (1 or 2, autotuned) before it computes row t (software pipelining), storing its
+direction's h in the input dtype; a combine kernel writes ``y = u * sum_d h_d`` (fp32 sum). Gate
+normalization is recomputed from the raw gates in registers at every visit (no normalized-gate
+tensor in memory). Traffic per (b, pixel, channel) in bf16: 4 x 10 B of inputs, 4 x 2 B of h, 12 B
+for the combine: ~60 B vs the ideal 14 B (7 elements); NOTES.md says why a global four-direction
+scan with row programs cannot read its inputs only once. Indexing: program, batch and direction
+indices and row bases are int64 scalars; the [BP, BC] tile offsets inside one row are int32 (half
+the registers of int64 pointer tiles) unless the host finds a row extent past 2^31 (``WIDE``).
+The older designs stay selectable for the bench: ``pairs-*`` (one launch per axis, both directions
+per program, an fp32 accumulator ordered by one barrier) and ``directions-*`` (four single-direction
+launches, merged in PyTorch).
 
 Backward. The adjoint of one direction is the same recurrence run in reverse with transposed
 gates: a[s] = dh[s] + l'[p+1] a'[p+1] + m'[p] a'[p] + r'[p-1] a'[p-1] (primes: the next row in scan
 order). Gate gradients need the forward state of the previous row, so the forward **stores h**
 of each direction (input dtype) when a gradient is required, instead of recomputing it: recompute
 would need a checkpoint-and-replay pass per direction, stored h costs one write + one read per
-direction. The sublayer backward runs the single-direction backward kernel four times, summing
-dx, dlam and the raw-gate gradients (through the normalization, per axis) in fp32 buffers.
+direction. The quad backward is three launches: a prologue (dh = dy * u, du = dy * sum_d h_d),
+the four adjoints in one launch (per-direction adjoint and raw-gate gradient, plain stores), and an
+epilogue (dx = lam * sum_d a_d, dlam = x * sum_d a_d, dgates = sum_d dgates_d), every sum in fp32.
 """
 
 from __future__ import annotations
