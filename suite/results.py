@@ -57,7 +57,8 @@ class Row:
     gbps: float | None = None
     bw_fraction: float | None = None  # of the measured device copy bandwidth
     peak_mem_bytes: int | None = None
-    correctness: dict[str, Any] | None = None  # reference, max_rel_err, rel_rms, tolerance, passed
+    # reference, rel_rms, max_rel_err, tolerance, passed; fwd+bwd adds gradients, grad_rel_rms, grad_worst, grad_passed
+    correctness: dict[str, Any] | None = None
     nvml: dict[str, Any] | None = None  # summary of the NVML samples during the measurement
     backend_detail: str = ""
     profile: dict[str, Any] | None = None  # per-kernel table, categories, occupancy (profiling)
