@@ -24,6 +24,16 @@ from kernels.cgspn.triton_support import check_runnable, configs, runnable
 __all__ = ["normalize_gates", "normalize_gates_eager", "normalize_gates_fused", "normalize_gates_eager_both"]
 
 
+@triton.jit
+def _store_normalized(p_out, C, b_l, b_m, b_r, has_l, has_r, mask):
+    """Eq. 2 for one axis from the sigmoids: (l, m, r) / max(m + [has l] l + [has r] r, eps), stored
+    at p_out, p_out + C, p_out + 2 C in the output's dtype."""
+    inv = 1.0 / tl.maximum(b_m + tl.where(has_l, b_l, 0.0) + tl.where(has_r, b_r, 0.0), 1e-7)
+    tl.store(p_out, (b_l * inv).to(p_out.dtype.element_ty), mask=mask)
+    tl.store(p_out + C, (b_m * inv).to(p_out.dtype.element_ty), mask=mask)
+    tl.store(p_out + 2 * C, (b_r * inv).to(p_out.dtype.element_ty), mask=mask)
+
+
 @triton.autotune(
     configs=configs(
         [triton.Config({"BN": bn, "BC": bc}, num_warps=w) for bn, bc, w in [(64, 32, 4), (128, 32, 4), (32, 64, 4), (64, 64, 8)]],
@@ -54,17 +64,9 @@ def _normalize_gates_kernel(
     b_r = tl.sigmoid(tl.load(p_g + 2 * s_gk, mask=mask, other=0).to(tl.float32))
     o_out = (o_n * 3 * C)[:, None] + o_c[None, :]
     if VERTICAL:
-        d = b_m + tl.where((j > 0)[:, None], b_l, 0.0) + tl.where((j < W - 1)[:, None], b_r, 0.0)
-        inv = 1.0 / tl.maximum(d, 1e-7)
-        tl.store(out_v + o_out, (b_l * inv).to(out_v.dtype.element_ty), mask=mask)
-        tl.store(out_v + o_out + C, (b_m * inv).to(out_v.dtype.element_ty), mask=mask)
-        tl.store(out_v + o_out + 2 * C, (b_r * inv).to(out_v.dtype.element_ty), mask=mask)
+        _store_normalized(out_v + o_out, C, b_l, b_m, b_r, (j > 0)[:, None], (j < W - 1)[:, None], mask)
     if HORIZONTAL:
-        d = b_m + tl.where((i > 0)[:, None], b_l, 0.0) + tl.where((i < H - 1)[:, None], b_r, 0.0)
-        inv = 1.0 / tl.maximum(d, 1e-7)
-        tl.store(out_h + o_out, (b_l * inv).to(out_h.dtype.element_ty), mask=mask)
-        tl.store(out_h + o_out + C, (b_m * inv).to(out_h.dtype.element_ty), mask=mask)
-        tl.store(out_h + o_out + 2 * C, (b_r * inv).to(out_h.dtype.element_ty), mask=mask)
+        _store_normalized(out_h + o_out, C, b_l, b_m, b_r, (i > 0)[:, None], (i < H - 1)[:, None], mask)
 
 
 def _check_gates(gates: torch.Tensor) -> None:

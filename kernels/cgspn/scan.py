@@ -173,6 +173,24 @@ def _step(b_h, p_x, p_lam, p_g, s_gk, o_p, P, mask, p_scratch,
     return b_l * left + b_m * b_h + b_r * right + b_lam * b_x
 
 
+@triton.jit
+def _raw_gate_grads(d_l, d_m, d_r, w_l, w_m, w_r, sg_l, sg_m, sg_r, inv, d, has_l, has_r):
+    """Gradients of the raw gate logits from those of the normalized weights (l, m, r), through Eq. 2.
+
+    With D = m + [p>0] l + [p<P-1] r (sigmoids s_k) and inv = 1/max(D, eps):
+    d sigma_k = inv (dg_k - [k counted] [D > eps] sum_j dg_j w_j), d raw_k = d sigma_k s_k (1 - s_k).
+    """
+    live = d > 1e-7  # below the clamp D is constant
+    dot = tl.where(live, d_l * w_l + d_m * w_m + d_r * w_r, 0.0)
+    # m is always counted; d_m - dot is written with 1 - w_m = (l + r counted) / D so that it is
+    # exactly 0 when m is alone (P = 1), where the normalized m is identically 1
+    rest_m = (tl.where(has_l, sg_l, 0.0) + tl.where(has_r, sg_r, 0.0)) * inv
+    d_m_net = tl.where(live, d_m * rest_m - d_l * w_l - d_r * w_r, d_m)
+    return ((d_l - tl.where(has_l, dot, 0.0)) * inv * sg_l * (1.0 - sg_l),
+            d_m_net * inv * sg_m * (1.0 - sg_m),
+            (d_r - tl.where(has_r, dot, 0.0)) * inv * sg_r * (1.0 - sg_r))
+
+
 # ---------------------------------------------------------------------------------------------
 # kernels
 # ---------------------------------------------------------------------------------------------
@@ -361,15 +379,7 @@ def _propagate_bwd_kernel(
             d = sg_m + tl.where(has_l, sg_l, 0.0) + tl.where(has_r, sg_r, 0.0)
             inv = 1.0 / tl.maximum(d, 1e-7)
             n_l, n_m, n_r = tl.where(mask, sg_l * inv, 0.0), tl.where(mask, sg_m * inv, 0.0), tl.where(mask, sg_r * inv, 0.0)
-            live = d > 1e-7  # below the clamp D is constant
-            dot = tl.where(live, d_l * n_l + d_m * n_m + d_r * n_r, 0.0)
-            # m is always counted; d_m - dot is written with 1 - n_m = (l + r counted) / D so that it
-            # is exactly 0 when m is alone (P = 1), where the normalized m is identically 1
-            rest_m = (tl.where(has_l, sg_l, 0.0) + tl.where(has_r, sg_r, 0.0)) * inv
-            d_m_net = tl.where(live, d_m * rest_m - d_l * n_l - d_r * n_r, d_m)
-            d_l = (d_l - tl.where(has_l, dot, 0.0)) * inv * sg_l * (1.0 - sg_l)
-            d_m = d_m_net * inv * sg_m * (1.0 - sg_m)
-            d_r = (d_r - tl.where(has_r, dot, 0.0)) * inv * sg_r * (1.0 - sg_r)
+            d_l, d_m, d_r = _raw_gate_grads(d_l, d_m, d_r, n_l, n_m, n_r, sg_l, sg_m, sg_r, inv, d, has_l, has_r)
         else:
             n_l, n_m, n_r = r_l, r_m, r_r
         _accumulate(p_dg, d_l, mask, ACCUMULATE)
@@ -575,14 +585,7 @@ def _scan_quad_bwd_kernel(
         tl.store(a_base + row * s_as + o_a, b_a.to(adj.dtype.element_ty), mask=mask)
         d_l, d_m, d_r = b_a * c_hl.to(tl.float32), b_a * c_hm.to(tl.float32), b_a * c_hr.to(tl.float32)
         n_wl, n_wm, n_wr, sg_l, sg_m, sg_r, inv, d = _normalized(c_l, c_m, c_r, has_l, has_r, mask)
-        live = d > 1e-7  # below the clamp D is constant
-        dot = tl.where(live, d_l * n_wl + d_m * n_wm + d_r * n_wr, 0.0)
-        # written with 1 - m' = (l + r counted) / D so that it is exactly 0 when m is alone (P = 1)
-        rest_m = (tl.where(has_l, sg_l, 0.0) + tl.where(has_r, sg_r, 0.0)) * inv
-        d_m_net = tl.where(live, d_m * rest_m - d_l * n_wl - d_r * n_wr, d_m)
-        d_l = (d_l - tl.where(has_l, dot, 0.0)) * inv * sg_l * (1.0 - sg_l)
-        d_m = d_m_net * inv * sg_m * (1.0 - sg_m)
-        d_r = (d_r - tl.where(has_r, dot, 0.0)) * inv * sg_r * (1.0 - sg_r)
+        d_l, d_m, d_r = _raw_gate_grads(d_l, d_m, d_r, n_wl, n_wm, n_wr, sg_l, sg_m, sg_r, inv, d, has_l, has_r)
         p_q = q_base + row * s_qs + o_q
         tl.store(p_q, d_l.to(dgs.dtype.element_ty), mask=mask)
         tl.store(p_q + s_qk, d_m.to(dgs.dtype.element_ty), mask=mask)
