@@ -41,18 +41,22 @@ def compile_all(arch: int = 90) -> list[dict]:
     from kernels.cgspn import gate_norm, scan
 
     target = GPUTarget("cuda", arch, 32)
+    SIZES = ("L", "P", "C", "N", "H", "W", "HW")  # extents: not specialized (any value)
 
     def build(kernel, constexprs: dict, pointers: dict, num_warps: int) -> dict:
         fn = kernel.fn if hasattr(kernel, "configs") else kernel  # under @triton.autotune, or plain
-        signature = {}
-        for name in fn.arg_names:
+        signature, attrs = {}, {}
+        for i, name in enumerate(fn.arg_names):
             if name in constexprs:
                 signature[name] = "constexpr"
-            elif name.startswith("s_") or name in ("L", "P", "C", "N", "H", "W", "HW"):
-                signature[name] = "i32"
-            else:
-                signature[name] = pointers.get(name, "*fp32")
-        source = ASTSource(fn, signature, constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()})
+                continue
+            signature[name] = "i32" if name.startswith("s_") or name in SIZES else pointers.get(name, "*fp32")
+            if name not in SIZES:
+                # what the JIT tells the compiler at run time for 16-aligned pointers and strides
+                # (C multiple of 16): without it loads are not vectorized and registers double
+                attrs[(i,)] = [["tt.divisibility", 16]]
+        source = ASTSource(fn, signature, constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()},
+                           attrs=attrs)
         compiled = triton.compile(source, target=target, options={"num_warps": num_warps})
         return {"kernel": fn.__name__, "constexprs": constexprs, "num_warps": num_warps,
                 "spills": ".local" in compiled.asm["ptx"], **resource_usage(compiled.asm.get("cubin", b""))}

@@ -45,7 +45,7 @@ import triton
 import triton.language as tl
 
 from kernels.cgspn.reference import AXIS_OF, check_direction
-from kernels.cgspn.triton_support import INTERPRET, check_runnable, configs
+from kernels.cgspn.triton_support import INTERPRET, check_runnable, configs, fast_rcp
 
 __all__ = ["cgspn_scan", "propagate", "SCAN_VARIANTS"]
 
@@ -124,11 +124,12 @@ def _shift(b_h, o_p, P, p_scratch, DELTA: tl.constexpr, SHIFT: tl.constexpr, BP:
     valid = (idx >= 0) & (idx < P)
     if SHIFT == 0:
         idx = tl.where(valid, idx, 0)
-        shifted = tl.gather(b_h, tl.broadcast_to(idx[:, None], (BP, BC)).to(tl.int32), 0)
+        shifted = tl.where(valid[:, None], tl.gather(b_h, tl.broadcast_to(idx[:, None], (BP, BC)).to(tl.int32), 0), 0.0)
     else:
-        # the caller stored b_h at p_scratch and put a barrier after the store
+        # the caller stored b_h at p_scratch and put a barrier after the store; the masked load
+        # gives the 0 outside [0, P) itself (a select after it cost two instructions per element)
         shifted = tl.load(p_scratch + idx[:, None] * BC + tl.arange(0, BC)[None, :], mask=valid[:, None], other=0.0)
-    return tl.where(valid[:, None], shifted, 0.0)
+    return shifted
 
 
 @triton.jit
@@ -452,15 +453,16 @@ def _load_raw_gates(p_g, s_gk, mask):
 
 @triton.jit
 def _normalized(r_l, r_m, r_r, has_l, has_r, mask):
-    """Eq. 2 in registers from raw logits: sigmoids via exp2, one reciprocal for the three weights.
+    """Eq. 2 in registers from raw logits: sigmoids via exp2, one reciprocal for the three weights,
+    every reciprocal the approximate one (``fast_rcp``).
 
     Returns (l, m, r, sigmoids, inv, D) so the backward can reuse the pieces."""
     LOG2E: tl.constexpr = 1.4426950408889634
-    s_l = 1.0 / (1.0 + tl.exp2(-LOG2E * r_l.to(tl.float32)))
-    s_m = 1.0 / (1.0 + tl.exp2(-LOG2E * r_m.to(tl.float32)))
-    s_r = 1.0 / (1.0 + tl.exp2(-LOG2E * r_r.to(tl.float32)))
+    s_l = fast_rcp(1.0 + tl.exp2(-LOG2E * r_l.to(tl.float32)))
+    s_m = fast_rcp(1.0 + tl.exp2(-LOG2E * r_m.to(tl.float32)))
+    s_r = fast_rcp(1.0 + tl.exp2(-LOG2E * r_r.to(tl.float32)))
     d = s_m + tl.where(has_l, s_l, 0.0) + tl.where(has_r, s_r, 0.0)
-    inv = tl.where(mask, 1.0 / tl.maximum(d, 1e-7), 0.0)  # padded lanes: zero weights keep the padded state 0
+    inv = tl.where(mask, fast_rcp(tl.maximum(d, 1e-7)), 0.0)  # padded lanes: zero weights keep the padded state 0
     return s_l * inv, s_m * inv, s_r * inv, s_l, s_m, s_r, inv, d
 
 

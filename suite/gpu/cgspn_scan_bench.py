@@ -13,7 +13,9 @@ Run on an H100/H200 from the repository root::
    in priority order while ``--budget-s`` (the whole run's wall clock, tests included) lasts;
    a case starts only if the slowest case so far still fits, the rest is listed as skipped:
    every variant of :data:`SCAN_VARIANTS` (quad/pairs/directions x gather/scratch) at C_c=64,
-   grids 147/74, bf16, fwd then fwd+bwd (with the autotuned configs of each kernel);
+   grids 147/74, bf16, fwd then fwd+bwd (with the autotuned configs of each kernel); the default
+   variant at grids 27/74/147 again as CUDA-graph replays (group ``cuda-graph``: the gap to the
+   eager row is host time -- Python launches, allocations, autograd -- not kernel time);
    gate normalization eager vs fused; normalization folded into the scan (four ``propagate``
    launches with raw gates vs with pre-normalized gates, and vs fused-normalize-then-scan);
    then the full sweep of the default variant: C_c in {32, 64, 96, 384} x grids {27, 37, 54, 74,
@@ -35,7 +37,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -174,6 +176,7 @@ def cases(tiny: bool) -> list[Case]:
     batch = 2 if tiny else 32
     grids = [5, 7] if tiny else [27, 37, 54, 74, 108, 147]
     key_grids = [7] if tiny else [147, 74]
+    graph_grids = [7] if tiny else [27, 74, 147]
     widths = [3, 16] if tiny else [32, 64, 96, 384]
     c64 = 16 if tiny else 64
     out: list[Case] = []
@@ -181,6 +184,11 @@ def cases(tiny: bool) -> list[Case]:
         for grid in key_grids:
             for variant in SCAN_VARIANTS:
                 out.append(Case("variants", variant, mode, "bfloat16", Shape(batch, grid, c64), build_scan(variant)))
+        # the same default-variant cases timed as CUDA-graph replays: the gap to the eager row is the
+        # host side (Python launches, allocations, autograd), which dominates small grids
+        for grid in graph_grids:
+            out.append(Case("cuda-graph", DEFAULT_VARIANT, mode, "bfloat16", Shape(batch, grid, c64), build_scan(DEFAULT_VARIANT),
+                            extra={"cuda_graph": True}))
         if mode == "fwd":
             for grid in key_grids[:1]:
                 for dtype in DTYPES:
@@ -213,7 +221,9 @@ def time_case(case: Case, device: str, copy_gbps: float | None) -> dict:
             torch.cuda.synchronize()
         row["first_call_s"] = round(time.perf_counter() - start, 2)
         row["configs"] = tuned_configs()
-        timing = measure(step, device, TIMING, bytes_ideal=workload.bytes_for(case.mode))
+        settings = replace(TIMING, cuda_graph=True) if case.extra.get("cuda_graph") else TIMING
+        timing = measure(step, device, settings, bytes_ideal=workload.bytes_for(case.mode))
+        row["timer"] = timing.timer + (f" ({timing.message})" if timing.message else "")
         ideal = workload.bytes_for(case.mode)
         row.update(status="ok", median_ms=timing.median_ms, iqr_ms=timing.iqr_ms, min_ms=timing.min_ms, n=timing.n,
                    outliers=timing.outliers, l2_flush=timing.l2_flush, peak_mem_bytes=timing.peak_mem_bytes,
@@ -237,7 +247,8 @@ def tuned_configs() -> dict[str, str]:
     for name in AUTOTUNED:
         best = getattr(getattr(scan, name), "best_config", None)
         if best is not None:
-            out[name] = f"BC={best.kwargs.get('BC')} warps={best.num_warps}"
+            depth = f" DEPTH={best.kwargs['DEPTH']}" if "DEPTH" in best.kwargs else ""
+            out[name] = f"BC={best.kwargs.get('BC')}{depth} warps={best.num_warps}"
     return out
 
 
@@ -257,6 +268,10 @@ def summarize(rows: list[dict]) -> list[list[str]]:
         if r.get("status") == "ok" and r["mode"] == "fwd" and r["name"] == DEFAULT_VARIANT and r["channels"] == 64 \
                 and r["grid"] in ORIGINAL_GSPN_MS and r["dtype"] == "bfloat16":
             note = f"vs original GSPN kernel (H200, DESIGN.md) {ORIGINAL_GSPN_MS[r['grid']] / r['median_ms']:.0f}x"
+        if r.get("status") == "ok" and r["group"] == "cuda-graph":
+            eager = ok.get(("variants", r["name"], r["mode"], r["dtype"], r["grid"], r["channels"])) or \
+                ok.get(("sweep", r["name"], r["mode"], r["dtype"], r["grid"], r["channels"]))
+            note = (note + "; " if note else "") + (f"eager {eager['median_ms']:.4f} ms" if eager else "")
         if r.get("status") == "ok" and r["group"] == "gate-norm" and r["name"] == "fused":
             eager = ok.get(("gate-norm", "eager", "fwd", r["dtype"], r["grid"], r["channels"]))
             note = f"fused speedup {eager['median_ms'] / r['median_ms']:.2f}x" if eager else ""
@@ -333,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     report["table"] = summarize(rows)
     (args.out / "cgspn_scan_bench.json").write_text(json.dumps(report, indent=1, default=str))
     with open(args.out / "cgspn_scan_bench.csv", "w", newline="") as f:
-        fields = ["group", "name", "mode", "dtype", "batch", "grid", "channels", "status", "median_ms", "iqr_ms", "min_ms", "n",
+        fields = ["group", "name", "mode", "dtype", "batch", "grid", "channels", "status", "median_ms", "iqr_ms", "min_ms", "n", "timer",
                   "bytes_ideal", "ideal_gbps", "bw_fraction", "first_call_s", "message"]
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
