@@ -348,8 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     report["table"] = summarize(rows)
     (args.out / "cgspn_scan_bench.json").write_text(json.dumps(report, indent=1, default=str))
     with open(args.out / "cgspn_scan_bench.csv", "w", newline="") as f:
-        fields = ["group", "name", "mode", "dtype", "batch", "grid", "channels", "status", "median_ms", "iqr_ms", "min_ms", "n", "timer",
-                  "bytes_ideal", "ideal_gbps", "bw_fraction", "first_call_s", "message"]
+        fields = ["group", "name", "mode", "dtype", "batch", "grid", "channels", "status", "median_ms", "iqr_ms", "min_ms", "n",
+                  "timer", "bytes_ideal", "ideal_gbps", "bw_fraction", "first_call_s", "message"]
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
