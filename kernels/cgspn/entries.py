@@ -1,8 +1,9 @@
 """Registry entries of the C-GSPN propagation at sublayer level (family ``cgspn``).
 
-- ``cgspn-scan``: the fused four-direction Triton scan (:func:`kernels.cgspn.cgspn_scan`), inputs
-  laid out as the C-GSPN layer produces them: u, lam and the 3 raw gates are views of one head
-  output ``(B, H, W, 5, C_c)``, x is the latent grid;
+- ``cgspn-scan``: the fused four-direction Triton scan on the inputs as the C-GSPN layer produces
+  and passes them (:func:`kernels.cgspn.cgspn_scan_head`): u, lam and the 3 raw gates in one head
+  output ``(B, H, W, 5, C_c)`` (read through strided views, its gradient written as one tensor),
+  x the latent grid;
 - ``cgspn-scan-reference``: the PyTorch reference on the same inputs (its own ground truth);
 - ``cgspn-gate-norm-eager`` / ``cgspn-gate-norm-fused``: Eq. 2 for both scan axes from one raw
   gate tensor (paper Sec. 4.1: fused normalization vs PyTorch).
@@ -20,7 +21,7 @@ import torch
 
 from kernels.cgspn.gate_norm import normalize_gates_eager_both, normalize_gates_fused
 from kernels.cgspn.reference import cgspn_scan_reference
-from kernels.cgspn.scan import DEFAULT_VARIANT, cgspn_scan
+from kernels.cgspn.scan import DEFAULT_VARIANT, cgspn_scan_head, head_views
 from kernels.cgspn.triton_support import runnable
 from kernels.params import ParamError, Params
 from kernels.registry import GRID_PARAMS, Workload, register
@@ -58,9 +59,6 @@ def _scan_inputs(params: Params, dtype: torch.dtype, device: torch.device, mode:
     return x, head
 
 
-def _views(head: torch.Tensor):
-    """(lam, u, gates) as strided views of the head output, as the C-GSPN layer passes them."""
-    return head[..., 1, :], head[..., 0, :], head[..., 2:5, :]
 
 
 @register("cgspn-scan", family="cgspn", level="sublayer", params=SUBLAYER_PARAMS, requires=_requires(True),
@@ -69,12 +67,12 @@ def build_scan(params: Params, dtype: torch.dtype, device: torch.device, mode: s
     x, head = _scan_inputs(params, dtype, device, mode)
 
     def reference() -> torch.Tensor:  # not detached: the harness differentiates it in fwd+bwd mode
-        lam, u, gates = _views(head.float())
+        lam, u, gates = head_views(head.float())
         return cgspn_scan_reference(x.float(), lam, u, gates)
 
     element = torch.finfo(dtype).bits // 8
     return Workload(
-        fn=lambda: cgspn_scan(x, *_views(head)),
+        fn=lambda: cgspn_scan_head(x, head),
         inputs=[x, head] if mode == "fwd+bwd" else [],
         reference=reference,
         flops=SCAN_FLOPS_PER_ELEMENT * _numel(params),
@@ -92,7 +90,7 @@ def build_scan_reference(params: Params, dtype: torch.dtype, device: torch.devic
     x, head = _scan_inputs(params, dtype, device, mode)
     element = torch.finfo(dtype).bits // 8
     return Workload(
-        fn=lambda: cgspn_scan_reference(x, *_views(head)),
+        fn=lambda: cgspn_scan_reference(x, *head_views(head)),
         inputs=[x, head] if mode == "fwd+bwd" else [],
         flops=SCAN_FLOPS_PER_ELEMENT * _numel(params),
         flops_bwd=2 * SCAN_FLOPS_PER_ELEMENT * _numel(params),

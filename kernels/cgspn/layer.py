@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kernels.cgspn import cgspn_scan, cgspn_scan_reference, normalize_gates_eager, propagate
+from kernels.cgspn import cgspn_scan, cgspn_scan_head, cgspn_scan_reference, head_views, normalize_gates_eager, propagate
 
 SCANS = ("fused", "reference")
 HEADS = ("u", "lam", "gate_l", "gate_m", "gate_r")  # order of the 5 C_c slices of the fused head output
@@ -69,12 +69,17 @@ class CGSPNLayer(nn.Module):
         self.heads = nn.Linear(self.latent, len(HEADS) * self.latent)  # L_u, L_lambda, L_w fused, Eq. 4
         self.up = nn.Linear(self.latent, channels)  # P_up, Eq. 6
 
+    def head_output(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x_c, head)``: the compressed input ``(B, H, W, C_c)`` and the fused head output viewed as
+        ``(B, H, W, 5, C_c)`` in :data:`HEADS` order."""
+        x_c = self.down(x)
+        return x_c, self.heads(x_c).unflatten(-1, (len(HEADS), self.latent))
+
     def propagation_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(x_c, lam, u, raw gates)`` for the scan: ``(B, H, W, C_c)`` x3 and ``(B, H, W, 3, C_c)``,
         all but x_c strided views of one head output."""
-        x_c = self.down(x)
-        params = self.heads(x_c).unflatten(-1, (len(HEADS), self.latent))  # (B, H, W, 5, C_c), a view
-        return x_c, params[..., 1, :], params[..., 0, :], params[..., 2:, :]
+        x_c, head = self.head_output(x)
+        return (x_c, *head_views(head))
 
     def propagate(self, x_c: torch.Tensor, lam: torch.Tensor, u: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
         """``y_c = u * sum over the four directions of h`` (Eq. 5-6) with the selected scan."""
@@ -93,7 +98,11 @@ class CGSPNLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[-1] != self.channels:
             raise ValueError(f"x: expected (B, H, W, {self.channels}), got {tuple(x.shape)}")
-        y_c = self.propagate(*self.propagation_inputs(x))
+        x_c, head = self.head_output(x)
+        if self.scan == "fused" and self.fused_norm:
+            y_c = cgspn_scan_head(x_c, head)  # the head's gradient as one tensor (no view scatter-and-sum)
+        else:
+            y_c = self.propagate(x_c, *head_views(head))
         return self.up(y_c)
 
     def extra_repr(self) -> str:

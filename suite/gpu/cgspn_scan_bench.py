@@ -49,7 +49,9 @@ from kernels.cgspn import (  # noqa: E402
     DIRECTIONS,
     SCAN_VARIANTS,
     cgspn_scan,
+    cgspn_scan_head,
     cgspn_scan_reference,
+    head_views,
     normalize_gates_eager_both,
     normalize_gates_fused,
     propagate,
@@ -101,15 +103,11 @@ def scan_inputs(shape: Shape, dtype: torch.dtype, device: str, grad: bool):
     return x, head
 
 
-def views(head):
-    return head[..., 1, :], head[..., 0, :], head[..., 2:5, :]
-
-
 def build_scan(variant: str):
     def build(shape: Shape, dtype: torch.dtype, device: str, mode: str) -> Workload:
         x, head = scan_inputs(shape, dtype, device, mode == "fwd+bwd")
         element = torch.finfo(dtype).bits // 8
-        return Workload(fn=lambda: cgspn_scan(x, *views(head), variant=variant), inputs=[x, head] if mode == "fwd+bwd" else [],
+        return Workload(fn=lambda: cgspn_scan_head(x, head, variant=variant), inputs=[x, head] if mode == "fwd+bwd" else [],
                         bytes_ideal=7 * shape.numel * element, bytes_ideal_bwd=13 * shape.numel * element)
     return build
 
@@ -128,7 +126,7 @@ def build_four_propagates(how: str):
     normalization kernel, then the four scans on its output)."""
     def build(shape: Shape, dtype: torch.dtype, device: str, mode: str) -> Workload:
         x, head = scan_inputs(shape, dtype, device, False)
-        lam, _, gates = views(head)
+        lam, _, gates = head_views(head)
         gv, gh = normalize_gates_fused(gates, "both")
 
         def fn():

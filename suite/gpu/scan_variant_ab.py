@@ -20,7 +20,7 @@ import torch
 import kernels.cgspn.entries as scan_entries
 import kernels.cgspn.layer as cgspn_layer
 from kernels import registry
-from kernels.cgspn.scan import SCAN_VARIANTS, cgspn_scan
+from kernels.cgspn.scan import SCAN_VARIANTS, cgspn_scan_head
 from kernels.params import Params
 from suite.measure import TimingSettings, measure_case
 from suite.results import RunDir
@@ -31,10 +31,10 @@ BLOCK_CASES = [("block", Params(batch=32, channels=1152, compression=18, resolut
 
 
 def use_variant(variant: str) -> None:
-    """Route the registry's C-GSPN cases through ``variant`` (both modules bind cgspn_scan by name)."""
-    scan = functools.partial(cgspn_scan, variant=variant)
-    scan_entries.cgspn_scan = scan
-    cgspn_layer.cgspn_scan = scan
+    """Route the registry's C-GSPN cases through ``variant`` (both modules bind cgspn_scan_head by name)."""
+    scan = functools.partial(cgspn_scan_head, variant=variant)
+    scan_entries.cgspn_scan_head = scan
+    cgspn_layer.cgspn_scan_head = scan
 
 
 def main() -> None:

@@ -143,6 +143,50 @@ def test_scan_reads_layer_views_in_place():
         assert_close(name, a, b, TOLERANCE[torch.float32])
 
 
+HEAD_LAYOUTS = {
+    "contiguous": lambda B, H, W, C, gen: torch.randn(B, H, W, 5, C, generator=gen),
+    # unit channel stride but (B, 5, H, W, C) in memory: every stride of the head and its views differs
+    "heads-outer": lambda B, H, W, C, gen: torch.randn(B, 5, H, W, C, generator=gen).permute(0, 2, 3, 1, 4),
+}
+
+
+@pytest.mark.parametrize("variant", ["quad-scratch", "quad-gather", "pairs-scratch"])
+@pytest.mark.parametrize("layout", HEAD_LAYOUTS, ids=str)
+def test_scan_head_matches_reference(variant, layout):
+    """cgspn_scan_head: y and the gradients of x and of the whole head (written as one tensor by the
+    quad backward, through views for the other designs) vs the float64 reference on head views."""
+    B, H, W, C = 2, 5, 7, 6
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(B, H, W, C, generator=gen).to(DEVICE)
+    head = HEAD_LAYOUTS[layout](B, H, W, C, gen).to(DEVICE)
+    dy = torch.randn(B, H, W, C, generator=gen).to(DEVICE)
+
+    def leaves(dtype):
+        x_leaf = x.detach().to(dtype).requires_grad_(True)
+        head_leaf = head.detach().to(dtype)  # .to keeps the layout of the strided head
+        head_leaf = (head_leaf.clone() if dtype != head.dtype else head_leaf).requires_grad_(True)
+        return x_leaf, head_leaf
+
+    xo, ho = leaves(torch.float32)
+    y = scan_module.cgspn_scan_head(xo, ho, variant=variant)
+    fused = type(y.grad_fn).__name__.startswith("_CgspnScanHeadFunction")
+    assert fused == variant.startswith("quad"), f"{variant}: grad_fn {type(y.grad_fn).__name__}"
+    y.backward(dy)
+    xr, hr = leaves(torch.float64)
+    y_ref = cgspn_scan_reference(xr, *scan_module.head_views(hr))
+    y_ref.backward(dy.double())
+    for name, a, b in (("y", y, y_ref), ("dx", xo.grad, xr.grad), ("dhead", ho.grad, hr.grad)):
+        assert_close(f"{variant} {layout} {name}", a, b, TOLERANCE[torch.float32])
+
+
+def test_scan_head_rejects_wrong_head_shape():
+    x = torch.randn(1, 3, 4, 2, device=DEVICE)
+    with pytest.raises(ValueError, match=r"head must be \(B, H, W, 5, C\)"):
+        scan_module.cgspn_scan_head(x, torch.randn(1, 3, 4, 3, 2, device=DEVICE))
+    with pytest.raises(ValueError, match="variant"):
+        scan_module.cgspn_scan_head(x, torch.randn(1, 3, 4, 5, 2, device=DEVICE), variant="fastest")
+
+
 def test_scan_without_grad_matches_training_forward():
     """Inference skips storing h; it must compute the same y."""
     inputs = make_inputs((2, 5, 3, 3), torch.float32)
