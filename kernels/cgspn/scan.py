@@ -137,12 +137,9 @@ def _neighbours(a, b, o_p, P, p_scratch, SAME: tl.constexpr, SHIFT: tl.constexpr
     """(a[p-1], b[p+1]) of two state tiles (SAME: a and b are one tile, stored once)."""
     p_b = p_scratch if SAME else p_scratch + BP * BC
     if SHIFT == 1:
-        # only the P real positions: the loads below never read a padded one, and the scratch
-        # round trip is most of the forward's L2 traffic (L2-bound: ncu, H200)
-        real = (o_p < P)[:, None]
-        tl.store(p_scratch + o_p[:, None] * BC + tl.arange(0, BC)[None, :], a, mask=real)
+        tl.store(p_scratch + o_p[:, None] * BC + tl.arange(0, BC)[None, :], a)
         if not SAME:
-            tl.store(p_b + o_p[:, None] * BC + tl.arange(0, BC)[None, :], b, mask=real)
+            tl.store(p_b + o_p[:, None] * BC + tl.arange(0, BC)[None, :], b)
         tl.debug_barrier()
     left = _shift(a, o_p, P, p_scratch, -1, SHIFT, BP, BC)
     right = _shift(b, o_p, P, p_b, 1, SHIFT, BP, BC)
