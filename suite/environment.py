@@ -30,10 +30,11 @@ def git_state(root: Path = REPO_ROOT) -> dict[str, Any]:
         except (OSError, subprocess.SubprocessError):
             return None
 
-    commit = git("rev-parse", "HEAD")
-    if commit is None and os.environ.get(COMMIT_ENV):
-        # a copy of the tree without .git (e.g. shipped to a GPU box): the caller names the commit
+    if os.environ.get(COMMIT_ENV):
+        # a copy of the tree shipped to a GPU box: the caller names its commit, and that wins over
+        # whatever repository git finds around the copy (one such copy reported a stale commit)
         return {"commit": os.environ[COMMIT_ENV], "dirty": None, "branch": None, "source": COMMIT_ENV}
+    commit = git("rev-parse", "HEAD")
     status = git("status", "--porcelain", "--untracked-files=no")
     dirty = bool(status) if status is not None else None
     return {"commit": commit, "dirty": dirty, "branch": git("rev-parse", "--abbrev-ref", "HEAD")}

@@ -21,6 +21,7 @@ def test_tree_without_git_takes_the_commit_from_the_environment(tmp_path, monkey
     monkeypatch.setenv(COMMIT_ENV, "0123abcd")
     state = git_state(tmp_path)
     assert state == {"commit": "0123abcd", "dirty": None, "branch": None, "source": COMMIT_ENV}
+    assert git_state(REPO_ROOT)["commit"] == "0123abcd"  # named explicitly: wins over the checkout's HEAD
 
 
 def test_environment_names_versions_and_the_device():
