@@ -59,8 +59,6 @@ def _scan_inputs(params: Params, dtype: torch.dtype, device: torch.device, mode:
     return x, head
 
 
-
-
 @register("cgspn-scan", family="cgspn", level="sublayer", params=SUBLAYER_PARAMS, requires=_requires(True),
           description="C-GSPN sublayer: fused four-direction Triton scan, normalization folded in")
 def build_scan(params: Params, dtype: torch.dtype, device: torch.device, mode: str) -> Workload:

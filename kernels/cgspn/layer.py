@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kernels.cgspn import cgspn_scan, cgspn_scan_head, cgspn_scan_reference, head_views, normalize_gates_eager, propagate
+from kernels.cgspn import cgspn_scan_head, cgspn_scan_reference, head_views, normalize_gates_eager, propagate
 
 SCANS = ("fused", "reference")
 HEADS = ("u", "lam", "gate_l", "gate_m", "gate_r")  # order of the 5 C_c slices of the fused head output
@@ -47,7 +47,7 @@ class CGSPNLayer(nn.Module):
         channels: model width C.
         compression: s, so that ``C_c = channels // s`` (ignored when ``latent_channels`` is given).
         latent_channels: C_c directly.
-        scan: ``"fused"`` (the Triton four-direction scan, ``kernels.cgspn.cgspn_scan``) or
+        scan: ``"fused"`` (the Triton four-direction scan, ``kernels.cgspn.cgspn_scan_head``) or
             ``"reference"`` (the PyTorch loop ``cgspn_scan_reference``, float32 math: the ground
             truth the fused layer is checked against, with the same weights).
         fused_norm: with ``scan="fused"``, True folds the gate normalization (Eq. 2) into the scan;
@@ -81,12 +81,14 @@ class CGSPNLayer(nn.Module):
         x_c, head = self.head_output(x)
         return (x_c, *head_views(head))
 
-    def propagate(self, x_c: torch.Tensor, lam: torch.Tensor, u: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
-        """``y_c = u * sum over the four directions of h`` (Eq. 5-6) with the selected scan."""
+    def propagate(self, x_c: torch.Tensor, head: torch.Tensor) -> torch.Tensor:
+        """``y_c = u * sum over the four directions of h`` (Eq. 5-6) with the selected scan, from the
+        fused head output (see :meth:`head_output`)."""
+        if self.scan == "fused" and self.fused_norm:
+            return cgspn_scan_head(x_c, head)  # the head's gradient as one tensor (no view scatter-and-sum)
+        lam, u, gates = head_views(head)
         if self.scan == "reference":
             return cgspn_scan_reference(x_c, lam, u, gates)
-        if self.fused_norm:
-            return cgspn_scan(x_c, lam, u, gates)
         total = None
         for axis, pair in (("vertical", ("tb", "bt")), ("horizontal", ("lr", "rl"))):
             normalized = normalize_gates_eager(gates, axis)  # eager PyTorch, materialized (Sec. 4.1 baseline)
@@ -98,12 +100,7 @@ class CGSPNLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[-1] != self.channels:
             raise ValueError(f"x: expected (B, H, W, {self.channels}), got {tuple(x.shape)}")
-        x_c, head = self.head_output(x)
-        if self.scan == "fused" and self.fused_norm:
-            y_c = cgspn_scan_head(x_c, head)  # the head's gradient as one tensor (no view scatter-and-sum)
-        else:
-            y_c = self.propagate(x_c, *head_views(head))
-        return self.up(y_c)
+        return self.up(self.propagate(*self.head_output(x)))
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, latent={self.latent}, scan={self.scan}, fused_norm={self.fused_norm}"

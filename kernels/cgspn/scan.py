@@ -826,9 +826,7 @@ def _scan_quad_bwd(x, lam, u, gates, hs, dy, shift: int, out=None):
 # ---------------------------------------------------------------------------------------------
 class _CgspnScanFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, lam, u, gates, variant: str, store_h: bool):
-        design, shift_name = variant.split("-")
-        shift = SHIFT_GATHER if shift_name == "gather" else SHIFT_SCRATCH
+    def forward(ctx, x, lam, u, gates, design: str, shift: int, store_h: bool):
         if design == "quad":
             y, hs = _scan_quad_fwd(x, lam, u, gates, shift)
             total = hs.new_empty(0)  # du sums the stored h in the backward
@@ -847,7 +845,7 @@ class _CgspnScanFunction(torch.autograd.Function):
         if ctx.design == "quad":
             # dh in the input dtype (one rounding, read by four directions); every sum in fp32 registers
             dx, dlam, du, dg = _scan_quad_bwd(x, lam, u, gates, hs, _unit_channel_stride(dy), ctx.shift)
-            return dx, dlam, du, dg, None, None
+            return dx, dlam, du, dg, None, None, None
         dy = dy.float()
         dh = (dy * u.float()).contiguous()  # every direction receives d(y)/d(h_d) = dy * u
         du = (dy * total).to(u.dtype)
@@ -856,7 +854,7 @@ class _CgspnScanFunction(torch.autograd.Function):
         dg = torch.empty(gates.shape, device=x.device, dtype=torch.float32)
         for k, direction in enumerate(("tb", "bt", "lr", "rl")):
             _propagate_bwd(x, lam, gates, hs[k], dh, (dx, dlam, dg), direction, True, k > 0, ctx.shift)
-        return dx.to(x.dtype), dlam.to(lam.dtype), du, dg.to(gates.dtype), None, None
+        return dx.to(x.dtype), dlam.to(lam.dtype), du, dg.to(gates.dtype), None, None, None
 
 
 def head_views(head: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -936,6 +934,14 @@ def _check_inputs(name: str, grids: dict[str, torch.Tensor], gates: torch.Tensor
     check_runnable(name, *grids.values(), gates)
 
 
+def _variant_options(name: str, variant: str) -> tuple[str, int]:
+    """(design, shift method) of a :data:`SCAN_VARIANTS` name, e.g. ``"quad-scratch"`` -> ("quad", SHIFT_SCRATCH)."""
+    if variant not in SCAN_VARIANTS:
+        raise ValueError(f"{name}: variant {variant!r} is not one of {', '.join(SCAN_VARIANTS)}")
+    design, shift_name = variant.split("-")
+    return design, SHIFT_GATHER if shift_name == "gather" else SHIFT_SCRATCH
+
+
 def _unit_channel_stride(t: torch.Tensor) -> torch.Tensor:
     """The kernels address channels with unit stride; other layouts are copied once."""
     return t if t.stride(-1) == 1 else t.contiguous()
@@ -970,15 +976,14 @@ def cgspn_scan(x: torch.Tensor, lam: torch.Tensor, u: torch.Tensor, gates: torch
         gates = torch.randn(B, H, W, 3, C, device="cuda", dtype=torch.bfloat16)
         y = cgspn_scan(x, lam, u, gates)
     """
-    if variant not in SCAN_VARIANTS:
-        raise ValueError(f"cgspn_scan: variant {variant!r} is not one of {', '.join(SCAN_VARIANTS)}")
+    design, shift = _variant_options("cgspn_scan", variant)
     _check_inputs("cgspn_scan", {"x": x, "lam": lam, "u": u}, gates)
     x, lam, u, gates = (_unit_channel_stride(t) for t in (x, lam, u, gates))
     if x.numel() == 0:
         return torch.zeros_like(x)
     # the forward stores each direction's h only when a backward will need it
     store_h = torch.is_grad_enabled() and any(t.requires_grad for t in (x, lam, u, gates))
-    return _CgspnScanFunction.apply(x, lam, u, gates, variant, store_h)
+    return _CgspnScanFunction.apply(x, lam, u, gates, design, shift, store_h)
 
 
 def cgspn_scan_head(x: torch.Tensor, head: torch.Tensor, *, variant: str = DEFAULT_VARIANT) -> torch.Tensor:
@@ -996,20 +1001,18 @@ def cgspn_scan_head(x: torch.Tensor, head: torch.Tensor, *, variant: str = DEFAU
         head = layer.heads(x_c).unflatten(-1, (5, C))   # (B, H, W, 5, C)
         y = cgspn_scan_head(x_c, head)
     """
-    if variant not in SCAN_VARIANTS:
-        raise ValueError(f"cgspn_scan_head: variant {variant!r} is not one of {', '.join(SCAN_VARIANTS)}")
+    design, shift = _variant_options("cgspn_scan_head", variant)
     if head.dim() != 5 or tuple(head.shape) != (*x.shape[:3], 5, *x.shape[3:]):
         raise ValueError(f"cgspn_scan_head: head must be (B, H, W, 5, C) = {(*x.shape[:3], 5, *x.shape[3:])} for x of shape "
                          f"{tuple(x.shape)} ([u, lam, l, m, r] on dim 3), got {tuple(head.shape)}")
     lam, u, gates = head_views(head)
-    if not variant.startswith("quad"):
+    if design != "quad":
         return cgspn_scan(x, lam, u, gates, variant=variant)
     _check_inputs("cgspn_scan_head", {"x": x, "lam": lam, "u": u}, gates)
     x, head = _unit_channel_stride(x), _unit_channel_stride(head)
     if x.numel() == 0:
         return torch.zeros_like(x)
     store_h = torch.is_grad_enabled() and (x.requires_grad or head.requires_grad)
-    shift = SHIFT_GATHER if variant.endswith("gather") else SHIFT_SCRATCH
     return _CgspnScanHeadFunction.apply(x, head, shift, store_h)
 
 
