@@ -1,6 +1,6 @@
 """The measurement core: the one timer behind the CLI runner and the pytest benchmarks.
 
-Rules (DESIGN.md "Measurement rules"):
+Rules (docs/design.md "Measurement rules"):
 
 * one untimed first call absorbs JIT compilation and autotuning;
 * warm-up and repetition counts come from a time budget and a per-call estimate taken from a
@@ -8,18 +8,21 @@ Rules (DESIGN.md "Measurement rules"):
 * on CUDA, an event pair brackets each repetition and one synchronize follows the loop
   (syncing every repetition inflates short kernels; no sync times only the launch);
 * cold L2: a buffer of twice the L2 size is zeroed between repetitions, outside the events;
-* CUDA-graph mode times replays of a captured step; a capture failure falls back to eager
-  and says why;
+* host time is not device time: every CUDA case is timed eagerly (what a PyTorch user's call
+  costs, Python launches included) and, with ``cuda_graph`` on (the default), again as replays
+  of a captured CUDA graph (what the GPU needs); a capture failure is recorded with its reason;
 * every sample is kept; median, IQR, min, mean, count and 1.5-IQR outliers are reported;
 * the CPU timer (``time.perf_counter`` per repetition) has the same interface and statistics.
 
 :func:`measure_case` turns one (implementation, params, dtype, mode) into a
 :class:`suite.results.Row`: availability, correctness check, timing, throughput, memory, NVML,
-optional profile; OOM, unsupported cases and errors become the row's ``status``.
+optional profile; OOM, unsupported cases and errors become the row's ``status``. Callers pass
+hooks (``prepare`` on the built workload, ``profiler``) instead of this module importing them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import json
@@ -31,17 +34,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from kernels.params import Params
 from kernels.registry import DTYPES, Implementation, Workload, tolerance_for
-from suite.gate.slowdown import apply_test_slowdown
 from suite.nvml import NvmlSampler
 from suite.results import Row, case_id
 
 L2_FLUSH_CHOICES = ("auto", True, False)
 ESTIMATE_CALLS = 5  # calls timed to estimate the per-call time before choosing the counts
 COPY_BYTES = 512 * 2**20  # buffer for the device-to-device copy ceiling
+# A case is host-bound when its eager median exceeds the graph-replay median by more than this
+# fraction and by more than the timings' noise: its eager time then measures Python launches.
+HOST_BOUND_MARGIN = 0.10
 
 
 class TimingError(ValueError):
@@ -57,7 +63,7 @@ class TimingSettings:
     min_reps: int = 5
     max_reps: int = 500
     l2_flush: bool | str = "auto"  # "auto": flush when the workload's ideal bytes fit in ~2x L2
-    cuda_graph: bool = False  # time replays of a captured CUDA graph
+    cuda_graph: bool = True  # on CUDA also time replays of a captured CUDA graph (device time)
 
     def __post_init__(self) -> None:
         self.check()
@@ -110,26 +116,19 @@ class Timing:
     timer: str = ""  # "cuda-events", "cuda-graph" or "cpu-perf-counter"
     l2_flush: bool = False
     peak_mem_bytes: int | None = None  # CUDA: max allocated during a call after the first (compile/autotune)
-    message: str = ""  # e.g. why CUDA-graph capture fell back to eager
+    message: str = ""
 
     @classmethod
     def from_samples(cls, samples_ms: list[float], **details: Any) -> Timing:
         if not samples_ms:
             raise ValueError("Timing.from_samples: no samples")
-        data = sorted(float(s) for s in samples_ms)
-        q1, median, q3 = (_quantile(data, q) for q in (0.25, 0.5, 0.75))
+        data = np.asarray(samples_ms, dtype=np.float64)
+        q1, median, q3 = (float(q) for q in np.percentile(data, [25, 50, 75]))  # linear interpolation
         iqr = q3 - q1
         low, high = q1 - 1.5 * iqr, q3 + 1.5 * iqr
-        return cls(samples_ms=[float(s) for s in samples_ms], median_ms=median, iqr_ms=iqr, min_ms=data[0],
-                   mean_ms=sum(data) / len(data), n=len(data), outliers=sum(1 for s in data if s < low or s > high),
+        return cls(samples_ms=[float(s) for s in samples_ms], median_ms=median, iqr_ms=iqr, min_ms=float(data.min()),
+                   mean_ms=float(data.mean()), n=int(data.size), outliers=int(((data < low) | (data > high)).sum()),
                    **details)
-
-
-def _quantile(sorted_data: list[float], q: float) -> float:
-    pos = q * (len(sorted_data) - 1)
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(sorted_data) - 1)
-    return sorted_data[lo] + (sorted_data[hi] - sorted_data[lo]) * (pos - lo)
 
 
 def repetition_counts(estimate_ms: float, settings: TimingSettings) -> tuple[int, int]:
@@ -241,8 +240,8 @@ def should_flush_l2(setting: bool | str, bytes_ideal: float | None, l2_bytes: in
     return bool(setting)
 
 
-def capture_cuda_graph(step: Callable[[], None]) -> tuple[Callable[[], None] | None, str]:
-    """Capture ``step`` into a CUDA graph: (replay, "") or (None, why capture failed)."""
+def capture_cuda_graph(step: Callable[[], None]) -> tuple[torch.cuda.CUDAGraph | None, str]:
+    """Capture ``step`` into a CUDA graph: (graph, "") or (None, why capture failed)."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     try:
@@ -256,58 +255,79 @@ def capture_cuda_graph(step: Callable[[], None]) -> tuple[Callable[[], None] | N
     except Exception as exc:  # capture is impossible for host syncs, CPU work, dynamic shapes...
         torch.cuda.synchronize()
         first_line = str(exc).splitlines()[0] if str(exc) else ""
-        return None, f"CUDA-graph capture failed ({type(exc).__name__}: {first_line}); timed eager"
-    return graph.replay, ""
+        return None, f"CUDA-graph capture failed ({type(exc).__name__}: {first_line}); eager time only"
+    return graph, ""
+
+
+def _first_calls(step: Callable[[], None]) -> int:
+    """The untimed first call (JIT compile, autotune, whose scratch is not the case's) and a
+    steady-state call whose peak allocation is the case's memory footprint; returns that peak."""
+    torch.cuda.synchronize()
+    step()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    return int(torch.cuda.max_memory_allocated())
+
+
+def _time_events(run: Callable[[], None], device: torch.device, settings: TimingSettings, flush: bool) -> list[float]:
+    """Estimate, warm up, then one event pair per repetition and one synchronize after the loop."""
+    cache = torch.empty(2 * l2_cache_bytes(device), dtype=torch.int8, device=device) if flush else None
+
+    def flush_l2() -> None:
+        if cache is not None:
+            cache.zero_()
+
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(ESTIMATE_CALLS):
+        flush_l2()
+        run()
+    end.record()
+    torch.cuda.synchronize()
+    warmup, reps = repetition_counts(start.elapsed_time(end) / ESTIMATE_CALLS, settings)
+    for _ in range(warmup):
+        run()
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    for i in range(reps):
+        flush_l2()  # outside the events: the flush is not part of the sample
+        starts[i].record()
+        run()
+        ends[i].record()
+    torch.cuda.synchronize()
+    return [s.elapsed_time(e) for s, e in zip(starts, ends, strict=True)]
 
 
 def measure_cuda(step: Callable[[], None], device: torch.device, settings: TimingSettings,
                  bytes_ideal: float | None = None) -> Timing:
-    """CUDA events around each repetition, one synchronize after the loop."""
+    """Eager calls: CUDA events around each repetition, one synchronize after the loop."""
+    flush = should_flush_l2(settings.l2_flush, bytes_ideal, l2_cache_bytes(device))
     with torch.cuda.device(device):
-        torch.cuda.synchronize()
-        step()  # first call: JIT compile, autotune (whose scratch, e.g. Triton's 256 MiB bench buffer, is not the case's)
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        step()  # a steady-state call: its peak is the case's memory footprint
-        torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated()
+        peak = _first_calls(step)
+        samples = _time_events(step, device, settings, flush)
+    return Timing.from_samples(samples, timer="cuda-events", l2_flush=flush, peak_mem_bytes=peak)
 
-        timer, message = "cuda-events", ""
-        run = step
-        if settings.cuda_graph:
-            replay, message = capture_cuda_graph(step)
-            if replay is not None:
-                run, timer = replay, "cuda-graph"
-            else:
-                timer = "cuda-events (graph capture failed)"
 
-        flush = should_flush_l2(settings.l2_flush, bytes_ideal, l2_cache_bytes(device))
-        cache = torch.empty(2 * l2_cache_bytes(device), dtype=torch.int8, device=device) if flush else None
+def measure_cuda_graph(step: Callable[[], None], device: torch.device, settings: TimingSettings,
+                       bytes_ideal: float | None = None) -> tuple[Timing | None, str]:
+    """Replays of ``step`` captured into a CUDA graph: (timing, "") or (None, why capture failed).
 
-        def flush_l2() -> None:
-            if cache is not None:
-                cache.zero_()
-
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(ESTIMATE_CALLS):
-            flush_l2()
-            run()
-        end.record()
-        torch.cuda.synchronize()
-        warmup, reps = repetition_counts(start.elapsed_time(end) / ESTIMATE_CALLS, settings)
-        for _ in range(warmup):
-            run()
-        starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-        ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-        for i in range(reps):
-            flush_l2()  # outside the events: the flush is not part of the sample
-            starts[i].record()
-            run()
-            ends[i].record()
-        torch.cuda.synchronize()
-        samples = [s.elapsed_time(e) for s, e in zip(starts, ends, strict=True)]
-    return Timing.from_samples(samples, timer=timer, l2_flush=flush, peak_mem_bytes=int(peak), message=message)
+    Same budget, counts, L2 rule and statistics as the eager timer; the graph and its memory pool
+    are released before returning."""
+    flush = should_flush_l2(settings.l2_flush, bytes_ideal, l2_cache_bytes(device))
+    with torch.cuda.device(device):
+        graph, message = capture_cuda_graph(step)
+        if graph is None:
+            return None, message
+        try:
+            samples = _time_events(graph.replay, device, settings, flush)
+        finally:
+            del graph
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+    return Timing.from_samples(samples, timer="cuda-graph", l2_flush=flush), ""
 
 
 _COPY_BANDWIDTH: dict[int, float] = {}
@@ -485,11 +505,12 @@ def check_gradients(workload: Workload, tolerance: float) -> dict[str, Any]:
 
 
 def _throughput(row: Row, workload: Workload, mode: str, copy_gbps: float | None) -> None:
+    """FLOP/s and bytes/s of the device time (graph replays where captured, else eager)."""
     row.flops = workload.flops_for(mode)
     row.bytes_ideal = workload.bytes_for(mode)
-    if not row.median_ms:
+    if not row.device_ms:
         return
-    seconds = row.median_ms * 1e-3
+    seconds = row.device_ms * 1e-3
     if row.flops is not None:
         row.tflops = row.flops / seconds / 1e12
     if row.bytes_ideal is not None:
@@ -505,13 +526,21 @@ def _release(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+PrepareHook = Callable[[Implementation, Workload, str, torch.device], Workload]
+
+
 def measure_case(impl: Implementation, params: Params, dtype: str, device: torch.device | str, mode: str,
                  settings: TimingSettings, check: bool = True, profile: bool = False, *, nvml: bool = True,
-                 run_dir: str | Path | None = None, scenario: str = "", run_id: str = "", tag: str = "") -> Row:
+                 run_dir: str | Path | None = None, scenario: str = "", run_id: str = "", tag: str = "",
+                 prepare: PrepareHook | None = None) -> Row:
     """Build, check, time and describe one case as a :class:`Row`; never raises for the case's own failures.
 
     ``run_dir`` (optional) receives the NVML time series (``nvml/<case_id><tag>.json``) and profiler
     traces (``traces/``); ``tag`` tells apart files of one case measured by several ranks.
+    ``prepare(impl, workload, mode, device)`` (optional) may wrap the built workload before it is
+    checked and timed (the gate's test slowdown, ``suite.gate.slowdown.prepare_hook``).
+    Timing: eager (``samples_ms``) and, on CUDA with ``settings.cuda_graph``, graph replays
+    (``graph_samples_ms``); throughput figures use the device time (:attr:`Row.device_ms`).
     Status: ``unsupported`` when ``impl.unavailable`` gives a reason or the builder raises
     NotImplementedError, ``failed-check`` when the output (in ``fwd+bwd`` also a gradient) is off
     the reference (never timed), ``oom`` on CUDA out-of-memory, ``error`` on any other exception.
@@ -530,8 +559,9 @@ def measure_case(impl: Implementation, params: Params, dtype: str, device: torch
         if reason:
             row.status, row.message = "unsupported", reason
             return row
-        # the gate's test-only slowdown switch: a no-op unless CGSPN_BENCH_TEST_SLOWDOWN names this case
-        workload = apply_test_slowdown(impl.name, impl.build(params, DTYPES[dtype], device, mode), level=impl.level)
+        workload = impl.build(params, DTYPES[dtype], device, mode)
+        if prepare is not None:
+            workload = prepare(impl, workload, mode, device)
         row.backend_detail = workload.backend_detail
         if check:
             row.correctness = check_correctness(workload, dtype, impl.level, params.depth, mode)
@@ -543,12 +573,9 @@ def measure_case(impl: Implementation, params: Params, dtype: str, device: torch
                 _release(device)  # the gradient check's graphs: timing starts from a clean allocator
         step = make_step(workload, mode)
         sampler = NvmlSampler(_device_index(device)) if nvml else None
-        if sampler is not None:
-            with sampler:
-                timing = measure(step, device, settings, workload.bytes_for(mode))
-        else:
-            timing = measure(step, device, settings, workload.bytes_for(mode))
-        _fill_timing(row, timing)
+        with sampler if sampler is not None else contextlib.nullcontext():
+            _fill_timing(row, measure(step, device, settings, workload.bytes_for(mode)))
+            _fill_graph_timing(row, step, device, settings, workload.bytes_for(mode))
         _throughput(row, workload, mode, ceiling_gbps)
         if sampler is not None:
             row.nvml = sampler.summary(median_ms=row.median_ms)
@@ -591,6 +618,31 @@ class DeviceLostError(RuntimeError):
     def __init__(self, row: Row):
         super().__init__(f"{row.implementation} {row.level} {row.mode} {row.dtype} {row.params}: {row.message}")
         self.row = row
+
+
+def _fill_graph_timing(row: Row, step: Callable[[], None], device: torch.device, settings: TimingSettings,
+                       bytes_ideal: float | None) -> None:
+    """Graph-replay samples, the host overhead and the host-bound flag (or why there are none)."""
+    if device.type != "cuda":
+        row.graph_message = "no CUDA graphs on the CPU: eager time only"
+        return
+    if not settings.cuda_graph:
+        row.graph_message = "timing.cuda_graph is off: eager time only"
+        return
+    graph, message = measure_cuda_graph(step, device, settings, bytes_ideal)
+    if graph is None:
+        row.graph_message = message
+        return
+    row.graph_samples_ms, row.graph_median_ms = graph.samples_ms, graph.median_ms
+    row.graph_iqr_ms, row.graph_min_ms, row.graph_n = graph.iqr_ms, graph.min_ms, graph.n
+    row.host_overhead_ms = row.median_ms - graph.median_ms
+    row.host_bound = host_bound(row.median_ms, row.iqr_ms, graph.median_ms, graph.iqr_ms)
+
+
+def host_bound(eager_ms: float, eager_iqr_ms: float, graph_ms: float, graph_iqr_ms: float) -> bool:
+    """Whether the eager median exceeds the graph-replay median by more than HOST_BOUND_MARGIN and by
+    more than the mean half-spread of the two: then the eager time measures the host's launches."""
+    return bool(eager_ms > (1 + HOST_BOUND_MARGIN) * graph_ms and eager_ms - graph_ms > (eager_iqr_ms + graph_iqr_ms) / 2)
 
 
 def _fill_timing(row: Row, timing: Timing) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 STATUSES = ("ok", "oom", "unsupported", "error", "failed-check")
+TIMINGS = ("device", "eager")  # device: CUDA-graph replays where captured, else eager; eager: host included
 ROWS_FILE = "rows.jsonl"
 RUN_FILE = "run.json"
 CSV_FILE = "rows.csv"
@@ -49,8 +50,18 @@ class Row:
     mean_ms: float | None = None
     n: int = 0
     outliers: int = 0  # samples beyond 1.5 IQR of the quartiles
-    timer: str = ""  # "cuda-events", "cuda-graph", "cpu-perf-counter"
+    timer: str = ""  # of samples_ms: "cuda-events" (eager), "cpu-perf-counter"; "cuda-graph" in rows of older runs
     l2_flush: bool = False
+    # the same step as CUDA-graph replays: device time without host launch overhead (docs/design.md
+    # "Host time and device time"); empty with graph_message saying why (CPU, capture impossible, off)
+    graph_samples_ms: list[float] = field(default_factory=list)
+    graph_median_ms: float | None = None
+    graph_iqr_ms: float | None = None
+    graph_min_ms: float | None = None
+    graph_n: int = 0
+    graph_message: str = ""
+    host_overhead_ms: float | None = None  # median_ms - graph_median_ms: what the host adds to each eager call
+    host_bound: bool | None = None  # eager beyond HOST_BOUND_MARGIN over the graph time, beyond the noise
     flops: float | None = None
     bytes_ideal: float | None = None
     tflops: float | None = None
@@ -69,6 +80,31 @@ class Row:
     run_id: str = ""  # the run.json this row belongs to
     scenario: str = ""
     timestamp: float | None = None
+
+    @property
+    def graph_timed(self) -> bool:
+        """Whether device-only samples exist: graph replays, or an older run that timed only replays."""
+        return bool(self.graph_samples_ms) or self.timer == "cuda-graph"
+
+    @property
+    def device_ms(self) -> float | None:
+        """Device time: the graph-replay median where captured, else the eager median (host included)."""
+        return self.graph_median_ms if self.graph_median_ms is not None else self.median_ms
+
+    @property
+    def device_samples_ms(self) -> list[float]:
+        return self.graph_samples_ms or self.samples_ms
+
+    @property
+    def eager_ms(self) -> float | None:
+        """Eager median (what a PyTorch user's call costs); None for older rows that timed only graph replays."""
+        return None if self.timer == "cuda-graph" else self.median_ms
+
+    def time_ms(self, timing: str = "device") -> float | None:
+        """The median a figure or claim uses: ``device`` (:attr:`device_ms`) or ``eager`` (:attr:`eager_ms`)."""
+        if timing not in TIMINGS:
+            raise ValueError(f"timing: {timing!r} is not one of {', '.join(TIMINGS)}")
+        return self.eager_ms if timing == "eager" else self.device_ms
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), separators=(",", ":"), default=_jsonable)
@@ -148,7 +184,7 @@ def flatten(row: Row) -> dict[str, Any]:
     """A flat dict for tables: params as ``p_<name>``, nested dicts as ``<key>_<name>``, no samples."""
     flat: dict[str, Any] = {}
     for key, value in dataclasses.asdict(row).items():
-        if key == "samples_ms":
+        if key in ("samples_ms", "graph_samples_ms"):
             continue
         if isinstance(value, dict) and key in ("params", "correctness", "nvml"):
             prefix = "p" if key == "params" else key

@@ -29,6 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from suite import sharding
 from suite.environment import collect_environment
+from suite.gate.slowdown import prepare_hook
 from suite.measure import DeviceLostError, measure_case
 from suite.results import Row, RunDir
 from suite.scenario import Case, Scenario
@@ -215,7 +216,8 @@ def run_scenarios(scenarios: list[Scenario], options: RunOptions, group: Group |
             try:
                 row = measure_case(case.implementation, case.params, case.dtype, device, case.mode, case.timing,
                                    check=case.check, profile=case.profile, nvml=case.nvml, run_dir=run.path,
-                                   scenario=case.scenario, run_id=meta["run_id"], tag=tag)
+                                   scenario=case.scenario, run_id=meta["run_id"], tag=tag,
+                                   prepare=prepare_hook)
             except DeviceLostError as lost:
                 # record the case that broke the context (so --resume skips it), then stop this process
                 lost.row.rank, lost.row.gpu_index, lost.row.gpu_uuid = group.rank, gpu_index, gpu_uuid

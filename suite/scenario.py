@@ -26,6 +26,7 @@ from kernels.params import ParamError, Params
 from kernels.registry import DTYPES, LEVELS, MODES, Implementation
 from suite.measure import TimingError, TimingSettings
 from suite.results import case_id
+from suite.selectors import describe, matches
 
 DEVICES = ("cuda", "cpu", "any")
 METRICS = ("latency", "memory", "nvml", "profile")
@@ -35,7 +36,8 @@ TOP_KEYS = ("name", "description", "paper", "device", "implementations", "levels
 REQUIRED = ("name", "description", "implementations", "levels")
 SELECTOR_KEYS = ("implementation", "level", "params", "mode", "dtype")
 POINT_KEYS = SELECTOR_KEYS + ("ms", "label")
-CLAIM_KEYS = ("id", "text", "paper", "kind", "numerator", "denominator", "target", "unit", "note")
+CLAIM_KEYS = ("id", "text", "paper", "kind", "numerator", "denominator", "target", "unit", "note", "timing", "paper_card")
+CLAIM_TIMINGS = ("device", "eager")
 DEFAULTS = {"device": "any", "modes": ["fwd"], "dtypes": ["bfloat16"], "check": True, "metrics": ["latency", "memory", "nvml"]}
 
 
@@ -301,6 +303,12 @@ def _claims(data: dict, scenario: dict, errors: _Errors) -> list[dict]:
         if "paper" not in claim:
             errors.add(f"{where}.paper", "required; the paper's number (null if the paper gives none)")
             ok = False
+        if claim.get("timing", "device") not in CLAIM_TIMINGS:
+            errors.add(f"{where}.timing", f"expected one of {', '.join(CLAIM_TIMINGS)}; got {claim['timing']!r}")
+            ok = False
+        if "paper_card" in claim and (not isinstance(claim["paper_card"], str) or not claim["paper_card"].strip()):
+            errors.add(f"{where}.paper_card", f"expected the paper's card as a non-empty string, got {claim['paper_card']!r}")
+            ok = False
         ok &= _selector(claim.get("numerator"), f"{where}.numerator", SELECTOR_KEYS, scenario, errors) is not None
         if kind in ("ratio", "share"):
             ok &= _selector(claim.get("denominator"), f"{where}.denominator", SELECTOR_KEYS, scenario, errors) is not None
@@ -310,6 +318,24 @@ def _claims(data: dict, scenario: dict, errors: _Errors) -> list[dict]:
         if ok:
             out.append(claim)
     return out
+
+
+def _claims_resolve(claims: list[dict], cases: list[Case], errors: _Errors) -> None:
+    """Each claim's numerator and denominator must name exactly one of the scenario's cases."""
+    for i, claim in enumerate(claims):
+        for part in ("numerator", "denominator"):
+            if part not in claim:
+                continue
+            selector = claim[part]
+            found = [c for c in cases if matches(selector, c.implementation.name, c.implementation.level, c.mode, c.dtype,
+                                                 c.values)]
+            where = f"claims[{i}] ({claim['id']}).{part}"
+            if not found:
+                errors.add(where, f"{describe(selector)} names none of this scenario's cases")
+            elif len(found) > 1:
+                listed = "; ".join(c.label for c in found[:6]) + (f" and {len(found) - 6} more" if len(found) > 6 else "")
+                errors.add(where, f"{describe(selector)} names {len(found)} cases, expected exactly one (add mode, dtype "
+                                  f"or params to the selector): {listed}")
 
 
 # ---- loading and expansion -------------------------------------------------------------------
@@ -430,6 +456,8 @@ def parse_scenario(text: str, path: str | Path = "<string>") -> Scenario:
                 for dtype in dtypes:
                     case = Case(impl, case_params, mode, dtype, name, timing, check is True, profile, "nvml" in metrics)
                     cases.setdefault(case.id, case)
+    if not errors.items:
+        _claims_resolve(claims, list(cases.values()), errors)
     if errors.items:
         raise ScenarioError(errors.items)
     order = {impl.name: i for i, impl in enumerate(impls)}

@@ -23,6 +23,7 @@ import dataclasses
 
 import pytest
 
+from suite.gate.slowdown import prepare_hook
 from suite.measure import measure_case
 from suite.results import RunDir
 from suite.scenario import Case, load_scenarios
@@ -56,7 +57,7 @@ def test_case(benchmark, case: Case, request: pytest.FixtureRequest) -> None:
     profile = case.profile or config.getoption("--bench-profile")
     row = measure_case(case.implementation, case.params, case.dtype, config.cgspn_device, case.mode, case.timing,
                        check=case.check, profile=profile, nvml=case.nvml, scenario=case.scenario,
-                       run_dir=out or ("results/runs/pytest-benchmarks" if profile else None))
+                       run_dir=out or ("results/runs/pytest-benchmarks" if profile else None), prepare=prepare_hook)
     benchmark.extra_info.update(dataclasses.asdict(row))
     benchmark.group = f"{case.implementation.level}/{case.mode}/{case.dtype}"
     if out:

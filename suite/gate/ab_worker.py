@@ -42,6 +42,7 @@ def measure_request(case: dict, device: str, *, run_dir: str | Path | None = Non
     import kernels
     from kernels import registry
     from kernels.params import Params
+    from suite.gate.slowdown import prepare_hook
     from suite.measure import TimingSettings, measure_case
     from suite.results import Row, case_id
 
@@ -56,7 +57,7 @@ def measure_request(case: dict, device: str, *, run_dir: str | Path | None = Non
                    message=f"not in the tree at {tree}: {err}")
     return measure_case(impl, Params(**case["params"]), case["dtype"], torch.device(device), case["mode"],
                         TimingSettings(**case["timing"]), check=case["check"], nvml=case["nvml"], run_dir=run_dir,
-                        scenario=case["scenario"], run_id=case["run_id"], tag=tag)
+                        scenario=case["scenario"], run_id=case["run_id"], tag=tag, prepare=prepare_hook)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,12 @@
 """Compare two snapshots case by case and decide whether the gate passes.
 
-Rows are matched by ``case_id`` (same implementation, level, mode, dtype and params). Each case
-gets one verdict:
+Rows are matched by ``case_id`` (same implementation, level, mode, dtype and params). The
+timing verdict is taken on the **device time**: CUDA-graph replays when both sides have them
+(host-independent), else the eager samples. Where graph replays exist, the eager time (what a
+user's call costs) is judged as well, with the thresholds file's ``eager`` limit for device-bound
+cases and ``host_bound`` for cases host-bound in the baseline (``off``: reported in ``eager``, never
+failing). Each
+case gets one verdict:
 
 ==============  ==============================================================  =========
 verdict         meaning                                                         fails?
@@ -79,10 +84,20 @@ def merge_rows(rows: list[Row]) -> Row:
     if not samples:
         return ok[0]
     t = Timing.from_samples(samples)  # the measurement core's statistics, so pooled rows read like measured ones
-    return dataclasses.replace(
+    pooled = dataclasses.replace(
         ok[0], samples_ms=t.samples_ms, median_ms=t.median_ms, iqr_ms=t.iqr_ms, min_ms=t.min_ms, mean_ms=t.mean_ms,
         n=t.n, outliers=t.outliers, message="; ".join(filter(None, [ok[0].message, f"pooled from {len(ok)} rows"])),
     )
+    graph = [s for r in ok for s in r.graph_samples_ms]
+    if graph and all(r.graph_samples_ms for r in ok):
+        g = Timing.from_samples(graph)
+        pooled.graph_samples_ms, pooled.graph_median_ms, pooled.graph_iqr_ms = g.samples_ms, g.median_ms, g.iqr_ms
+        pooled.graph_min_ms, pooled.graph_n = g.min_ms, g.n
+        pooled.host_overhead_ms = t.median_ms - g.median_ms
+        pooled.host_bound = any(r.host_bound for r in ok)
+    else:
+        pooled.graph_samples_ms, pooled.graph_median_ms, pooled.graph_n = [], None, 0
+    return pooled
 
 
 def by_case(rows: list[Row]) -> dict[str, Row]:
@@ -96,6 +111,8 @@ def _summary(row: Row | None) -> dict[str, Any] | None:
     if row is None:
         return None
     return {"status": row.status, "median_ms": row.median_ms, "iqr_ms": row.iqr_ms, "min_ms": row.min_ms, "n": row.n,
+            "graph_median_ms": row.graph_median_ms, "graph_iqr_ms": row.graph_iqr_ms, "graph_n": row.graph_n,
+            "host_bound": row.host_bound, "graph_message": row.graph_message,
             "backend_detail": row.backend_detail, "message": row.message}
 
 
@@ -119,6 +136,10 @@ class CaseResult:
     p_value: float | None = None  # one-sided Mann-Whitney U in the direction of the change
     delta_ms: float | None = None
     noise_ms: float | None = None
+    timer: str = ""  # what the verdict judged: "graph" (CUDA-graph replays, device time) or "eager"
+    host_bound: bool | None = None  # eager beyond the graph time in the baseline (suite.measure.HOST_BOUND_MARGIN)
+    eager_thresholds: tuple[float | None, float | None] = (None, None)  # (device-bound, host-bound); None: off
+    eager: dict[str, Any] | None = None  # the eager time's comparison where graph replays were judged
     # set by the confirmation step (suite.gate.confirm) on the cases it re-measured: the first
     # pass's verdict and reason, and the re-measurements' verdicts, ratios and medians
     first_pass: dict[str, Any] | None = None
@@ -207,13 +228,22 @@ def _not_ok_verdict(base: Row | None, cur: Row) -> tuple[str, str]:
     return "skipped", f"{cur.status}{' (baseline: ' + base.status + ')' if base else ' (new case)'}: {message}"
 
 
-def judge_case(base: Row | None, cur: Row | None, threshold: float, rule: DecisionRule) -> CaseResult:
-    """The verdict for one case_id (either side may be absent)."""
+def _timed_basis(base: Row, cur: Row) -> str:
+    """``graph`` when both sides have graph-replay samples, else ``eager``."""
+    return "graph" if base.graph_timed and cur.graph_timed else "eager"
+
+
+def judge_case(base: Row | None, cur: Row | None, threshold: float, rule: DecisionRule,
+               eager_thresholds: tuple[float | None, float | None] = (None, None)) -> CaseResult:
+    """The verdict for one case_id (either side may be absent); see the module docstring.
+
+    ``threshold`` limits the device time; ``eager_thresholds`` = (device-bound, host-bound) limits
+    of the eager time (None: reported only)."""
     ref = cur or base
     assert ref is not None
     result = CaseResult(case_id=ref.case_id, verdict="unchanged", implementation=ref.implementation, level=ref.level,
                         mode=ref.mode, dtype=ref.dtype, params=dict(ref.params), threshold=threshold,
-                        baseline=_summary(base), current=_summary(cur))
+                        baseline=_summary(base), current=_summary(cur), eager_thresholds=eager_thresholds)
     if cur is None:
         result.verdict, result.reason = "missing", "in the baseline, not in the current run"
         return result
@@ -230,14 +260,34 @@ def judge_case(base: Row | None, cur: Row | None, threshold: float, rule: Decisi
         result.verdict = "new"
         result.reason = "not in the baseline" if base is None else f"baseline status {base.status}: {base.message}"
         return result
-    cmp = compare_samples(base.samples_ms, cur.samples_ms, rule, threshold)
-    result.verdict, result.reason = cmp.verdict, cmp.reason
+    result.timer = _timed_basis(base, cur)
+    result.host_bound = bool(base.host_bound)  # what the case is where the baseline was measured
+    if result.timer == "graph":
+        cmp = compare_samples(base.device_samples_ms, cur.device_samples_ms, rule, threshold)
+    else:
+        cmp = compare_samples(base.samples_ms, cur.samples_ms, rule, threshold)
+    result.verdict, result.reason = cmp.verdict, f"{result.timer}: {cmp.reason}"
     result.ratio, result.delta_ms, result.noise_ms = cmp.ratio, cmp.delta_ms, cmp.noise_ms
     result.ci = (cmp.ci_low, cmp.ci_high)
     result.p_value = cmp.p_faster if cmp.ratio < 1 else cmp.p_slower
+    if result.timer == "graph" and base.eager_ms is not None and cur.eager_ms is not None:
+        _judge_eager(result, base, cur, rule)
     if was_slowed(cur.backend_detail, cur.message):
         result.reason += " [current run measured with the test slowdown on]"
     return result
+
+
+def _judge_eager(result: CaseResult, base: Row, cur: Row, rule: DecisionRule) -> None:
+    """Compare the eager samples too; an eager regression fails the case where its limit is not off."""
+    limit = result.eager_thresholds[1] if result.host_bound else result.eager_thresholds[0]
+    kind = "host-bound" if result.host_bound else "device-bound"
+    cmp = compare_samples(base.samples_ms, cur.samples_ms, rule, limit if limit is not None else rule.max_slowdown)
+    result.eager = {"verdict": cmp.verdict if limit is not None else "not judged", "ratio": cmp.ratio,
+                    "threshold": limit, "host_bound": result.host_bound,
+                    "reason": cmp.reason if limit is not None else f"{kind}, eager limit off: {100 * (cmp.ratio - 1):+.1f}%"}
+    if limit is not None and cmp.verdict == "regression" and result.verdict not in FAILING:
+        result.verdict = "regression"
+        result.reason = f"eager ({kind}): {cmp.reason}; device ({result.reason})"
 
 
 def sort_cases(cases: list[CaseResult]) -> None:
@@ -257,7 +307,9 @@ def compare_snapshots(baseline: Snapshot, current: Snapshot, *, thresholds: Thre
     cases = []
     for cid in list(dict.fromkeys([*base_rows, *cur_rows])):
         base, cur = base_rows.get(cid), cur_rows.get(cid)
-        cases.append(judge_case(base, cur, thresholds.for_row(cur or base), rule))
+        row = cur or base
+        eager = (thresholds.eager_for_row(row, host_bound=False), thresholds.eager_for_row(row, host_bound=True))
+        cases.append(judge_case(base, cur, thresholds.for_row(row), rule, eager))
     sort_cases(cases)
     return GateReport(cases=cases, rule=rule, baseline=_describe(baseline), current=_describe(current),
                       fail_on_missing=fail_on_missing, warnings=[warning] if warning else [])

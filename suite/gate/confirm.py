@@ -122,13 +122,14 @@ def _fmt(values: list[float | None], spec: str = ".3f") -> str:
 
 def settle(case, base: Row, rows: list[Row], n: int, rule: DecisionRule) -> None:
     """Replace a flagged case's verdict by the majority of its re-measurements' verdicts."""
-    judged = [judge_case(base, row, case.threshold, rule) for row in rows]
+    judged = [judge_case(base, row, case.threshold, rule, tuple(case.eager_thresholds)) for row in rows]
     verdicts = [j.verdict for j in judged]
     regressions = verdicts.count("regression")
     needed = n // 2 + 1
     case.confirmation = {
         "runs": len(rows), "requested": n, "regressions": regressions, "needed": needed, "verdicts": verdicts,
-        "ratios": [j.ratio for j in judged], "medians_ms": [r.median_ms for r in rows], "p_values": [j.p_value for j in judged],
+        "ratios": [j.ratio for j in judged], "medians_ms": [r.median_ms for r in rows],
+        "graph_medians_ms": [r.graph_median_ms for r in rows], "p_values": [j.p_value for j in judged],
         "reasons": [j.reason for j in judged], "timestamps": [r.timestamp for r in rows],
     }
     tally = f"regression in {regressions}/{n} re-measurements (ratios {_fmt(case.confirmation['ratios'])})"

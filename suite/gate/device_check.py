@@ -1,21 +1,22 @@
-"""The gate's acceptance run on a GPU (issue 8, "done when"), in one command.
+"""The gate's acceptance run on a GPU, one command per machine.
 
-    python -m suite.gate.device_check --out $OUT [--ab-ref REF_OR_DIR] [--rounds 2]
+    python -m suite.gate.device_check --out $OUT --steps baseline,slow:cgspn-scan=1.1,slow:attention-cudnn=1.1
+    python -m suite.gate.device_check --out $OUT --steps unchanged --baseline results/baselines/nvidia-h200.json
 
-1. measures ``scenarios/gate.yaml`` (prints how long it took: the scenario must stay under
-   5 minutes on one H100) and freezes it as ``$OUT/baselines/<gpu-model>.json`` — copy that
-   file to ``results/baselines/`` and commit it;
-2. A/B: measures a subset of the gate scenario (``cgspn-scan``, ``attention-cudnn``, ``cgspn``)
-   for the current tree and ``--ab-ref`` (a git ref, or a directory holding ``kernels/`` when the
-   machine has no git history, e.g. ``git archive HEAD~1 kernels | tar -x -C .ab-prev``),
-   interleaved; expected to pass when the kernels did not change;
-3. measures the same subset with ``CGSPN_BENCH_TEST_SLOWDOWN=cgspn-scan=2`` and gates it against
-   the baseline of step 1 with ``--confirm 3`` (as CI does; the re-measurements keep the slowdown);
-   expected to fail with ``cgspn-scan`` regressions only.
+Steps (run in the order given):
 
-Every step runs the real ``cgspn-bench`` command line in a subprocess, so the console output
-saved in ``$OUT/*.txt`` is exactly what a user sees; ``$OUT/summary.json`` lists each step's
-exit code against the expected one.
+* ``baseline``: measure ``scenarios/gate.yaml`` (its wall time is printed: it must stay under 5
+  minutes on one H200) and freeze it as ``$OUT/baselines/<gpu-model>.json`` -- copy that file to
+  ``results/baselines/`` and commit it; later steps of the same command judge against it;
+* ``unchanged``: measure the scenario again and gate it against the baseline with the committed
+  thresholds and ``--confirm 3``, as CI does; expected to pass (0 regressions);
+* ``slow:SPEC``: the same with ``CGSPN_BENCH_TEST_SLOWDOWN=SPEC`` (e.g. ``cgspn-scan=1.1``, every
+  ``cgspn-scan`` step 10% slower on the device); expected to fail, with every failing case one of
+  the slowed implementation's cases and nothing else.
+
+Every step runs the real ``cgspn-bench`` command line in a subprocess, so the console output saved
+in ``$OUT/logs/*.txt`` is exactly what a user sees; ``$OUT/summary.json`` lists each step's exit
+code against the expected one and, for slowdown steps, which cases failed.
 """
 
 from __future__ import annotations
@@ -28,86 +29,86 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
+from suite.gate.slowdown import ENV_VAR, parse_slowdown
 
-from suite.gate.slowdown import was_slowed
-
-SUBSET = ["cgspn-scan", "attention-cudnn", "cgspn"]
+THRESHOLDS = Path("results/baselines/thresholds.yaml")
 
 
-def subset_scenario(source: Path, target: Path) -> Path:
-    """The gate scenario restricted to :data:`SUBSET` (same params, so the same case ids)."""
-    data = yaml.safe_load(source.read_text())
-    data["name"] = "gate-subset"
-    data["description"] = f"{data['description']} -- subset: {', '.join(SUBSET)}"
-    data["implementations"] = [i for i in data["implementations"] if i in SUBSET]
-    target.write_text(yaml.safe_dump(data, sort_keys=False))
-    return target
-
-
-def step(name: str, command: list[str], out: Path, expect: int, env: dict | None = None) -> dict:
-    """Run one CLI step, tee its output to ``out/<name>.txt``, compare the exit code."""
+def step(name: str, command: list[str], logs: Path, expect: int, env: dict | None = None) -> dict:
+    """Run one CLI step, save its output to ``logs/<name>.txt``, compare the exit code."""
     print(f"\n=== {name}: {' '.join(command)}", flush=True)
     started = time.time()
     proc = subprocess.run(command, env={**os.environ, **(env or {})}, capture_output=True, text=True)
     elapsed = time.time() - started
     text = proc.stdout + proc.stderr
-    (out / f"{name}.txt").write_text(text)
-    print(text[-6000:], flush=True)
+    (logs / f"{name}.txt").write_text(text)
+    print(text[-3000:], flush=True)
     ok = proc.returncode == expect
     print(f"=== {name}: exit {proc.returncode} (expected {expect}) in {elapsed:.0f} s -> {'OK' if ok else 'UNEXPECTED'}")
     return {"step": name, "command": command, "env": env or {}, "exit": proc.returncode, "expected": expect, "ok": ok,
             "elapsed_s": round(elapsed, 1)}
 
 
+def slowed_only(verdicts: Path, spec: str) -> dict:
+    """Whether every failing case of the gate's JSON is a case the slowdown ``spec`` slowed."""
+    slowed = parse_slowdown(spec)
+    data = json.loads(verdicts.read_text())
+    failing = [c for c in data["cases"] if c["case_id"] in data["failures"]]
+
+    def is_slowed(case: dict) -> bool:
+        return (case["implementation"], case["level"]) in slowed or (case["implementation"], None) in slowed
+
+    wrong = [c["label"] for c in failing if not is_slowed(c)]
+    caught = [c["label"] for c in failing if is_slowed(c)]
+    return {"ok": bool(caught) and not wrong, "failed_slowed": caught, "failed_other": wrong,
+            "slowed_cases": sum(is_slowed(c) for c in data["cases"])}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="output folder (e.g. $OUT on the device machine)")
-    parser.add_argument("--ab-ref", default="HEAD~1", help="git ref or source directory for the A/B step (default HEAD~1)")
-    parser.add_argument("--rounds", type=int, default=2, help="A/B rounds (default 2)")
+    parser.add_argument("--steps", default="baseline,unchanged,slow:cgspn-scan=1.1",
+                        help="comma-separated: baseline, unchanged, slow:SPEC (default %(default)s)")
     parser.add_argument("--scenario", type=Path, default=Path("scenarios/gate.yaml"))
-    parser.add_argument("--skip", action="append", default=[], choices=("baseline", "ab", "slowdown"),
-                        help="skip a step (repeatable); slowdown needs the baseline of this run or --baseline")
-    parser.add_argument("--baseline", type=Path, help="baseline file for the slowdown step (default: the one step 1 wrote)")
+    parser.add_argument("--baseline", type=Path, help="baseline file (default: the one the baseline step writes)")
+    parser.add_argument("--thresholds", type=Path, default=THRESHOLDS, help="gate thresholds file (default %(default)s)")
+    parser.add_argument("--confirm", type=int, default=3, help="re-measurements per first-pass regression (as CI: 3)")
+    parser.add_argument("--tag", default="", help="suffix for run folders and logs (two commands sharing one $OUT)")
     args = parser.parse_args(argv)
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    out, tag = args.out, f"-{args.tag}" if args.tag else ""
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
     cli = [sys.executable, "-m", "suite.cli"]
-    subset = subset_scenario(args.scenario, out / "gate-subset.yaml")
-    results = []
-    baseline = args.baseline
-    if "baseline" not in args.skip:
-        run = out / "runs" / "gate"
-        results.append(step("1-gate-scenario", [*cli, "run", str(args.scenario), "--out", str(run), "--force"], out, 0))
-        results.append(step("1-baseline-update", [*cli, "baseline", "update", "--from", str(run), "--dir",
-                                                  str(out / "baselines")], out, 0))
-        found = sorted((out / "baselines").glob("*.json"))
-        baseline = found[0] if found else None
-    if "ab" not in args.skip:
-        results.append(step("2-ab-vs-ref", [*cli, "gate", "--ab", args.ab_ref, "--scenario", str(subset), "--rounds",
-                                            str(args.rounds), "--out", str(out / "runs" / "ab"), "--json",
-                                            str(out / "ab-gate.json")], out, 0))
-    if "slowdown" not in args.skip:
+    results, baseline = [], args.baseline
+    for index, name in enumerate(s.strip() for s in args.steps.split(",") if s.strip()):
+        label = f"{index + 1}-{name.replace(':', '-').replace('=', '-')}{tag}"
+        run = out / "runs" / label
+        if name == "baseline":
+            results.append(step(f"{label}-run", [*cli, "run", str(args.scenario), "--out", str(run), "--force"], logs, 0))
+            results.append(step(f"{label}-update", [*cli, "baseline", "update", "--from", str(run), "--dir",
+                                                    str(out / "baselines")], logs, 0))
+            found = sorted((out / "baselines").glob("*.json"))
+            baseline = found[0] if found else baseline
+            continue
+        if name != "unchanged" and not name.startswith("slow:"):
+            parser.error(f"--steps: unknown step {name!r}; allowed: baseline, unchanged, slow:SPEC")
         if baseline is None:
-            print("slowdown step skipped: no baseline (run step 1 or pass --baseline)")
-        else:
-            slow = out / "runs" / "gate-slow"
-            env = {"CGSPN_BENCH_TEST_SLOWDOWN": "cgspn-scan=2"}
-            results.append(step("3-slowdown-run", [*cli, "run", str(subset), "--out", str(slow), "--force"], out, 0, env))
-            # --confirm 3 as in CI: the slowed cases must stay regressions, launch-bound noise must clear
-            results.append(step("3-slowdown-gate", [*cli, "gate", "--baseline", str(baseline), "--current", str(slow),
-                                                    "--confirm", "3", "--json", str(out / "slowdown-gate.json")], out, 1,
-                                env))
-            rows = [json.loads(line) for line in (slow / "rows.jsonl").read_text().splitlines() if line.strip()]
-            marked = [r for r in rows if r["implementation"] == "cgspn-scan" and was_slowed(r.get("backend_detail"))]
-            if not marked:
-                print("NOTE: no cgspn-scan row carries the test-slowdown marker: measure_case does not call "
-                      "suite.gate.slowdown.apply_test_slowdown yet")
-            results.append({"step": "3-slowdown-marker", "ok": bool(marked), "rows_marked": len(marked)})
-    (out / "summary.json").write_text(json.dumps(results, indent=1))
+            parser.error(f"step {name!r} needs a baseline: run the baseline step first or pass --baseline")
+        spec = name.partition(":")[2]
+        env = {ENV_VAR: spec} if spec else {}
+        verdicts = out / "runs" / f"{label}.json"
+        results.append(step(f"{label}-run", [*cli, "run", str(args.scenario), "--out", str(run), "--force"], logs, 0, env))
+        gate = [*cli, "gate", "--baseline", str(baseline), "--current", str(run), "--thresholds", str(args.thresholds),
+                "--confirm", str(args.confirm), "--json", str(verdicts)]
+        results.append(step(f"{label}-gate", gate, logs, 1 if spec else 0, env))
+        if spec and verdicts.exists():
+            results.append({"step": f"{label}-only-slowed", **slowed_only(verdicts, spec)})
+    (out / f"summary{tag}.json").write_text(json.dumps(results, indent=1))
     print("\n=== summary")
     for r in results:
-        print(f"{r['step']:>20}: {'OK' if r['ok'] else 'UNEXPECTED'}  {r.get('exit', '')} {r.get('elapsed_s', '')}")
+        extra = f"{r.get('exit', '')} {r.get('elapsed_s', '')}" if "exit" in r else json.dumps(
+            {k: r[k] for k in ("failed_slowed", "failed_other", "slowed_cases")})
+        print(f"{r['step']:>40}: {'OK' if r['ok'] else 'UNEXPECTED'}  {extra}")
     return 0 if all(r["ok"] for r in results) else 1
 
 

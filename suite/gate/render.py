@@ -13,13 +13,22 @@ STYLES = {"regression": "bold red", "failed-check": "bold red", "broken": "bold 
           "unchanged": "dim", "skipped": "dim"}
 
 
-def _ms(summary: dict | None) -> str:
+def _ms(summary: dict | None, timer: str = "") -> str:
+    """The judged median ±IQR/2 (graph replays when the verdict used them, the eager median beside)."""
     if not summary:
         return "-"
     if summary["status"] != "ok" or summary["median_ms"] is None:
         return summary["status"]
+    if timer == "graph" and summary.get("graph_median_ms") is not None:
+        iqr = summary.get("graph_iqr_ms") or 0.0
+        return f"{summary['graph_median_ms']:.4g} ±{iqr / 2:.2g} (n={summary['graph_n']}; eager {summary['median_ms']:.4g})"
     iqr = summary["iqr_ms"] or 0.0
     return f"{summary['median_ms']:.4g} ±{iqr / 2:.2g} (n={summary['n']})"
+
+
+def _timer(case) -> str:
+    """What the verdict judged: ``graph`` (device) or ``eager``, and ``host-bound`` where it is."""
+    return case.timer + (", host-bound" if case.host_bound else "") if case.timer else ""
 
 
 def _first_pass(case) -> str:
@@ -54,7 +63,9 @@ def render(report: GateReport, console: Console | None = None, show_unchanged: b
     console.print(f"[bold]current [/] {c['source']} ({c['gpu_model']}, commit {str(c['commit'])[:12]})")
     rule = report.rule
     console.print(f"rule: slower than max-slowdown (default {100 * rule.max_slowdown:.0f}%) AND shift > mean IQR AND "
-                  f"{100 * rule.confidence:.0f}% bootstrap CI of the ratio excludes 1 AND Mann-Whitney p < {rule.alpha}")
+                  f"{100 * rule.confidence:.0f}% bootstrap CI of the ratio excludes 1 AND Mann-Whitney p < {rule.alpha}; "
+                  "judged on device time (CUDA-graph replays) where both sides have it, else eager; the eager time "
+                  "as the thresholds file says")
     for warning in report.warnings:
         console.print(f"[yellow]warning:[/] {escape(warning)}")
     line = confirm_line(report)
@@ -63,7 +74,8 @@ def render(report: GateReport, console: Console | None = None, show_unchanged: b
     confirmed = any(c.first_pass for c in report.cases)
     table = Table(show_lines=False, header_style="bold")
     first_pass_column = (("first pass", "left"),) if confirmed else ()
-    for name, justify in (("verdict", "left"), *first_pass_column, ("case", "left"), ("baseline ms (median ±IQR/2)", "right"),
+    for name, justify in (("verdict", "left"), *first_pass_column, ("case", "left"), ("timer", "left"),
+                          ("baseline ms (median ±IQR/2)", "right"),
                           ("current ms", "right"), ("ratio", "right"), ("CI", "right"), ("p", "right"),
                           ("max", "right"), ("why", "left")):
         table.add_column(name, justify=justify, overflow="fold")
@@ -78,8 +90,8 @@ def render(report: GateReport, console: Console | None = None, show_unchanged: b
         p = f"{case.p_value:.2g}" if case.p_value is not None and case.p_value == case.p_value else "-"
         threshold = f"{100 * case.threshold:.0f}%" if case.threshold is not None else "-"
         first = (escape(_first_pass(case)),) if confirmed else ()
-        table.add_row(f"[{style}]{case.verdict}[/]", *first, escape(case.label), _ms(case.baseline), _ms(case.current), ratio,
-                      ci, p, threshold, escape(case.reason))
+        table.add_row(f"[{style}]{case.verdict}[/]", *first, escape(case.label), _timer(case), _ms(case.baseline, case.timer),
+                      _ms(case.current, case.timer), ratio, ci, p, threshold, escape(case.reason))
     console.print(table)
     if hidden:
         console.print(f"({hidden} unchanged or skipped cases not shown)")
@@ -102,8 +114,9 @@ def markdown(report: GateReport, show_unchanged: bool = False) -> str:
     if confirm_line(report):
         lines += [str(confirm_line(report)), ""]
     confirmed = any(case.first_pass for case in report.cases)
-    lines += ["| verdict |" + (" first pass |" if confirmed else "") + " case | baseline ms | current ms | ratio | 95% CI | p "
-              "| max | why |", "|---|" + ("---|" if confirmed else "") + "---|---:|---:|---:|---:|---:|---:|---|"]
+    lines += ["| verdict |" + (" first pass |" if confirmed else "") + " case | timer | baseline ms | current ms | ratio "
+              "| 95% CI | p | max | why |",
+              "|---|" + ("---|" if confirmed else "") + "---|---|---:|---:|---:|---:|---:|---:|---|"]
     for case in report.cases:
         if case.verdict in ("unchanged", "skipped") and not show_unchanged:
             continue
@@ -111,8 +124,8 @@ def markdown(report: GateReport, show_unchanged: bool = False) -> str:
         ci = f"{case.ci[0]:.3f}–{case.ci[1]:.3f}" if case.ci and case.ci[0] == case.ci[0] else ""
         p = f"{case.p_value:.2g}" if case.p_value is not None and case.p_value == case.p_value else ""
         cells = [f"**{case.verdict}**" if case.verdict in FAILING else case.verdict,
-                 *((_first_pass(case),) if confirmed else ()), case.label, _ms(case.baseline),
-                 _ms(case.current), ratio, ci, p, f"{100 * case.threshold:.0f}%" if case.threshold is not None else "",
-                 case.reason]
+                 *((_first_pass(case),) if confirmed else ()), case.label, _timer(case), _ms(case.baseline, case.timer),
+                 _ms(case.current, case.timer), ratio, ci, p,
+                 f"{100 * case.threshold:.0f}%" if case.threshold is not None else "", case.reason]
         lines.append("| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
     return "\n".join(lines) + "\n"

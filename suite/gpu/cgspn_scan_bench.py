@@ -37,7 +37,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -60,10 +60,10 @@ from kernels.cgspn import (  # noqa: E402
 from kernels.registry import Workload  # noqa: E402
 from suite.environment import collect_environment  # noqa: E402
 from suite.gpu.common import check_device, print_table, run_pytest  # noqa: E402
-from suite.measure import TimingSettings, copy_bandwidth_gbps, make_step, measure  # noqa: E402
+from suite.measure import TimingSettings, copy_bandwidth_gbps, make_step, measure, measure_cuda_graph  # noqa: E402
 
 TEST_SELECTION = ["suite/tests/test_cgspn_scan.py::TestFullShapesGPU", "suite/tests/test_cgspn_gate_norm.py"]
-TIMING = TimingSettings(budget_ms=60, warmup_ms=10, min_reps=5, max_reps=200, l2_flush="auto", cuda_graph=False)
+TIMING = TimingSettings(budget_ms=60, warmup_ms=10, min_reps=5, max_reps=200, l2_flush="auto")
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 DEFAULT_VARIANT = scan.DEFAULT_VARIANT
 AUTOTUNED = ("_scan_quad_fwd_kernel", "_scan_quad_bwd_kernel", "_scan_pair_fwd_kernel", "_propagate_fwd_kernel",
@@ -222,9 +222,12 @@ def time_case(case: Case, device: str, copy_gbps: float | None) -> dict:
             torch.cuda.synchronize()
         row["first_call_s"] = round(time.perf_counter() - start, 2)
         row["configs"] = tuned_configs()
-        settings = replace(TIMING, cuda_graph=True) if case.extra.get("cuda_graph") else TIMING
-        timing = measure(step, device, settings, bytes_ideal=workload.bytes_for(case.mode))
-        row["timer"] = timing.timer + (f" ({timing.message})" if timing.message else "")
+        timing, message = None, ""
+        if case.extra.get("cuda_graph") and device == "cuda":
+            timing, message = measure_cuda_graph(step, torch.device(device), TIMING, workload.bytes_for(case.mode))
+        if timing is None:
+            timing = measure(step, device, TIMING, bytes_ideal=workload.bytes_for(case.mode))
+        row["timer"] = timing.timer + (f" ({message})" if message else "")
         ideal = workload.bytes_for(case.mode)
         row.update(status="ok", median_ms=timing.median_ms, iqr_ms=timing.iqr_ms, min_ms=timing.min_ms, n=timing.n,
                    outliers=timing.outliers, l2_flush=timing.l2_flush, peak_mem_bytes=timing.peak_mem_bytes,

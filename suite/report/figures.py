@@ -111,7 +111,12 @@ def _line_key(row: Row, others: list[str], show_mode: bool, show_dtype: bool) ->
     return " ".join(parts)
 
 
-def _plot_panel(ax, rows: list[Row], axis: str, others: list[str], colors: dict[str, str], paper_points: list[dict]) -> None:
+TIMING_LABEL = {"device": "device time, ms (CUDA-graph replays where captured)",
+                "eager": "eager time, ms (host launches included)"}
+
+
+def _plot_panel(ax, rows: list[Row], axis: str, others: list[str], colors: dict[str, str], paper_points: list[dict],
+                timing: str = "device") -> None:
     show_mode = len({r.mode for r in rows}) > 1
     show_dtype = len({r.dtype for r in rows}) > 1
     lines: dict[str, list[Row]] = defaultdict(list)
@@ -125,9 +130,9 @@ def _plot_panel(ax, rows: list[Row], axis: str, others: list[str], colors: dict[
         color = colors[impl]
         marker = MARKERS[seen_per_impl[impl] % len(MARKERS)]  # lines of one implementation differ by marker
         seen_per_impl[impl] += 1
-        ok = [r for r in members if r.status == "ok" and r.median_ms is not None]
+        ok = [r for r in members if r.status == "ok" and r.time_ms(timing) is not None]
         style = "--" if members[0].mode == "fwd+bwd" else "-"
-        ax.plot([axis_value(r.params, axis) for r in ok], [r.median_ms for r in ok], style, marker=marker, ms=4, lw=1.5,
+        ax.plot([axis_value(r.params, axis) for r in ok], [r.time_ms(timing) for r in ok], style, marker=marker, ms=4, lw=1.5,
                 color=color, label=label)
         for r in members:
             if r.status != "ok":
@@ -224,23 +229,52 @@ def _scenario_groups(run: Run, case_ids: dict[str, set[str]], rows: list[Row]) -
     return [(name, by_name.get(name, {}), rows) for name, rows in sorted(groups.items())]
 
 
-def latency_figure(name: str, scenario: dict, rows: list[Row], colors: dict[str, str]) -> Figure | None:
-    """Latency against the scenario's sweep axis, one panel per level; bars when nothing is swept."""
+def _bars(ax, rows: list[Row], colors: dict[str, str], level: str) -> None:
+    """One group per case: device time (solid) and eager time (hatched) on a linear axis from 0."""
+    ok = sorted((r for r in rows if r.level == level and r.status == "ok" and r.device_ms), key=lambda r: r.device_ms)
+    labels = [f"{r.implementation} {r.mode}" for r in ok]
+    y = list(range(len(ok)))
+    both = any(r.graph_timed and r.eager_ms for r in ok)
+    height = 0.38 if both else 0.7
+    ax.barh([i - (height / 2 if both else 0) for i in y], [r.device_ms for r in ok], height=height,
+            color=[colors[r.implementation] for r in ok], label="device (CUDA-graph replays)" if both else None)
+    for i, r in enumerate(ok):
+        ax.annotate(f"{r.device_ms:.3g}", (r.device_ms, i - (height / 2 if both else 0)), xytext=(3, 0),
+                    textcoords="offset points", va="center", fontsize=7)
+    if both:
+        eager = [r.eager_ms or 0.0 for r in ok]
+        ax.barh([i + height / 2 for i in y], eager, height=height, color=[colors[r.implementation] for r in ok], alpha=0.45,
+                hatch="//", label="eager (host launches included)")
+        for i, value in enumerate(eager):
+            if value:
+                ax.annotate(f"{value:.3g}", (value, i + height / 2), xytext=(3, 0), textcoords="offset points", va="center",
+                            fontsize=7)
+        ax.legend(loc="lower right")
+    ax.set_yticks(y, labels)
+    ax.set_xlim(0, max([r.device_ms for r in ok] + [r.eager_ms or 0.0 for r in ok] + [1e-9]) * 1.18)
+    ax.set_xlabel("median time (ms)")
+    ax.set_title(level)
+    ax.invert_yaxis()
+
+
+def latency_figure(name: str, scenario: dict, rows: list[Row], colors: dict[str, str], timing: str = "device") -> Figure | None:
+    """Latency against the scenario's sweep axis, one panel per level, in ``timing`` (device or eager
+    time); bars of both times when nothing is swept."""
     axes_varying = varying_axes(rows)
     title_ref = f" ({scenario['paper']})" if scenario.get("paper") else ""
+    suffix = "" if timing == "device" else " (eager)"
     with plt.rc_context(STYLE):
         levels = _levels(rows)
         fig, panels = _panels(len(levels))
         if not axes_varying:
+            if timing != "device":
+                plt.close(fig)
+                return None  # the bars already show both times
             for ax, level in zip(panels, levels, strict=True):
-                ok = sorted((r for r in rows if r.level == level and r.status == "ok" and r.median_ms), key=lambda r: r.median_ms)
-                labels = [f"{r.implementation} {r.mode}" for r in ok]
-                ax.barh(labels, [r.median_ms for r in ok], color=[colors[r.implementation] for r in ok])
-                ax.set_xscale("log")
-                ax.set_xlabel("median latency (ms)")
-                ax.set_title(level)
-                ax.invert_yaxis()
-            caption = "Median latency per implementation (log scale)."
+                _bars(ax, rows, colors, level)
+            caption = ("Median time per implementation on a linear axis from zero: device time (CUDA-graph replays, "
+                       "solid) and, where both were measured, eager time (what a PyTorch call costs, host launches "
+                       "included, hatched).")
         else:
             plt.close(fig)
             plan = [panel for lvl in levels for panel in _panel_plan(lvl, [r for r in rows if r.level == lvl], axes_varying)]
@@ -249,22 +283,26 @@ def latency_figure(name: str, scenario: dict, rows: list[Row], colors: dict[str,
             paper_points = scenario.get("paper_points") or []
             for ax, (title, axis, others, panel_rows) in zip(panels, plan, strict=True):
                 level = panel_rows[0].level
-                _plot_panel(ax, panel_rows, axis, others, colors, [p for p in paper_points if p.get("level") == level])
+                _plot_panel(ax, panel_rows, axis, others, colors, [p for p in paper_points if p.get("level") == level], timing)
                 ax.set_xlabel(AXIS_LABEL[axis])
-                ax.set_ylabel("median latency (ms)")
+                ax.set_ylabel(TIMING_LABEL[timing])
                 ax.set_title(title)
             swept = " and ".join(dict.fromkeys(AXIS_LABEL[a] for _, a, _, _ in plan))
-            caption = (f"Median latency vs {swept} (log y), one line per implementation; dashed lines are "
+            what = ("device time (CUDA-graph replays where captured, else eager)" if timing == "device" else
+                    "eager time (host launches included: what a PyTorch call costs; drawn because some cases are "
+                    "host-bound, their eager time beyond 10% over the graph time)")
+            caption = (f"Median {what} vs {swept} (log y), one line per implementation; dashed lines are "
                        "forward+backward. Hollow diamonds are the paper's A100 numbers where the scenario gives them.")
-        fig.suptitle(f"{name}{title_ref}", fontsize=11)
-        return _finish(fig, f"latency-{_slug(name)}", f"Latency: {name}{title_ref}", caption, wide=len(levels) > 1)
+        fig.suptitle(f"{name}{title_ref}{suffix}", fontsize=11)
+        stem = f"latency-{_slug(name)}" + ("" if timing == "device" else "-eager")
+        return _finish(fig, stem, f"Latency: {name}{title_ref}{suffix}", caption, wide=len(levels) > 1)
 
 
-def speedup_figure(name: str, scenario: dict, rows: list[Row], colors: dict[str, str]) -> Figure | None:
-    """Speedup vs resolution over the fastest attention row at each point (see tables.speedups)."""
+def speedup_figure(name: str, scenario: dict, rows: list[Row], colors: dict[str, str], timing: str = "device") -> Figure | None:
+    """Speedup vs resolution over the fastest attention row at each point (see tables.speedups), in ``timing``."""
     if "grid" not in varying_axes(rows):
         return None
-    frame = speedups(rows)
+    frame = speedups(rows, timing)
     if frame.empty:
         return None
     with plt.rc_context(STYLE):
@@ -288,11 +326,15 @@ def speedup_figure(name: str, scenario: dict, rows: list[Row], colors: dict[str,
             ax.set_ylabel("speedup over best attention (x)")
             ax.set_title(level)
             ax.legend(loc="best")
-        fig.suptitle(f"{name}: speedup over the strongest attention baseline", fontsize=11)
-        caption = ("Speedup = latency of the fastest global-attention implementation at that point (tiled FlashAttention, "
-                   "a windowed approximation, is not a baseline) / latency of the implementation; above the dotted line "
-                   "is faster than every global-attention baseline measured.")
-        return _finish(fig, f"speedup-{_slug(name)}", f"Speedup: {name}", caption, wide=len(levels) > 1)
+        suffix = "" if timing == "device" else " (eager)"
+        fig.suptitle(f"{name}: speedup over the strongest attention baseline{suffix}", fontsize=11)
+        caption = (f"Speedup = {timing} time of the fastest global-attention implementation at that point (tiled "
+                   "FlashAttention, a windowed approximation, is not a baseline) / that of the implementation; above the "
+                   "dotted line is faster than every global-attention baseline measured. "
+                   + ("Device time: CUDA-graph replays where captured." if timing == "device" else
+                      "Eager time: host launches included, what a PyTorch call costs."))
+        stem = f"speedup-{_slug(name)}" + ("" if timing == "device" else "-eager")
+        return _finish(fig, stem, f"Speedup: {name}{suffix}", caption, wide=len(levels) > 1)
 
 
 def breakdown_figure(rows: list[Row]) -> Figure | None:
@@ -342,8 +384,8 @@ def breakdown_figure(rows: list[Row]) -> Figure | None:
 
 def compare_figure(run: Run, other: Run) -> Figure | None:
     """Median of each case in both runs, log-log, with the y = x line (matched by case_id)."""
-    theirs = {r.case_id: r for r in other.case_rows if r.status == "ok" and r.median_ms}
-    pairs = [(r, theirs[r.case_id]) for r in run.case_rows if r.status == "ok" and r.median_ms and r.case_id in theirs]
+    theirs = {r.case_id: r for r in other.case_rows if r.status == "ok" and r.device_ms}
+    pairs = [(r, theirs[r.case_id]) for r in run.case_rows if r.status == "ok" and r.device_ms and r.case_id in theirs]
     if not pairs:
         return None
     colors = implementation_colors([r.implementation for r, _ in pairs])
@@ -351,16 +393,16 @@ def compare_figure(run: Run, other: Run) -> Figure | None:
         fig, ax = plt.subplots(figsize=(5.6, 5.0))
         for impl in sorted({r.implementation for r, _ in pairs}):
             sel = [(a, b) for a, b in pairs if a.implementation == impl]
-            ax.plot([a.median_ms for a, _ in sel], [b.median_ms for _, b in sel], "o", ms=4, color=colors[impl], label=impl)
-        values = [v for a, b in pairs for v in (a.median_ms, b.median_ms)]
+            ax.plot([a.device_ms for a, _ in sel], [b.device_ms for _, b in sel], "o", ms=4, color=colors[impl], label=impl)
+        values = [v for a, b in pairs for v in (a.device_ms, b.device_ms)]
         lo, hi = min(values) / 1.5, max(values) * 1.5
         ax.plot([lo, hi], [lo, hi], color="grey", lw=1, ls=":", label="equal")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlim(lo, hi)
         ax.set_ylim(lo, hi)
-        ax.set_xlabel(f"{run.name} median (ms)")
-        ax.set_ylabel(f"{other.name} median (ms)")
+        ax.set_xlabel(f"{run.name}: device time (ms)")
+        ax.set_ylabel(f"{other.name}: device time (ms)")
         ax.legend(loc="upper left")
         fig.suptitle(f"{run.name} vs {other.name}", fontsize=11)
         caption = f"Each point is one case measured in both runs; above the dotted line {run.name} is faster."
@@ -405,7 +447,8 @@ def spread_figure(spread: list[dict]) -> Figure | None:
 
 
 def run_figures(run: Run, case_ids: dict[str, set[str]] | None = None) -> list[Figure]:
-    """Per scenario a latency figure and (for resolution sweeps with attention) a speedup figure.
+    """Per scenario a latency figure and (for resolution sweeps with attention) a speedup figure, on
+    device time; the same on eager time where some case of the scenario is host-bound.
 
     ``case_ids`` maps a scenario to its cases (suite.report.expected), so a case shared by two
     scenarios appears in both figures. A case measured on several GPUs is one point, the median of
@@ -413,8 +456,11 @@ def run_figures(run: Run, case_ids: dict[str, set[str]] | None = None) -> list[F
     colors = implementation_colors([r.implementation for r in run.rows])
     out = []
     for name, scenario, rows in _scenario_groups(run, case_ids or {}, run.case_rows):
-        for make in (latency_figure, speedup_figure):
-            fig = make(name or "all rows", scenario, rows, colors)
-            if fig is not None:
-                out.append(fig)
+        # the eager figures only where they tell something: some case's host time shows beyond the noise
+        timings = ("device", "eager") if any(r.host_bound for r in rows) else ("device",)
+        for timing in timings:
+            for make in (latency_figure, speedup_figure):
+                fig = make(name or "all rows", scenario, rows, colors, timing)
+                if fig is not None:
+                    out.append(fig)
     return out

@@ -19,26 +19,16 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from kernels.params import ParamError, Params
+from kernels.params import Params
 from suite.gate.baseline import is_confirmation
 from suite.results import ROWS_FILE, RUN_FILE, Row, RunDir, flatten
+from suite.selectors import grid_of
 
 SPREAD_FILE = "gpu_spread.json"  # written by suite.runner in variance mode
-# Params fields that only describe the token grid; selectors and sweeps compare the derived grid.
-GRID_KEYS = ("resolution", "grid", "grid_h", "grid_w", "patch")
 
 
 class ReportError(ValueError):
     """A run directory or option the report cannot use; the message says which and why."""
-
-
-def grid_of(params: dict) -> tuple[int, int] | None:
-    """Token grid ``(H, W)`` of a row's params, or None when the case has no grid (e.g. a bad row)."""
-    try:
-        p = Params(**{k: v for k, v in params.items() if k in Params.names()})
-        return p.H, p.W
-    except (ParamError, TypeError):
-        return None
 
 
 def resolution_of(params: dict) -> int | None:
@@ -183,7 +173,7 @@ def one_row_per_case(rows: list[Row]) -> list[Row]:
     In variance mode every GPU measured every case; a case's row is then its first ok row with
     ``median_ms`` replaced by the median over the GPUs' medians (``min_ms`` by the lowest), so
     figures draw one point per case and ``--compare`` matches one number per case. A case with
-    no ok row keeps its first row.
+    no ok row keeps its first row. The graph-replay median is the median over the GPUs alike.
     """
     by_case: dict[str, list[Row]] = {}
     for row in rows:
@@ -196,7 +186,11 @@ def one_row_per_case(rows: list[Row]) -> list[Row]:
             continue
         medians = [r.median_ms for r in ok]
         lows = [r.min_ms for r in ok if r.min_ms is not None]
-        out.append(dataclasses.replace(ok[0], median_ms=statistics.median(medians), min_ms=min(lows) if lows else None))
+        graphs = [r.graph_median_ms for r in ok if r.graph_median_ms is not None]
+        graph = statistics.median(graphs) if len(graphs) == len(ok) else None
+        out.append(dataclasses.replace(ok[0], median_ms=statistics.median(medians), min_ms=min(lows) if lows else None,
+                                       graph_median_ms=graph,
+                                       host_overhead_ms=None if graph is None else statistics.median(medians) - graph))
     return out
 
 

@@ -15,8 +15,9 @@ from typing import Any
 import pandas as pd
 
 from suite.profiling.categories import CATEGORIES
-from suite.report.load import GRID_KEYS, Run, gpu_key, gpu_label, grid_of, resolution_of, scenario_hash
+from suite.report.load import Run, gpu_key, gpu_label, resolution_of, scenario_hash
 from suite.results import Row
+from suite.selectors import GRID_KEYS, grid_of
 
 # Short names of Params fields for compact labels ("B=32 C=1152 s=18").
 PARAM_ABBREV = {"batch": "B", "channels": "C", "heads": "heads", "compression": "s", "latent_channels": "C_c",
@@ -185,13 +186,15 @@ def scenarios_table(run: Run, expected: dict[str, int] | None = None) -> Table:
 
 
 def claims_table(claims: list[dict]) -> Table:
-    cols = ["scenario", "id", "text", "kind", "unit", "paper", "ours", "ours_over_paper", "verdict", "target", "target_met",
-            "card", "numerator_ms", "denominator_ms", "note"]
+    cols = ["scenario", "id", "text", "kind", "unit", "paper", "ours", "timer", "ours_device", "ours_eager", "ours_over_paper",
+            "verdict", "target", "target_met", "card", "numerator_ms", "denominator_ms", "numerator_case", "denominator_case",
+            "note"]
     frame = pd.DataFrame(claims, columns=cols)
-    caption = ("ratio = median(numerator)/median(denominator); time = median in ms; share = 100 x numerator/denominator. "
-               "Verdict: ratio/share hold when ours >= 0.9 x paper, are weaker down to 0.5 x paper and disagree below "
-               "(or when the direction reverses); times hold within 2x of the paper's A100 number. Rows matching no ok "
-               "measurement are 'not measured'. The paper measured on A100; ours on the card shown.")
+    caption = ("ratio = time(numerator)/time(denominator); time = median in ms; share = 100 x numerator/denominator. "
+               "'ours' uses the timer shown: graph = median of CUDA-graph replays (device time, no host launch overhead), "
+               "eager = median of eager calls (host included); ours_eager is the eager figure beside it. "
+               "Each selector names exactly one case of the claim's scenario. Rows matching no ok measurement are "
+               "'not measured'. The paper measured on an A100; ours on the card shown.")
     return Table("claims", "Claims: the paper vs this run", frame, caption, [bool(c["disagrees"]) for c in claims])
 
 
@@ -205,9 +208,14 @@ def latency_table(run: Run) -> Table:
         rec.update({
             "status": row.status,
             "median_ms": row.median_ms,
+            "graph_median_ms": row.graph_median_ms if row.timer != "cuda-graph" else row.median_ms,
+            "host_overhead_ms": row.host_overhead_ms,
+            "host_bound": row.host_bound,
             "iqr_ms": row.iqr_ms,
+            "graph_iqr_ms": row.graph_iqr_ms,
             "min_ms": row.min_ms,
             "n": row.n,
+            "graph_n": row.graph_n,
             "outliers": row.outliers,
             "tflops": row.tflops,
             "gbps": row.gbps,
@@ -223,8 +231,11 @@ def latency_table(run: Run) -> Table:
     frame = pd.DataFrame.from_records(records)
     if not frame.empty:
         frame = frame.sort_values(["scenario", "level", "implementation", "mode", "dtype", "grid_h", "params"], kind="stable")
-    caption = ("Every row of the run: median, interquartile range and minimum over n timed repetitions; "
-               "bw_fraction_pct is ideal bytes over time as a share of the measured copy bandwidth.")
+    caption = ("Every row of the run: median, interquartile range and minimum over n timed repetitions. median_ms is the "
+               "eager call (host launches included), graph_median_ms the same step as CUDA-graph replays (device time; "
+               "empty where capture was impossible, graph_message in rows.csv says why), host_overhead_ms their "
+               "difference. tflops, gbps and bw_fraction_pct (ideal bytes over time as a share of the measured copy "
+               "bandwidth) use the device time.")
     return Table("latency", "All measurements", frame.reset_index(drop=True), caption)
 
 
@@ -233,33 +244,39 @@ def latency_table(run: Run) -> Table:
 LOCAL_ATTENTION = ("attention-tiled-flash",)
 
 
-def speedups(rows: list[Row]) -> pd.DataFrame:
+def speedups(rows: list[Row], timing: str = "device") -> pd.DataFrame:
     """Speedup of every non-attention ok row over the strongest global-attention baseline at its point.
 
     The baseline is, per level, mode, dtype, grid and (batch, channels), the fastest ok row of the
-    attention family other than :data:`LOCAL_ATTENTION`; ``speedup_x = baseline_ms / median_ms``.
+    attention family other than :data:`LOCAL_ATTENTION`; ``speedup_x = baseline_ms / median_ms``,
+    both in the ``timing`` given (``device``: graph replays where captured; ``eager``).
     """
 
     def key(row: Row) -> tuple:
         return (row.level, row.mode, row.dtype, grid_of(row.params), row.params.get("batch"), row.params.get("channels"))
 
+    def ms(row: Row) -> float | None:
+        return row.time_ms(timing) if row.status == "ok" else None
+
     best: dict[tuple, Row] = {}
     for row in rows:
-        if (row.family == "attention" and row.implementation not in LOCAL_ATTENTION and row.status == "ok"
-                and row.median_ms is not None):
+        if row.family == "attention" and row.implementation not in LOCAL_ATTENTION and ms(row) is not None:
             k = key(row)
-            if k not in best or row.median_ms < best[k].median_ms:
+            if k not in best or ms(row) < ms(best[k]):
                 best[k] = row
     records = []
     for row in rows:
-        if row.family == "attention" or row.status != "ok" or row.median_ms is None or key(row) not in best:
+        if row.family == "attention" or ms(row) is None or key(row) not in best:
             continue
         base = best[key(row)]
         rec = case_columns(row)
-        rec.update({"median_ms": row.median_ms, "baseline": base.implementation, "baseline_ms": base.median_ms,
-                    "speedup_x": base.median_ms / row.median_ms})
+        eager, eager_base = row.eager_ms, base.eager_ms
+        rec.update({"median_ms": ms(row), "timing": timing, "baseline": base.implementation, "baseline_ms": ms(base),
+                    "speedup_x": ms(base) / ms(row),
+                    "speedup_eager_x": eager_base / eager if eager and eager_base else None})
         records.append(rec)
-    cols = list(case_columns(rows[0]).keys()) + ["median_ms", "baseline", "baseline_ms", "speedup_x"] if rows else []
+    cols = list(case_columns(rows[0]).keys()) + ["median_ms", "timing", "baseline", "baseline_ms", "speedup_x",
+                                                 "speedup_eager_x"] if rows else []
     return pd.DataFrame.from_records(records, columns=cols)
 
 
@@ -267,7 +284,8 @@ def speedup_table(run: Run) -> Table:
     frame = speedups(run.case_rows)
     caption = ("Speedup over the strongest attention baseline: at each level, mode, dtype, grid, batch and width, the "
                "fastest ok global-attention row (named in 'baseline'; tiled FlashAttention, a windowed approximation, "
-               "is not a baseline).")
+               "is not a baseline). speedup_x is on device time (CUDA-graph replays where captured), speedup_eager_x "
+               "the same pair on eager time (host launches included).")
     if len(run.case_rows) < len(run.rows):
         caption += " A case measured on several GPUs counts with the median of their medians."
     return Table("speedup", "Speedup over the best attention baseline", frame, caption)
@@ -437,8 +455,9 @@ def missing_table(missing: list[dict]) -> Table:
 
 
 def compare_tables(run: Run, other: Run) -> tuple[Table, Table]:
-    """Rows of both runs matched by case_id with ``other_over_run`` = other median / this median,
-    and the rows present in only one of them."""
+    """Rows of both runs matched by case_id with ``other_over_run`` = other device time / this device
+    time (graph replays where both have them), the eager ratio beside it, and the rows present in only
+    one of them."""
     mine = {r.case_id: r for r in run.case_rows}
     theirs = {r.case_id: r for r in other.case_rows}
     matched = []
@@ -447,9 +466,11 @@ def compare_tables(run: Run, other: Run) -> tuple[Table, Table]:
             continue
         o = theirs[cid]
         rec = case_columns(row)
-        ratio = o.median_ms / row.median_ms if row.median_ms and o.median_ms else None
-        rec.update({"status": row.status, "other_status": o.status, "median_ms": row.median_ms, "other_median_ms": o.median_ms,
-                    "other_over_run": ratio, "case_id": cid})
+        ratio = o.device_ms / row.device_ms if row.device_ms and o.device_ms else None
+        eager = o.eager_ms / row.eager_ms if row.eager_ms and o.eager_ms else None
+        rec.update({"status": row.status, "other_status": o.status, "device_ms": row.device_ms, "other_device_ms": o.device_ms,
+                    "other_over_run": ratio, "median_ms": row.median_ms, "other_median_ms": o.median_ms,
+                    "eager_other_over_run": eager, "case_id": cid})
         matched.append(rec)
     only = []
     for source, rows, missing_from in ((run.name, mine, theirs), (other.name, theirs, mine)):
@@ -460,7 +481,8 @@ def compare_tables(run: Run, other: Run) -> tuple[Table, Table]:
                 rec.update({"status": row.status, "median_ms": row.median_ms, "case_id": cid})
                 only.append(rec)
     caption = (f"Rows of this run ({run.name}, {run.device_name}) and of {other.name} ({other.device_name}) matched by "
-               "case id; other_over_run > 1 means this run is faster.")
+               "case id; other_over_run > 1 means this run is faster, on device time (CUDA-graph replays where "
+               "captured, else eager); eager_other_over_run is the same on the eager medians (host included).")
     if len(run.case_rows) < len(run.rows) or len(other.case_rows) < len(other.rows):
         caption += " A case measured on several GPUs (variance mode) counts with the median of its per-GPU medians."
     return (Table("compare", f"Compared with {other.name}", pd.DataFrame.from_records(matched), caption),

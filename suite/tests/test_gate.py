@@ -425,3 +425,101 @@ def test_confirm_leaves_an_unrebuildable_case_failed_and_is_refused_in_ab_mode(t
     assert len(RunDir(cur).rows()) == len(CASES)  # nothing measured, nothing appended
     assert main(["gate", "--ab", "HEAD", "--confirm", "3"]) == 2
     assert "--confirm is for the stored-baseline mode" in capsys.readouterr().out
+
+
+# ---- device time (graph replays) vs eager time ----------------------------------------------
+
+def timed_row(impl: str, eager_ms: float, graph_ms: float, seed: int, spread: float = 0.02, n: int = 40) -> Row:
+    """A CASES row with eager samples around ``eager_ms`` and graph-replay samples around ``graph_ms``."""
+    level, mode, params = next((lvl, m, p) for name, lvl, m, p, _ in CASES if name == impl)
+    row = make_row(impl, level, mode, params, samples(eager_ms, spread, n, seed))
+    graph = samples(graph_ms, spread / 4, n, seed + 100)  # replays: no host jitter, a tighter spread
+    q1, q3 = np.percentile(graph, [25, 75])
+    row.graph_samples_ms, row.graph_median_ms, row.graph_iqr_ms, row.graph_n = graph, float(np.median(graph)), float(q3 - q1), n
+    row.host_overhead_ms = row.median_ms - row.graph_median_ms
+    row.host_bound = row.median_ms > 1.1 * row.graph_median_ms
+    return row
+
+
+def test_host_bound_case_on_a_slower_host_passes_on_device_time(tmp_path):
+    """The launch-bound scan sublayer: eager 3x slower on another machine's host, the GPU work unchanged."""
+    base = write_run(tmp_path / "base", [timed_row("cgspn-scan", 0.10, 0.05, seed=1)])
+    cur = write_run(tmp_path / "cur", [timed_row("cgspn-scan", 0.33, 0.05, seed=2)])
+    thresholds = tmp_path / "t.yaml"
+    thresholds.write_text("default: 5%\neager: 15%\nhost_bound: off\n")
+    code, result = gate(tmp_path, base, cur, "--thresholds", str(thresholds))
+    case = result["cases"][0]
+    assert code == 0 and case["verdict"] == "unchanged" and case["timer"] == "graph" and case["host_bound"]
+    assert case["eager"]["verdict"] == "not judged" and case["eager"]["ratio"] > 2.5  # reported, not failing
+    # the same eager slowdown fails where the thresholds file judges host-bound eager time
+    thresholds.write_text("default: 5%\nhost_bound: 50%\n")
+    code, result = gate(tmp_path, base, cur, "--thresholds", str(thresholds))
+    assert code == 1 and result["cases"][0]["reason"].startswith("eager (host-bound)")
+
+
+def test_ten_percent_slower_device_time_fails_at_five_percent(tmp_path):
+    base = write_run(tmp_path / "base", [timed_row("attention-cudnn", 0.32, 0.30, seed=3)])
+    cur = write_run(tmp_path / "cur", [timed_row("attention-cudnn", 0.35, 0.33, seed=4)])
+    code, result = gate(tmp_path, base, cur, "--max-slowdown", "5%")
+    case = result["cases"][0]
+    assert code == 1 and case["verdict"] == "regression" and case["timer"] == "graph"
+    assert case["ratio"] == pytest.approx(1.10, abs=0.02)
+
+
+def test_eager_regression_of_a_device_bound_case_fails_by_the_eager_limit(tmp_path):
+    """Device time unchanged, the eager time 40% slower (a new host-side cost in the call): judged by ``eager``."""
+    base = write_run(tmp_path / "base", [timed_row("cgspn", 4.1, 4.0, seed=5)])
+    cur = write_run(tmp_path / "cur", [timed_row("cgspn", 5.7, 4.0, seed=6)])
+    thresholds = tmp_path / "t.yaml"
+    thresholds.write_text("default: 5%\neager: 15%\nrules:\n  - implementation: cgspn\n    eager_max_slowdown: 'off'\n")
+    assert gate(tmp_path, base, cur)[0] == 0  # without a thresholds file the eager time is reported only
+    assert gate(tmp_path, base, cur, "--thresholds", str(thresholds))[0] == 0  # the rule switched it off for cgspn
+    thresholds.write_text("default: 5%\neager: 15%\n")
+    code, result = gate(tmp_path, base, cur, "--thresholds", str(thresholds))
+    assert code == 1 and result["cases"][0]["reason"].startswith("eager (device-bound)")
+
+
+def test_rows_without_graph_samples_are_judged_on_eager_time(tmp_path):
+    base = standard_run(tmp_path / "base", seed=0)
+    cur = write_run(tmp_path / "cur", [timed_row(impl, med, med, seed=i) for i, (impl, *_, med) in enumerate(CASES)])
+    code, result = gate(tmp_path, base, cur)
+    assert code == 0 and {c["timer"] for c in result["cases"]} == {"eager"}  # the old baseline has eager samples only
+
+
+def test_pooled_rows_keep_their_graph_samples():
+    rows = [timed_row("cgspn-scan", 0.10, 0.05, seed=s) for s in (1, 2)]
+    pooled = merge_rows(rows)
+    assert pooled.graph_n == 80 and len(pooled.graph_samples_ms) == 80 and pooled.host_bound
+    assert pooled.host_overhead_ms == pytest.approx(pooled.median_ms - pooled.graph_median_ms)
+
+
+def test_thresholds_file_eager_keys_and_off():
+    t = Thresholds.from_dict({"default": "5%", "eager": "15%", "host_bound": "off",
+                              "rules": [{"implementation": "cgspn-scan", "eager_max_slowdown": "30%"}]})
+    scan, cudnn = (make_row(impl, lvl, m, p, [1.0]) for impl, lvl, m, p, _ in CASES[:2])
+    assert t.for_row(scan) == pytest.approx(0.05) and t.eager_for_row(cudnn, host_bound=False) == pytest.approx(0.15)
+    assert t.eager_for_row(cudnn, host_bound=True) is None and t.eager_for_row(scan, host_bound=True) == pytest.approx(0.30)
+    with pytest.raises(ThresholdError, match="host_bound: expected a percentage like '15%' or off, got 'sometimes'"):
+        Thresholds.from_dict({"host_bound": "sometimes"})
+    with pytest.raises(ThresholdError, match=r"unknown key\(s\) \['eagre'\]; allowed: default, eager, host_bound, rules"):
+        Thresholds.from_dict({"eagre": "10%"})
+
+
+def test_fractional_slowdown_spins_for_the_fraction_of_the_step(monkeypatch):
+    import time
+
+    def fn():
+        deadline = time.perf_counter() + 2e-3  # a 2 ms step
+        while time.perf_counter() < deadline:
+            pass
+        return torch.ones(1)
+
+    monkeypatch.setenv(ENV_VAR, "test-busy=1.5")
+    slowed = apply_test_slowdown("test-busy", Workload(fn=fn), mode="fwd", device="cpu")
+    assert "x1.5" in slowed.backend_detail and "spin" in slowed.backend_detail and was_slowed(slowed.backend_detail)
+    start = time.perf_counter()
+    assert torch.equal(slowed.fn(), torch.ones(1))
+    assert time.perf_counter() - start >= 2e-3 + 0.5 * 2e-3  # the step plus at least half a step of spin
+    assert parse_slowdown("a=1.1, b=2@block") == {("a", None): 1.1, ("b", "block"): 2}
+    with pytest.raises(SlowdownError, match="K must be >= 1"):
+        parse_slowdown("a=0.9")

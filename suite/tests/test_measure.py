@@ -233,14 +233,55 @@ def test_registry_listing_has_no_test_implementations():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA events, L2 flush and graphs need a CUDA GPU")
-@pytest.mark.parametrize("graph", [False, True])
-def test_cuda_timer_on_a_matmul(graph):
+def test_cuda_timers_eager_and_graph_on_a_matmul():
+    from suite.measure import measure_cuda_graph
+
     a = torch.randn(1024, 1024, device="cuda")
-    settings = TimingSettings(budget_ms=50, warmup_ms=10, min_reps=5, max_reps=100, l2_flush=True, cuda_graph=graph)
+    settings = TimingSettings(budget_ms=50, warmup_ms=10, min_reps=5, max_reps=100, l2_flush=True)
     timing = measure(lambda: a @ a, "cuda", settings)
-    assert timing.timer == ("cuda-graph" if graph else "cuda-events")
-    assert timing.l2_flush and timing.n >= 5 and 0 < timing.min_ms <= timing.median_ms
+    assert timing.timer == "cuda-events" and timing.l2_flush and timing.n >= 5 and 0 < timing.min_ms <= timing.median_ms
     assert timing.peak_mem_bytes >= a.numel() * 4
+    graph, message = measure_cuda_graph(lambda: a @ a, torch.device("cuda"), settings)
+    assert message == "" and graph.timer == "cuda-graph" and graph.n >= 5 and graph.l2_flush
+    assert 0.5 < graph.median_ms / timing.median_ms < 1.5  # a 1024^3 GEMM is device-bound: same work either way
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+def test_graph_capture_failure_is_recorded_not_fatal():
+    from suite.measure import measure_cuda_graph
+
+    a = torch.randn(64, device="cuda")
+    graph, message = measure_cuda_graph(lambda: a.sum().item(), torch.device("cuda"), FAST)  # a host sync
+    assert graph is None and message.startswith("CUDA-graph capture failed")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+def test_rows_carry_eager_and_graph_times_and_the_host_overhead(impls):
+    impl = registry.get("attention-math", "sublayer")
+    settings = TimingSettings(budget_ms=30, warmup_ms=5, min_reps=5, max_reps=50)
+    row = measure_case(impl, Params(batch=1, channels=32, heads=2, grid=4), "float32", "cuda", "fwd", settings)
+    assert row.status == "ok" and row.graph_n >= 5 and row.graph_message == ""
+    assert row.host_overhead_ms == pytest.approx(row.median_ms - row.graph_median_ms)
+    assert row.device_ms == row.graph_median_ms and row.eager_ms == row.median_ms
+    assert row.host_bound is True  # a 16-token attention: a few microseconds of GPU work per Python launch
+
+
+def test_cpu_rows_say_why_there_is_no_graph_time(impls):
+    row = measure_case(registry.get("test-sleep", "sublayer"), Params(batch=1, grid=1), "float32", "cpu", "fwd", FAST)
+    assert row.status == "ok" and row.graph_samples_ms == [] and row.graph_median_ms is None
+    assert "no CUDA graphs on the CPU" in row.graph_message and row.device_ms == row.median_ms
+    assert row.host_bound is None and row.host_overhead_ms is None
+
+
+@pytest.mark.parametrize(("eager", "eager_iqr", "graph", "graph_iqr", "expected"), [
+    (1.00, 0.01, 0.98, 0.01, False),  # one launch on top of device-bound work
+    (0.30, 0.02, 0.10, 0.001, True),  # Python launches dominate
+    (0.12, 0.10, 0.10, 0.10, False),  # 20% above, but within the spread of the timings
+])
+def test_host_bound_needs_margin_and_to_exceed_the_noise(eager, eager_iqr, graph, graph_iqr, expected):
+    from suite.measure import host_bound
+
+    assert host_bound(eager, eager_iqr, graph, graph_iqr) is expected
 
 
 def test_availability_probe_that_raises_is_an_error_row_not_a_crash(impls):

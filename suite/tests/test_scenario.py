@@ -75,7 +75,8 @@ paper_points:
   - {implementation: test-sleep, level: sublayer, params: {grid: 5}, ms: 5.0}
 claims:
   - {id: c1, text: "sleep vs linear", paper: 2.0, kind: ratio,
-     numerator: {implementation: test-sleep, params: {grid: 5}}, denominator: {implementation: test-linear, params: {grid: 5}}}
+     numerator: {implementation: test-sleep, level: sublayer, mode: fwd, params: {grid: 5, batch: 1}},
+     denominator: {implementation: test-linear, level: sublayer, mode: fwd, params: {grid: 5, batch: 1}}}
 """
 
 
