@@ -260,7 +260,9 @@ def _row_line(prefix: str, row: Row) -> str:
     shape = ",".join(f"{k}={v}" for k, v in sorted(row.params.items()))
     label = f"{row.implementation}/{row.level}/{row.mode}/{row.dtype} {shape}"
     if row.status == "ok":
-        extra = f"{row.median_ms:.4g} ms (IQR {row.iqr_ms:.2g}, n={row.n})"
+        extra = f"{row.median_ms:.4g} ms eager (IQR {row.iqr_ms:.2g}, n={row.n})"
+        if row.graph_median_ms is not None:
+            extra += f", {row.graph_median_ms:.4g} ms graph" + (" [host-bound]" if row.host_bound else "")
         if row.nvml and row.nvml.get("throttled"):
             extra += " [throttled]"
         return f"{escape(prefix)}[green]ok[/] {escape(label)}: {escape(extra)}"
