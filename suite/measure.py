@@ -551,7 +551,7 @@ def measure_case(impl: Implementation, params: Params, dtype: str, device: torch
         _fill_timing(row, timing)
         _throughput(row, workload, mode, ceiling_gbps)
         if sampler is not None:
-            row.nvml = sampler.summary(median_ms=row.median_ms)
+            row.nvml = sampler.summary(median_ms=row.median_ms, images=params.batch)
             if run_dir is not None and sampler.samples:
                 row.nvml["series"] = _write_series(Path(run_dir), row.case_id + tag, sampler.samples)
         if profile:
