@@ -80,12 +80,14 @@ def pytest_configure(config: pytest.Config) -> None:
     config.cgspn_timing_options = changed
 
 
+@pytest.hookimpl(optionalhook=True)  # without pytest-benchmark (-p no:benchmark) these hooks simply never run
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
     from suite.bench_pytest import machine_info as gpu_machine_info
 
     machine_info.update(gpu_machine_info(config.cgspn_device))
 
 
+@pytest.hookimpl(optionalhook=True)
 def pytest_benchmark_compare_machine_info(config: pytest.Config, benchmarksession, machine_info: dict,
                                           compared_benchmark: dict) -> None:
     """Refuse (or, with --bench-allow-other-gpu, loudly warn about) a comparison across GPU models."""
