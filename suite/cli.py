@@ -1,7 +1,8 @@
 """``cgspn-bench``: run scenarios, list the registry, validate scenario files.
 
     cgspn-bench run SCENARIO [SCENARIO...] [--out DIR] [--resume] [--device cuda|cpu] [--profile]
-                    [--no-check] [--budget-scale F] [--gpus all|N] [--same-case-on-every-gpu]
+                    [--no-check] [--budget-scale F] [--gpus all|N] [--same-case-on-every-gpu] [--csv]
+    cgspn-bench run --impl A,B --level L [--mode M] [--dtype D] [--param K=V] [--sweep K=V1,V2] ...
     cgspn-bench list
     cgspn-bench validate PATH [PATH...]
 
@@ -63,7 +64,8 @@ def import_plugins(names: list[str] | None) -> None:
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("scenarios", nargs="+", metavar="SCENARIO", help="scenario files or folders of them")
+    parser.add_argument("scenarios", nargs="*", metavar="SCENARIO",
+                        help="scenario files or folders of them (or the one-off options below)")
     parser.add_argument("--out", type=Path, help="run directory (default: results/runs/<scenario names>)")
     parser.add_argument("--resume", action="store_true", help="skip cases already in the run directory")
     parser.add_argument("--force", action="store_true", help="start over in an existing run directory")
@@ -78,6 +80,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="variance mode: every rank measures every case; the spread per case goes to gpu_spread.json")
     parser.add_argument("--import", dest="imports", action="append", metavar="MODULE",
                         help="import a module or .py file that registers extra implementations (repeatable)")
+    from suite import oneoff
+
+    oneoff.add_arguments(parser)
 
 
 class TorchGroup:
@@ -165,11 +170,11 @@ def run_command(args: argparse.Namespace, argv: list[str] | None = None) -> int:
 
     from rich.console import Console
 
+    from suite.oneoff import print_csv, select_scenarios
     from suite.runner import RunError, RunOptions, SingleProcess, default_out, run_scenarios
-    from suite.scenario import load_scenarios
 
     console = Console(stderr=True, soft_wrap=True)
-    scenarios, errors = load_scenarios(args.scenarios)
+    scenarios, errors = select_scenarios(args)
     if errors:
         for line in errors:
             console.print(line, markup=False, highlight=False)
@@ -199,6 +204,8 @@ def run_command(args: argparse.Namespace, argv: list[str] | None = None) -> int:
             console.print("note: this ran on the CPU (Triton interpreted); real benchmarks need a CUDA GPU", style="yellow")
         if summary.spread_path:
             console.print(f"per-GPU spread: {summary.spread_path}", markup=False)
+        if args.csv:
+            print_csv(options.out, scenarios)
     return 0
 
 

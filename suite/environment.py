@@ -8,6 +8,8 @@ a missing tool yields None, never an exception.
 from __future__ import annotations
 
 import datetime
+import importlib.metadata
+import importlib.util
 import os
 import platform
 import socket
@@ -46,6 +48,49 @@ def _version(module: str) -> str | None:
     except Exception:  # an optional package may fail on import for reasons other than absence
         return None
     return getattr(mod, "__version__", "unknown")
+
+
+def _dist_version(*names: str) -> str | None:
+    """Version of the first installed distribution among ``names`` (pip metadata; no import)."""
+    for name in names:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def flash_attention_packages() -> dict[str, str | None]:
+    """Versions of the FlashAttention packages (None: not installed).
+
+    ``flash_attn``: FA2 (the ``flash-attn`` distribution); ``flash_attn_3``: FA3, the Hopper build
+    importable as ``flash_attn_interface``; ``flash_attn_4``: FA4, the CuTe-DSL kernels as
+    ``flash_attn.cute`` (what torch's SDPA FA4 implementation loads). Each is found on its own, so
+    an FA3-only install is not reported as no FlashAttention.
+    """
+    def found(module: str) -> bool:
+        try:
+            return importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # a parent package that is missing or broken
+            return False
+
+    def version(module: str, *distributions: str) -> str | None:
+        return (_dist_version(*distributions) or "unknown") if found(module) else None
+
+    return {"flash_attn": version("flash_attn", "flash-attn"),
+            "flash_attn_3": version("flash_attn_interface", "flash-attn-3", "flash_attn_3"),
+            "flash_attn_4": version("flash_attn.cute", "flash-attn-cute", "flash-attn-4", "flash-attn")}
+
+
+def sdpa_flash() -> dict[str, str]:
+    """Which FlashAttention SDPA runs (kernels.attention.sublayer.sdpa_flash_impl asks torch) and
+    the alternatives registered with ``torch.nn.attention`` (torch >= 2.9; FA3/FA4 need their packages)."""
+    import torch.nn.attention as attention
+
+    from kernels.attention.sublayer import sdpa_flash_impl
+
+    registered = attention.list_flash_attention_impls() if hasattr(attention, "list_flash_attention_impls") else []
+    return {"sdpa_flash_impl": sdpa_flash_impl(), "sdpa_flash_impls_registered": ", ".join(registered) or "none"}
 
 
 def _cpu_name() -> str:
@@ -101,11 +146,32 @@ def driver_version() -> str | None:
         return None
 
 
+GEMM_SIDE = 8192  # square bf16 GEMM for the compute ceiling: large enough to run at the tensor cores' peak
+
+
+def gemm_tflops(device: torch.device, side: int = GEMM_SIDE) -> float | None:
+    """Measured bf16 GEMM throughput (2 * side^3 FLOPs / median time), TFLOP/s: the compute
+    ceiling of the report's roofline, measured with the suite's own timer; None on failure."""
+    from suite.measure import TimingSettings, measure_cuda
+
+    try:
+        with torch.cuda.device(device):
+            pair = [torch.randn(side, side, device=device, dtype=torch.bfloat16) for _ in range(2)]
+            timing = measure_cuda(lambda: pair[0] @ pair[1], device,
+                                  TimingSettings(budget_ms=200, warmup_ms=50, min_reps=10, max_reps=200, l2_flush=False))
+            pair.clear()
+            torch.cuda.empty_cache()
+    except Exception:  # out of memory on a small card, no bf16 tensor cores: the report falls back to a datasheet value
+        return None
+    return 2.0 * side**3 / (timing.median_ms * 1e-3) / 1e12
+
+
 def collect_environment(device: str | None = None, copy_bandwidth: bool = False) -> dict[str, Any]:
     """Software, hardware and source state of this process.
 
     ``device``: the device the run measures on (``cuda``/``cuda:1``/``cpu``; default cuda when
-    available). ``copy_bandwidth``: also measure the device-to-device copy ceiling (GPU only).
+    available). ``copy_bandwidth``: also measure the device-to-device copy ceiling and the bf16
+    GEMM ceiling (GPU only; the report's roofline).
     """
     cuda = torch.cuda.is_available()
     device = device or ("cuda" if cuda else "cpu")
@@ -119,7 +185,8 @@ def collect_environment(device: str | None = None, copy_bandwidth: bool = False)
         "device": device,
         "torch": torch.__version__,
         "triton": _version("triton"),
-        "flash_attn": _version("flash_attn"),
+        **flash_attention_packages(),
+        **sdpa_flash(),
         "cuda_runtime": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if cuda else None,
         "triton_interpret": os.environ.get("TRITON_INTERPRET") == "1",
@@ -137,4 +204,5 @@ def collect_environment(device: str | None = None, copy_bandwidth: bool = False)
                 from suite.measure import copy_bandwidth_gbps
 
                 env["copy_bandwidth_gbps"] = copy_bandwidth_gbps(torch.device("cuda", index))
+                env["gemm_tflops"] = gemm_tflops(torch.device("cuda", index))
     return env

@@ -578,7 +578,7 @@ def measure_case(impl: Implementation, params: Params, dtype: str, device: torch
             _fill_graph_timing(row, step, device, settings, workload.bytes_for(mode))
         _throughput(row, workload, mode, ceiling_gbps)
         if sampler is not None:
-            row.nvml = sampler.summary(median_ms=row.median_ms)
+            row.nvml = sampler.summary(median_ms=row.median_ms, images=params.batch)
             if run_dir is not None and sampler.samples:
                 row.nvml["series"] = _write_series(Path(run_dir), row.case_id + tag, sampler.samples)
         if profile:

@@ -15,24 +15,41 @@ Usage::
 
 from __future__ import annotations
 
+import re
 import statistics
 import threading
 import time
 from typing import Any
 
-# Bits of nvmlDeviceGetCurrentClocksEventReasons (nvml.h, NVML_CLOCKS_EVENT_REASON_*), decoded
-# here so rows carry names rather than masks.
-THROTTLE_REASONS = {
-    0x1: "gpu_idle",
-    0x2: "applications_clocks_setting",
-    0x4: "sw_power_cap",
-    0x8: "hw_slowdown",
-    0x10: "sync_boost",
-    0x20: "sw_thermal_slowdown",
-    0x40: "hw_thermal_slowdown",
-    0x80: "hw_power_brake_slowdown",
-    0x100: "display_clock_setting",
-}
+
+def _snake(camel: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", camel).lower()
+
+
+def reason_table(module: Any = None) -> dict[int, str]:
+    """Bit -> name of NVML's clocks-event reasons, from pynvml's own constants.
+
+    ``nvmlClocksEventReason*`` (current name) first, then ``nvmlClocksThrottleReason*`` (older
+    name, and bits the new list lacks, e.g. board_limit): ``SwPowerCap`` becomes
+    ``sw_power_cap``. ``All``/``None`` and aliases of a bit already named are skipped. Empty
+    without pynvml (masks then decode as hex).
+    """
+    if module is None:
+        try:
+            import pynvml as module
+        except ImportError:
+            return {}
+    table: dict[int, str] = {}
+    for prefix in ("nvmlClocksEventReason", "nvmlClocksThrottleReason"):
+        for name in sorted(n for n in dir(module) if n.startswith(prefix)):
+            bit, short = getattr(module, name), name[len(prefix):]
+            if short in ("All", "None") or not isinstance(bit, int) or bit <= 0 or bit & (bit - 1) or bit in table:
+                continue
+            table[bit] = _snake(short)
+    return dict(sorted(table.items()))
+
+
+THROTTLE_REASONS = reason_table()
 # Reasons that mean the card slowed itself down (idle, sync boost, app clocks are not throttling).
 THROTTLING = {"sw_power_cap", "hw_slowdown", "sw_thermal_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown"}
 CLOCK_DROP_LIMIT = 0.05  # a row is "throttled" when its min SM clock is > 5% below the max seen
@@ -44,7 +61,7 @@ _MAX_SM_CLOCK: dict[str, float] = {}
 def decode_reasons(mask: int) -> list[str]:
     """Names of the set bits of a clocks-event-reason mask; unknown bits as hex."""
     names = [name for bit, name in THROTTLE_REASONS.items() if mask & bit]
-    unknown = mask & ~sum(THROTTLE_REASONS)
+    unknown = mask & ~sum(THROTTLE_REASONS, 0)
     if unknown:
         names.append(f"unknown_0x{unknown:x}")
     return names
@@ -86,6 +103,7 @@ class NvmlSampler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._t0 = 0.0
+        self.energy_mj: list[tuple[float, float]] = []  # (t, total-energy counter in mJ) on entry and exit
 
     @property
     def available(self) -> bool:
@@ -157,6 +175,14 @@ class NvmlSampler:
             "throttle_reasons": decode_reasons(int(mask)) if mask is not None else None,
         }
 
+    def read_energy(self) -> None:
+        """Read NVML's total-energy counter (mJ since the driver loaded; Volta and newer), if the card has one."""
+        try:
+            mj = float(self._nvml.nvmlDeviceGetTotalEnergyConsumption(self._handle))
+        except Exception:  # not supported on this board: the summary falls back to sampled power
+            return
+        self.energy_mj.append((time.perf_counter() - self._t0, mj))
+
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
             self.samples.append(self.sample())
@@ -166,6 +192,7 @@ class NvmlSampler:
         if self.available:
             self._t0 = time.perf_counter()
             self.samples.append(self.sample())
+            self.read_energy()
             self._thread = threading.Thread(target=self._loop, name="nvml-sampler", daemon=True)
             self._thread.start()
         return self
@@ -176,29 +203,48 @@ class NvmlSampler:
             self._thread.join()
             self._thread = None
             self.samples.append(self.sample())
+            self.read_energy()
         if self._nvml is not None:
             try:
                 self._nvml.nvmlShutdown()
             except Exception:
                 pass
 
-    def summary(self, median_ms: float | None = None) -> dict[str, Any]:
-        """Per-row summary (see :func:`summarize`); ``available: False`` with the reason otherwise."""
+    def summary(self, median_ms: float | None = None, images: int | None = None) -> dict[str, Any]:
+        """Per-row summary (see :func:`summarize`); ``available: False`` with the reason otherwise.
+        ``images``: images per call (the batch), for the energy per image."""
         if not self.available:
             return {"available": False, "reason": self.reason or "NVML sampler was not started"}
+        counter = None
+        if len(self.energy_mj) == 2:
+            (t0, e0), (t1, e1) = self.energy_mj
+            counter = (e1 - e0, t1 - t0)
         return summarize(self.samples, median_ms=median_ms, device_key=self.uuid or str(self.device_index),
-                         device_max_clock_mhz=self.max_clock_mhz, interval_s=self.interval_s)
+                         device_max_clock_mhz=self.max_clock_mhz, interval_s=self.interval_s, energy_counter=counter,
+                         images=images)
+
+
+ENERGY_COUNTER = "nvml total-energy counter"
+ENERGY_SAMPLED = "mean sampled power x median time"
 
 
 def summarize(samples: list[dict[str, Any]], *, median_ms: float | None = None, device_key: str = "0",
-              device_max_clock_mhz: float | None = None, interval_s: float | None = None) -> dict[str, Any]:
-    """Min/median SM clock, max temperature, mean power, energy per iteration, throttle flag.
+              device_max_clock_mhz: float | None = None, interval_s: float | None = None,
+              energy_counter: tuple[float, float] | None = None, images: int | None = None) -> dict[str, Any]:
+    """Min/median SM clock, max temperature, mean power, energy per call and per image, throttle flag.
 
     ``clock_drop``: 1 - min SM clock / max SM clock seen on this device in this process (the run),
     so a card that starts at boost and sags under load is caught while a card that never boosts
     is not blamed for its own maximum. ``throttled``: clock_drop > 5% or a throttling reason
-    (power cap, thermal or hardware slowdown) in any sample. ``energy_per_iter_j`` = mean power x
-    median time, meaningful only when the measurement lasted several sampling periods.
+    (power cap, thermal or hardware slowdown) in any sample.
+
+    Energy: ``energy_counter`` is (mJ, seconds) read from NVML's total-energy counter around the
+    measurement; its mean power (``power_counter_mean_w``: integrated by the driver, unlike 20 Hz
+    samples) times the median time is ``energy_per_call_j``. Without a counter the mean sampled
+    power is used instead; ``energy_source`` says which. The window holds warm-up and
+    synchronization gaps besides the timed calls, so this is the power of the loaded card applied
+    to one call. ``energy_per_image_j`` = per call / ``images``. Both need a measurement that
+    lasted several sampling periods.
     """
     def values(key: str) -> list[float]:
         return [s[key] for s in samples if s.get(key) is not None]
@@ -225,9 +271,17 @@ def summarize(samples: list[dict[str, Any]], *, median_ms: float | None = None, 
     if power:
         out["power_mean_w"] = statistics.fmean(power)
         out["power_max_w"] = max(power)
-        long_enough = interval_s is None or out["duration_s"] >= 3 * interval_s
-        if median_ms is not None and long_enough:
-            out["energy_per_iter_j"] = out["power_mean_w"] * median_ms * 1e-3
+    watts, source = out.get("power_mean_w"), ENERGY_SAMPLED
+    if energy_counter is not None and energy_counter[0] > 0 and energy_counter[1] > 0:
+        out["energy_window_j"] = energy_counter[0] * 1e-3
+        watts = out["power_counter_mean_w"] = out["energy_window_j"] / energy_counter[1]
+        source = ENERGY_COUNTER
+    long_enough = interval_s is None or out["duration_s"] >= 3 * interval_s
+    if watts is not None and median_ms is not None and long_enough:
+        out["energy_per_call_j"] = watts * median_ms * 1e-3
+        out["energy_source"] = source
+        if images:
+            out["energy_per_image_j"] = out["energy_per_call_j"] / images
     drop = out.get("clock_drop")
     out["throttled"] = bool((drop is not None and drop > CLOCK_DROP_LIMIT) or THROTTLING.intersection(reasons))
     return out

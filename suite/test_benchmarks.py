@@ -6,12 +6,12 @@
 
 Each case is measured once by :func:`suite.measure.measure_case` — the same timer as
 ``cgspn-bench run`` (CUDA events, one sync, budgeted repetitions, cold L2). Its samples are then
-handed to pytest-benchmark: ``benchmark.pedantic`` is called once on a no-op so the fixture
-creates its statistics holder through its public entry point, and that holder's data are
-replaced by our samples (in seconds). pytest-benchmark's min/median/IQR/outliers, its JSON and
-its comparisons therefore describe the CUDA-event samples; nothing pytest-benchmark times itself
-is kept (its own clock around an asynchronous GPU call would measure only the launch).
-The whole row (statistics, NVML summary, correctness, backend) is in ``extra_info``.
+handed to pytest-benchmark (:func:`suite.bench_pytest.record_samples`), so pytest-benchmark's
+min/median/IQR/outliers, its JSON and its comparisons describe the CUDA-event samples; nothing
+pytest-benchmark times itself is kept (its own clock around an asynchronous GPU call would measure
+only the launch). ``params`` is the case id and the case's parameters as plain JSON; ``options``
+the timing actually used. The whole row (statistics, NVML summary, correctness, backend) is in
+``extra_info``.
 
 Outcomes: unsupported and out-of-memory cases skip with the reason; a failed correctness check
 or an error fails the test.
@@ -23,6 +23,7 @@ import dataclasses
 
 import pytest
 
+from suite.bench_pytest import apply_timing, case_params, record_samples, used_options
 from suite.gate.slowdown import prepare_hook
 from suite.measure import measure_case
 from suite.results import RunDir
@@ -44,18 +45,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     metafunc.parametrize("case", list(cases.values()), ids=[c.label for c in cases.values()])
 
 
-def record_samples(benchmark, samples_ms: list[float]) -> None:
-    """Give pytest-benchmark our samples (see the module docstring for why and how)."""
-    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
-    if benchmark.stats is not None:  # None when benchmarks are disabled (--benchmark-disable)
-        benchmark.stats.stats.data = [s * 1e-3 for s in samples_ms]
-
-
 def test_case(benchmark, case: Case, request: pytest.FixtureRequest) -> None:
     config = request.config
     out = config.getoption("--bench-out")
     profile = case.profile or config.getoption("--bench-profile")
-    row = measure_case(case.implementation, case.params, case.dtype, config.cgspn_device, case.mode, case.timing,
+    timing = apply_timing(case.timing, getattr(config, "cgspn_timing_options", {}))
+    row = measure_case(case.implementation, case.params, case.dtype, config.cgspn_device, case.mode, timing,
                        check=case.check, profile=profile, nvml=case.nvml, scenario=case.scenario,
                        run_dir=out or ("results/runs/pytest-benchmarks" if profile else None), prepare=prepare_hook)
     benchmark.extra_info.update(dataclasses.asdict(row))
@@ -66,4 +61,4 @@ def test_case(benchmark, case: Case, request: pytest.FixtureRequest) -> None:
         pytest.skip(f"{row.status}: {row.message}")
     if row.status != "ok":
         pytest.fail(f"{row.status}: {row.message}", pytrace=False)
-    record_samples(benchmark, row.samples_ms)
+    record_samples(benchmark, row, case_params(case), used_options(timing, row))

@@ -6,8 +6,9 @@ per device into an :class:`AttentionKernel` whose ``fn(q, k, v)`` is the only th
 - ``math``: explicit ``Q K^T`` in the input dtype, softmax in float32, then ``P V`` — the
   textbook quadratic-memory attention; it runs everywhere and runs out of memory first.
 - ``flash``: the flash-attn package when importable (FA3 ``flash_attn_interface`` on Hopper,
-  else FA2 ``flash_attn``), otherwise PyTorch SDPA restricted to its bundled FlashAttention-2
-  backend. ``AttentionKernel.detail`` records which one it is.
+  else FA2 ``flash_attn``), otherwise PyTorch SDPA restricted to its FLASH_ATTENTION backend (its
+  bundled FA2, or FA3/FA4 when activated through ``torch.nn.attention``; torch is asked which).
+  ``AttentionKernel.detail`` records which one it is.
 - ``cudnn`` / ``mem-efficient``: PyTorch SDPA restricted to ``CUDNN_ATTENTION`` /
   ``EFFICIENT_ATTENTION``.
 
@@ -64,7 +65,7 @@ class AttentionKernel:
     """One resolved backend: ``fn(q, k, v) -> o`` on ``(B, heads, N, head_dim)``."""
 
     backend: str  # one of BACKENDS (or "reference")
-    detail: str  # what actually runs, e.g. "sdpa-flash-attention-2 (torch 2.11.0)"
+    detail: str  # what actually runs, e.g. "sdpa-flash FA2 (bundled) (torch 2.11.0)"
     fn: AttentionFn
 
 
@@ -157,10 +158,25 @@ def _version(module) -> str:
     return getattr(module, "__version__", "unknown version")
 
 
-@functools.cache
+def sdpa_flash_impl() -> str:
+    """The FlashAttention implementation behind SDPA's FLASH_ATTENTION backend, as torch reports it:
+    ``torch.nn.attention.current_flash_attention_impl()`` ("FA3"/"FA4" once activated, None for
+    the bundled FA2) where this torch has it; older torch always runs its bundled FA2."""
+    import torch.nn.attention as attention
+
+    current = attention.current_flash_attention_impl() if hasattr(attention, "current_flash_attention_impl") else None
+    return current or "FA2 (bundled)"
+
+
 def resolve(backend: str, device_type: str) -> AttentionKernel:
     """The kernel ``backend`` means on ``device_type`` ("cuda" | "cpu"); raises ValueError for an
-    unknown backend. For ``flash`` on CUDA: FA3 on compute capability 9.x, else FA2, else SDPA."""
+    unknown backend. For ``flash`` on CUDA: FA3 on compute capability 9.x, else FA2, else SDPA
+    (whose FlashAttention implementation torch is asked for, so activating FA3/FA4 in SDPA shows)."""
+    return _resolve(backend, device_type, sdpa_flash_impl() if backend == "flash" else "")
+
+
+@functools.cache
+def _resolve(backend: str, device_type: str, sdpa_impl: str) -> AttentionKernel:
     torch_v = f"torch {torch.__version__}"
     if backend == "math":
         return AttentionKernel("math", "math: explicit QK^T, fp32 softmax", math_attention)
@@ -175,7 +191,7 @@ def resolve(backend: str, device_type: str) -> AttentionKernel:
         if HAS_FLASH_ATTN_2:
             return AttentionKernel("flash", f"flash-attn-2 ({_version(flash_attn)})",
                                    _flash_attn_package(flash_attn.flash_attn_func))
-        return AttentionKernel("flash", f"sdpa-flash-attention-2 ({torch_v})", _sdpa(SDPBackend.FLASH_ATTENTION))
+        return AttentionKernel("flash", f"sdpa-flash {sdpa_impl} ({torch_v})", _sdpa(SDPBackend.FLASH_ATTENTION))
     if backend == "flash":  # PyTorch's CPU FlashAttention-style kernel (blockwise online softmax)
         return AttentionKernel("flash", f"sdpa-flash-attention-cpu ({torch_v})", _sdpa(SDPBackend.FLASH_ATTENTION))
     name = {"cudnn": "sdpa-cudnn-attention", "mem-efficient": "sdpa-mem-efficient-attention"}[backend]

@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--thresholds", type=Path, default=THRESHOLDS, help="gate thresholds file (default %(default)s)")
     parser.add_argument("--confirm", type=int, default=3, help="re-measurements per first-pass regression (as CI: 3)")
     parser.add_argument("--tag", default="", help="suffix for run folders and logs (two commands sharing one $OUT)")
+    parser.add_argument("--wait-baseline", type=float, default=0.0, metavar="S",
+                        help="wait up to S seconds for --baseline to appear (another GPU's command writing it)")
     args = parser.parse_args(argv)
     out, tag = args.out, f"-{args.tag}" if args.tag else ""
     logs = out / "logs"
@@ -98,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         env = {ENV_VAR: spec} if spec else {}
         verdicts = out / "runs" / f"{label}.json"
         results.append(step(f"{label}-run", [*cli, "run", str(args.scenario), "--out", str(run), "--force"], logs, 0, env))
+        deadline = time.time() + args.wait_baseline
+        while not baseline.exists() and time.time() < deadline:
+            time.sleep(5)
         gate = [*cli, "gate", "--baseline", str(baseline), "--current", str(run), "--thresholds", str(args.thresholds),
                 "--confirm", str(args.confirm), "--json", str(verdicts)]
         results.append(step(f"{label}-gate", gate, logs, 1 if spec else 0, env))

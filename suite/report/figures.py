@@ -131,11 +131,15 @@ def _plot_panel(ax, rows: list[Row], axis: str, others: list[str], colors: dict[
         marker = MARKERS[seen_per_impl[impl] % len(MARKERS)]  # lines of one implementation differ by marker
         seen_per_impl[impl] += 1
         ok = [r for r in members if r.status == "ok" and r.time_ms(timing) is not None]
+        placed = [r for r in ok if axis_value(r.params, axis) is not None]
         style = "--" if members[0].mode == "fwd+bwd" else "-"
-        ax.plot([axis_value(r.params, axis) for r in ok], [r.time_ms(timing) for r in ok], style, marker=marker, ms=4, lw=1.5,
-                color=color, label=label)
+        if placed:
+            ax.plot([axis_value(r.params, axis) for r in placed], [r.time_ms(timing) for r in placed], style, marker=marker, ms=4,
+                    lw=1.5, color=color, label=label)
+        elif len(ok) == 1:  # a case without this axis (e.g. GSPN has no compression): its time as a reference line
+            ax.axhline(ok[0].time_ms(timing), ls=":", lw=1.5, color=color, label=f"{label} (no {AXIS_LABEL.get(axis, axis)})")
         for r in members:
-            if r.status != "ok":
+            if r.status != "ok" and axis_value(r.params, axis) is not None:
                 failed_any = True
                 ax.plot(axis_value(r.params, axis), 0.97, marker="x", ms=6, mew=1.5, color=color,
                         transform=ax.get_xaxis_transform(), clip_on=False)
@@ -352,33 +356,36 @@ def breakdown_figure(rows: list[Row]) -> Figure | None:
     categories = [c for c in CATEGORIES if c in totals] + sorted(c for c in totals if c not in CATEGORIES)
     cmap = plt.get_cmap("tab10")
     with plt.rc_context(STYLE):
-        # absolute time (left) and the share of each case's time (right): a 1 ms block next to a
-        # 400 ms one is a sliver in the first panel but reads plainly in the second
+        # total GPU time per case on a log axis (left: a 1 ms C-GSPN case next to a 400 ms attention one stays
+        # visible) and each case's time split by category (right, stacked shares)
         fig, (ax, ax_share) = plt.subplots(1, 2, figsize=(13, 1.3 + 0.32 * len(profiled)), sharey=True,
-                                           gridspec_kw={"width_ratios": [3, 2]})
+                                           gridspec_kw={"width_ratios": [2, 3]})
         labels = [case_label(case_columns(r)) for r in profiled]
-        totals_per_row = [sum(r.profile["categories"].values()) or 1.0 for r in profiled]
-        left = [0.0] * len(profiled)
+        totals_per_row = [sum(r.profile["categories"].values()) for r in profiled]
+        ax.barh(labels, totals_per_row, color="#8a94a6", height=0.7)
+        for y, total in enumerate(totals_per_row):
+            ax.annotate(f"{total:.3g} ms", (total, y), xytext=(3, 0), textcoords="offset points", va="center", fontsize=7)
+        ax.set_xscale("log")
+        ax.margins(x=0.25)
         left_share = [0.0] * len(profiled)
         for i, cat in enumerate(categories):
             widths = [r.profile["categories"].get(cat, 0.0) for r in profiled]
-            shares = [100.0 * w / t for w, t in zip(widths, totals_per_row, strict=True)]
+            shares = [100.0 * w / t if t else 0.0 for w, t in zip(widths, totals_per_row, strict=True)]
             index = CATEGORIES.index(cat) if cat in CATEGORIES else len(CATEGORIES) + i
-            ax.barh(labels, widths, left=left, color=cmap(index % cmap.N), label=cat, height=0.7)
-            ax_share.barh(labels, shares, left=left_share, color=cmap(index % cmap.N), height=0.7)
-            left = [a + b for a, b in zip(left, widths, strict=True)]
+            ax_share.barh(labels, shares, left=left_share, color=cmap(index % cmap.N), label=cat, height=0.7)
             left_share = [a + b for a, b in zip(left_share, shares, strict=True)]
         ax.invert_yaxis()
-        ax.set_xlabel("GPU time in one profiled repetition (ms)")
-        ax_share.set_xlabel("share of the case's GPU time (%)")
+        ax.set_xlabel("GPU time in one profiled repetition (ms, log scale)")
+        ax_share.set_xlabel("share of the case's GPU time by kernel category (%)")
         ax_share.set_xlim(0, 100)
         for a in (ax, ax_share):
             a.grid(axis="y", visible=False)
         fig.legend(loc="lower center", ncols=min(8, len(categories)), bbox_to_anchor=(0.5, 0.0), frameon=False)
         fig.subplots_adjust(bottom=max(0.08, 0.9 / (1.3 + 0.32 * len(profiled))))
         fig.suptitle("Time breakdown by kernel category", fontsize=11)
-        caption = ("GPU time per kernel category (torch.profiler), stacked, one bar per profiled case: in ms (left) and "
-                   "as a share of the case's kernel time (right).")
+        caption = ("One bar per profiled case (torch.profiler): its total GPU time on a log scale (left), so cases of very "
+                   "different size stay visible, and that time split by kernel category (right). breakdown.csv has the "
+                   "milliseconds per category.")
         return _finish(fig, "breakdown", "Time breakdown by kernel category", caption, wide=True)
 
 
@@ -426,7 +433,8 @@ def spread_figure(spread: list[dict]) -> Figure | None:
             middle = rec["median_ms"]
             low, high = (100.0 * (rec[k] - middle) / middle for k in ("min_ms", "max_ms"))
             ax.barh(y, high - low, left=low, height=0.5, color="#d8dde6", zorder=1)
-            ax.annotate(f"{rec['spread_pct']:.2f}% of {middle:.4g} ms", (high, y), xytext=(6, 0), textcoords="offset points",
+            ax.annotate(f"{100 * rec['spread_fraction']:.2f}% of {middle:.4g} ms", (high, y), xytext=(6, 0),
+                        textcoords="offset points",
                         va="center", fontsize=8)
         for i, label in enumerate(labels):
             points = [(100.0 * (r[f"{label}_ms"] - r["median_ms"]) / r["median_ms"], y)

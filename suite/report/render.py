@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from suite.report import figures as figs
+from suite.report import roofline
 from suite.report import tables as tbl
 from suite.report.claims import RULE, evaluate_claims
 from suite.report.expected import Expected, expected_cases
@@ -30,10 +31,16 @@ HTML_COLUMNS: dict[str, list[str]] = {
     "claims": ["id", "text", "kind", "paper", "ours", "timer", "ours_eager", "ours_over_paper", "verdict", "target",
                "target_met", "card", "note"],
     "latency": ["scenario", "case", "gpu", "status", "median_ms", "graph_median_ms", "host_overhead_ms", "iqr_ms",
-                "graph_iqr_ms", "min_ms", "n", "tflops", "gbps", "bw_fraction_pct", "peak_mem_mib", "backend_detail"],
+                "graph_iqr_ms", "min_ms", "n", "tflops", "gbps", "bw_fraction", "peak_mem_bytes", "backend_detail"],
 }
-# The columns that identify a case; the HTML folds them into one readable "case" column.
-CASE_COLUMNS = ("scenario", "implementation", "level", "mode", "dtype", "resolution_px", "grid_h", "grid_w", "params")
+# The columns that identify a case (with every p_<name> parameter column); the HTML folds them into
+# one readable "case" column.
+CASE_COLUMNS = tbl.CASE_FIELDS
+# Boolean columns where "yes" is the bad outcome (coloured as such).
+BAD_WHEN_TRUE = {"throttled"}
+# Kernel names (demangled C++ can run to 1,000+ characters) are cut to this length in the HTML;
+# the full name is the cell's title (shown on hover) and stays in the CSV.
+NAME_CHARS = 60
 CASE_NOTE = ("Cases are named implementation · level · resolution (token grid) · mode dtype, plus any parameter that differs "
              "from the paper's reference shapes (B=32, C=1152, 16 heads, MLP 4304, s=18, 27 blocks, 27-token tiles).")
 TEXT_COLUMNS = {"text", "note", "message", "description", "value", "params", "backend_detail", "name", "reference", "case"}
@@ -56,13 +63,44 @@ class Section:
     items: list[Item] = field(default_factory=list)
 
 
+def short_kernel_name(name: str, limit: int = NAME_CHARS) -> str:
+    """A demangled kernel name without its return type, argument list and template arguments
+    (``void ns::kernel<...>(...)`` -> ``ns::kernel<…>``), cut to ``limit`` characters."""
+    text = name.strip().removeprefix("void ")
+    out, depth = [], 0
+    for ch in text:
+        if ch in "<(":
+            if depth == 0:
+                out.append("<…>" if ch == "<" else "")
+            depth += 1
+        elif ch in ">)" and depth:
+            depth -= 1
+        elif depth == 0:
+            out.append(ch)
+    short = "".join(out).strip() or text
+    return short if len(short) <= limit else short[:limit - 1] + "…"
+
+
+def _bytes_text(value: float) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g} {unit}"
+    return f"{value:g} B"
+
+
 def format_cell(value: Any, column: str) -> tuple[str, str]:
-    """(text, css class) of one table cell; numbers keep 4 significant digits."""
+    """(text, css class) of one table cell; numbers keep 4 significant digits, fractions show as
+    percentages and byte counts in KiB/MiB/GiB (the CSV keeps the plain fraction and bytes)."""
     css = "case" if column == "case" else "text" if column in TEXT_COLUMNS else "mono" if column in MONO_COLUMNS else ""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—", css
     if isinstance(value, bool):
-        return ("yes", "yes") if value else ("no", "no")
+        good = not value if column in BAD_WHEN_TRUE else value
+        return ("yes" if value else "no"), ("good" if good else "bad")
+    if isinstance(value, (int, float)) and (column.endswith("_fraction") or column == "bw_fraction"):
+        return f"{100.0 * value:.3g}%", "num"
+    if isinstance(value, (int, float)) and column.endswith("_bytes"):
+        return _bytes_text(float(value)), "num"
     if column == "verdict":
         return str(value), f"verdict-{str(value).replace(' ', '-')}"
     if isinstance(value, (int, float)):
@@ -76,7 +114,8 @@ def format_cell(value: Any, column: str) -> tuple[str, str]:
 def column_specs(table: tbl.Table) -> list[dict]:
     frame = table.frame
     has_case = all(c in frame.columns for c in CASE_COLUMNS)
-    default = ["case"] + [c for c in frame.columns if c not in CASE_COLUMNS] if has_case else list(frame.columns)
+    folded = [c for c in frame.columns if c in CASE_COLUMNS or c.startswith("p_")]
+    default = ["case"] + [c for c in frame.columns if c not in folded] if has_case else list(frame.columns)
     if has_case and frame["scenario"].nunique() > 1:
         default.insert(0, "scenario")
     columns = [c for c in HTML_COLUMNS.get(table.name, default) if c in frame.columns or (c == "case" and has_case)]
@@ -92,9 +131,28 @@ def table_rows(table: tbl.Table, columns: list[dict]) -> list[dict]:
     for i, record in enumerate(table.frame.to_dict("records")):
         if any(c["key"] == "case" for c in columns):
             record["case"] = tbl.case_label(record)
-        cells = [dict(zip(("text", "css"), format_cell(record.get(c["key"]), c["key"]), strict=True)) for c in columns]
-        out.append({"cells": cells, "flagged": bool(table.flagged[i]) if i < len(table.flagged) else False})
+        cells = []
+        for c in columns:
+            value = record.get(c["key"])
+            text, css = format_cell(value, c["key"])
+            title = ""
+            if c["key"] == "name" and table.name in KERNEL_TABLES and isinstance(value, str):
+                text, title = short_kernel_name(value), value
+            cells.append({"text": text, "css": css, "title": title if title != text else ""})
+        flagged = bool(table.flagged[i]) if i < len(table.flagged) else False
+        out.append({"cells": cells, "flagged": flagged, "css": row_class(flagged, record)})
     return out
+
+
+KERNEL_TABLES = {"occupancy", "kernels"}
+
+
+def row_class(flagged: bool, record: dict) -> str:
+    """CSS class of a table row: ``flagged`` (red), or ``flagged warn`` (amber) for a claim that is
+    only weaker than the paper, so it reads differently from one that disagrees."""
+    if not flagged:
+        return ""
+    return "flagged warn" if record.get("verdict") == "weaker" else "flagged"
 
 
 def _environment() -> jinja2.Environment:
@@ -136,6 +194,14 @@ def build_sections(run: Run, other: Run | None, claims: list[dict], expected: Ex
         latency.items += figure(f)
     latency.items.append(table(tbl.speedup_table(run)))
     sections.append(latency)
+
+    progress.update(task, description="roofline")
+    roof = Section("roofline", "Roofline", "Per scenario: achieved TFLOP/s and TB/s of every ok case (FLOPs and ideal bytes "
+                   "over the median time) against the card's memory and compute ceilings.")
+    for f in roofline.run_roofline_figures(run, expected.case_ids):
+        roof.items += figure(f)
+    roof.items.append(table(roofline.roofline_table(run)))
+    sections.append(roof)
 
     if run.multi_gpu or run.spread:
         progress.update(task, description="GPUs")
@@ -208,7 +274,7 @@ def render_report(run_path: str | Path, out_dir: str | Path | None = None, compa
         for f in figures:
             f.save(out)
         progress.advance(task)
-        title = f"cgspn-bench report: {run.name}" + (f" vs {other.name}" if other else "")
+        title = tbl.report_title(run) + (f" vs {tbl.report_title(other)}" if other else "")
         html = _environment().get_template("report.html.j2").render(
             title=title, run=run, other=other, sections=sections, rows_total=len(run.rows),
             status_counts=tbl.status_counts(run), missing_count=expected.missing_count, facts=tbl.key_facts(run),

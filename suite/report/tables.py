@@ -1,7 +1,10 @@
 """The report's tables as pandas frames: one frame = one HTML table = one CSV file.
 
-Column names carry their unit (``median_ms``, ``tflops``, ``gbps``, ``bw_fraction_pct``,
-``peak_mem_mib``, ``sm_clock_min_mhz``...), so a CSV is readable without the report.
+Column names carry their unit, the same units as the run's ``rows.csv``: times in ms
+(``median_ms``), sizes in bytes (``peak_mem_bytes``), shares as fractions of 1 (``bw_fraction``,
+``*_fraction``), clocks in MHz, power in W, energy in J. Each parameter of a case is its own
+column, ``p_<name>`` as in ``rows.csv``. Every table has its columns even when it has no rows, so
+every CSV loads with ``pandas.read_csv``. The HTML shows fractions as percentages.
 """
 
 from __future__ import annotations
@@ -39,6 +42,23 @@ class Table:
         return self.frame.empty
 
 
+def make_frame(records: list[dict[str, Any]], columns: list[str] | tuple[str, ...]) -> pd.DataFrame:
+    """A frame of ``records`` whose columns are those of the records (first seen first) plus any of
+    ``columns`` they lack, the ``p_<name>`` parameter columns together after the case columns; with
+    no records, exactly ``columns``, so the CSV still has its header."""
+    seen = dict.fromkeys(k for r in records for k in r)
+    names = list(dict.fromkeys([*seen, *columns])) if records else list(columns)
+    params = sorted(n for n in names if n.startswith("p_"))
+    names = [n for n in names if not n.startswith("p_")]
+    at = names.index(CASE_FIELDS[-1]) + 1 if CASE_FIELDS[-1] in names else 0
+    names[at:at] = params
+    return pd.DataFrame.from_records(records, columns=names) if records else pd.DataFrame(columns=names)
+
+
+# The columns every per-case table starts with (then one p_<name> column per parameter of its rows).
+CASE_FIELDS = ("scenario", "implementation", "level", "mode", "dtype", "resolution_px", "grid_h", "grid_w")
+
+
 def params_label(params: dict, skip: tuple[str, ...] = GRID_KEYS) -> str:
     """Compact label of the non-grid params, e.g. ``B=32 C=1152 s=18``."""
     return " ".join(f"{PARAM_ABBREV.get(k, k)}={v}" for k, v in sorted(params.items()) if k not in skip)
@@ -54,7 +74,8 @@ def grid_label(params: dict) -> str:
 
 
 def case_columns(row: Row) -> dict[str, Any]:
-    """The columns that identify a case in every per-row table."""
+    """The columns that identify a case in every per-row table: :data:`CASE_FIELDS` and one
+    ``p_<name>`` column per parameter (as in rows.csv)."""
     grid = grid_of(row.params) or (None, None)
     return {
         "scenario": row.scenario,
@@ -65,8 +86,17 @@ def case_columns(row: Row) -> dict[str, Any]:
         "resolution_px": resolution_of(row.params),
         "grid_h": grid[0],
         "grid_w": grid[1],
-        "params": params_label(row.params),
+        **{f"p_{k}": v for k, v in sorted(row.params.items())},
     }
+
+
+def record_params(record: dict) -> dict[str, Any]:
+    """The parameters of a table record: its ``p_<name>`` columns (NaN from other rows' columns left out)."""
+    out = {}
+    for key, value in record.items():
+        if key.startswith("p_") and value is not None and value == value:  # NaN != NaN
+            out[key[2:]] = int(value) if isinstance(value, float) and value.is_integer() else value
+    return out
 
 
 # Params at the paper's reference values are left out of case labels (the report says so).
@@ -78,7 +108,8 @@ def case_label(record: dict) -> str:
     res, h, w = record.get("resolution_px"), record.get("grid_h"), record.get("grid_w")
     grid = "" if h is None or (isinstance(h, float) and math.isnan(h)) else f"{h:g}" if h == w else f"{h:g}x{w:g}"
     shape = f"{res:g} px ({grid})" if res is not None and not (isinstance(res, float) and math.isnan(res)) else grid
-    extra = " ".join(kv for kv in str(record.get("params") or "").split() if kv.split("=")[0] not in REFERENCE_PARAMS
+    packed = record["params"] if isinstance(record.get("params"), str) else params_label(record_params(record))
+    extra = " ".join(kv for kv in packed.split() if kv.split("=")[0] not in REFERENCE_PARAMS
                      or str(REFERENCE_PARAMS[kv.split("=")[0]]) != kv.split("=", 1)[1])
     parts = [record.get("implementation"), record.get("level"), shape, extra, f"{record.get('mode')} {record.get('dtype')}"]
     return " · ".join(str(p) for p in parts if p and p == p)
@@ -115,15 +146,37 @@ def clocks_seen(rows: list[Row]) -> dict[str, float]:
     return out
 
 
+def report_title(run: Run) -> str:
+    """The page title from the run's environment: its scenarios, card and date (not the run hash)."""
+    names = [s.get("name") for s in run.scenarios if s.get("name")] or sorted({r.scenario for r in run.rows if r.scenario})
+    what = (", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")) if names else run.name
+    when = str(run.environment.get("time") or "")[:10]
+    return f"cgspn-bench: {what} on {run.device_name}" + (f", {when}" if when else "")
+
+
+def commit_text(env: dict[str, Any]) -> str:
+    """The measured commit (10 hex digits, ``(dirty)`` for a modified tree), or why there is none."""
+    git = env.get("git") or {}
+    if not git.get("commit"):
+        return "not recorded (tree without .git; set CGSPN_BENCH_COMMIT)"
+    return git["commit"][:10] + (" (dirty)" if git.get("dirty") else "") + (f" ({git['source']})" if git.get("source") else "")
+
+
+def flash_attention_text(env: dict[str, Any]) -> str:
+    """Which FlashAttention SDPA ran and which FlashAttention packages were installed."""
+    packages = [f"{label} {env[key]}" for key, label in (("flash_attn", "flash-attn"), ("flash_attn_3", "FA3"),
+                                                           ("flash_attn_4", "FA4")) if env.get(key)]
+    sdpa = f"SDPA {env['sdpa_flash_impl']}" if env.get("sdpa_flash_impl") else "SDPA implementation not recorded"
+    return f"{sdpa}; " + (", ".join(packages) if packages else "no flash-attn package")
+
+
 def key_facts(run: Run) -> list[tuple[str, str]]:
     """The few environment facts a reader needs next to any number (the page's header)."""
     env, gpu = run.environment, run.environment.get("gpu") or {}
-    git = env.get("git") or {}
     clocks = clocks_seen(run.rows)
-    commit = (git.get("commit") or "")[:10] + (" (dirty)" if git.get("dirty") else "")
     facts = [("card", run.device_name), ("driver", env.get("driver")), ("torch", env.get("torch")), ("triton", env.get("triton")),
              ("cuDNN", env.get("cudnn")), ("CUDA", env.get("cuda_runtime")),
-             ("flash-attn", env.get("flash_attn") or "not installed"), ("commit", commit)]
+             ("FlashAttention", flash_attention_text(env)), ("commit", commit_text(env))]
     if clocks:
         facts.append(("SM clocks seen", f"{clocks.get('sm_clock_min_mhz', '?'):g}-{clocks.get('sm_clock_max_mhz', '?'):g} MHz"
                       + (f" (max {gpu['sm_clock_max_mhz']:g})" if gpu.get("sm_clock_max_mhz") else "")))
@@ -131,6 +184,8 @@ def key_facts(run: Run) -> list[tuple[str, str]]:
         facts.append(("GPUs", f"{len(run.gpus)} ({'variance mode' if run.spread else 'sharded'})"))
     if env.get("copy_bandwidth_gbps"):
         facts.append(("copy bandwidth", f"{env['copy_bandwidth_gbps']:.0f} GB/s"))
+    if env.get("gemm_tflops"):
+        facts.append(("bf16 GEMM", f"{env['gemm_tflops']:.0f} TFLOP/s"))
     if run.meta.get("elapsed_s") is not None:
         facts.append(("elapsed", f"{run.meta['elapsed_s'] / 60:.1f} min"))
     return [(k, str(v)) for k, v in facts if v not in (None, "")]
@@ -201,6 +256,11 @@ def claims_table(claims: list[dict]) -> Table:
 # ---- latency, speedup --------------------------------------------------------------------------------
 
 
+LATENCY_FIELDS = ("status", "median_ms", "graph_median_ms", "host_overhead_ms", "host_bound", "iqr_ms", "graph_iqr_ms", "min_ms",
+                  "n", "graph_n", "outliers", "tflops", "gbps", "bw_fraction", "peak_mem_bytes", "timer", "backend_detail",
+                  "case_id")
+
+
 def latency_table(run: Run) -> Table:
     records = []
     for row in run.rows:
@@ -219,8 +279,8 @@ def latency_table(run: Run) -> Table:
             "outliers": row.outliers,
             "tflops": row.tflops,
             "gbps": row.gbps,
-            "bw_fraction_pct": None if row.bw_fraction is None else 100.0 * row.bw_fraction,
-            "peak_mem_mib": None if row.peak_mem_bytes is None else row.peak_mem_bytes / 2**20,
+            "bw_fraction": row.bw_fraction,
+            "peak_mem_bytes": row.peak_mem_bytes,
             "timer": row.timer,
             "backend_detail": row.backend_detail,
             "case_id": row.case_id,
@@ -228,13 +288,15 @@ def latency_table(run: Run) -> Table:
         if run.multi_gpu:
             rec["gpu"] = gpu_label(row)
         records.append(rec)
-    frame = pd.DataFrame.from_records(records)
+    frame = make_frame(records, [*CASE_FIELDS, *LATENCY_FIELDS])
     if not frame.empty:
-        frame = frame.sort_values(["scenario", "level", "implementation", "mode", "dtype", "grid_h", "params"], kind="stable")
+        params = sorted(c for c in frame if c.startswith("p_"))
+        order = ["scenario", "level", "implementation", "mode", "dtype", "grid_h", *params]
+        frame = frame.sort_values(order, kind="stable")
     caption = ("Every row of the run: median, interquartile range and minimum over n timed repetitions. median_ms is the "
                "eager call (host launches included), graph_median_ms the same step as CUDA-graph replays (device time; "
                "empty where capture was impossible, graph_message in rows.csv says why), host_overhead_ms their "
-               "difference. tflops, gbps and bw_fraction_pct (ideal bytes over time as a share of the measured copy "
+               "difference. tflops, gbps and bw_fraction (ideal bytes over time as a fraction of the measured copy "
                "bandwidth) use the device time.")
     return Table("latency", "All measurements", frame.reset_index(drop=True), caption)
 
@@ -250,6 +312,7 @@ def speedups(rows: list[Row], timing: str = "device") -> pd.DataFrame:
     The baseline is, per level, mode, dtype, grid and (batch, channels), the fastest ok row of the
     attention family other than :data:`LOCAL_ATTENTION`; ``speedup_x = baseline_ms / median_ms``,
     both in the ``timing`` given (``device``: graph replays where captured; ``eager``).
+    ``params`` (the packed label the speedup figure groups its lines by) is left out of the CSV.
     """
 
     def key(row: Row) -> tuple:
@@ -271,17 +334,18 @@ def speedups(rows: list[Row], timing: str = "device") -> pd.DataFrame:
         base = best[key(row)]
         rec = case_columns(row)
         eager, eager_base = row.eager_ms, base.eager_ms
-        rec.update({"median_ms": ms(row), "timing": timing, "baseline": base.implementation, "baseline_ms": ms(base),
-                    "speedup_x": ms(base) / ms(row),
+        rec.update({"params": params_label(row.params), "median_ms": ms(row), "timing": timing,
+                    "baseline": base.implementation, "baseline_ms": ms(base), "speedup_x": ms(base) / ms(row),
                     "speedup_eager_x": eager_base / eager if eager and eager_base else None})
         records.append(rec)
-    cols = list(case_columns(rows[0]).keys()) + ["median_ms", "timing", "baseline", "baseline_ms", "speedup_x",
-                                                 "speedup_eager_x"] if rows else []
-    return pd.DataFrame.from_records(records, columns=cols)
+    return make_frame(records, [*CASE_FIELDS, "params", *SPEEDUP_FIELDS])
+
+
+SPEEDUP_FIELDS = ("median_ms", "timing", "baseline", "baseline_ms", "speedup_x", "speedup_eager_x")
 
 
 def speedup_table(run: Run) -> Table:
-    frame = speedups(run.case_rows)
+    frame = speedups(run.case_rows).drop(columns="params")
     caption = ("Speedup over the strongest attention baseline: at each level, mode, dtype, grid, batch and width, the "
                "fastest ok global-attention row (named in 'baseline'; tiled FlashAttention, a windowed approximation, "
                "is not a baseline). speedup_x is on device time (CUDA-graph replays where captured), speedup_eager_x "
@@ -309,25 +373,25 @@ def breakdown_table(run: Run) -> Table:
         for cat in order:
             rec[f"{cat}_ms"] = cats[cat]
         for cat in order:
-            rec[f"{cat}_share_pct"] = 100.0 * cats[cat] / total if total else None
+            rec[f"{cat}_share_fraction"] = cats[cat] / total if total else None
         records.append(rec)
-    frame = pd.DataFrame.from_records(records)
+    frame = make_frame(records, [*CASE_FIELDS, "total_ms", "median_ms"])
     caption = ("GPU time per kernel category from one profiled repetition (torch.profiler); the profiled total "
                "can differ from the timed median (profiler overhead, no L2 flush).")
     return Table("breakdown", "Time breakdown by kernel category", frame, caption)
 
 
-# Occupancy fields that are fractions in the profiler's table; shown as percentages (like every share here).
+# Occupancy fields that are fractions in the profiler's table; named ``*_fraction`` here (like every share).
 FRACTIONS = ("theoretical_occupancy", "est_achieved_occupancy")
 
 
 def occupancy_record(kernel: dict) -> dict[str, Any]:
-    """One launch of Row.profile["occupancy"], flattened: grid/block as ``AxBxC``, fractions as ``*_pct``,
+    """One launch of Row.profile["occupancy"], flattened: grid/block as ``AxBxC``, fractions as ``*_fraction``,
     the Triton compile metadata (when the kernel is ours) as ``triton_<field>``."""
     rec: dict[str, Any] = {}
     for key, value in kernel.items():
         if key in FRACTIONS:
-            rec[f"{key}_pct"] = None if value is None else 100.0 * value
+            rec[f"{key}_fraction"] = value
         elif key in ("grid", "block") and isinstance(value, list):
             rec[key] = "x".join(map(str, value))
         elif key == "triton" and isinstance(value, dict):
@@ -344,7 +408,9 @@ def occupancy_table(run: Run) -> Table:
             records.append({**case_columns(row), **occupancy_record(kernel)})
     caption = ("Per distinct kernel launch of the profiled rows: launch shape, theoretical occupancy from the device limits "
                "(and its limiter), waves = grid blocks / resident capacity, CUPTI's estimated achieved occupancy when traced.")
-    return Table("occupancy", "Occupancy", pd.DataFrame.from_records(records), caption)
+    columns = [*CASE_FIELDS, "name", "category", "grid", "block", "registers_per_thread", "shared_memory_bytes",
+               "theoretical_occupancy_fraction", "resident_blocks_per_sm", "waves", "limiter"]
+    return Table("occupancy", "Occupancy", make_frame(records, columns), caption)
 
 
 def kernels_table(run: Run, top: int = 5) -> Table:
@@ -355,19 +421,33 @@ def kernels_table(run: Run, top: int = 5) -> Table:
         for kernel in kernels[:top]:
             rec = case_columns(row)
             rec.update({k: kernel.get(k) for k in ("name", "category", "calls", "total_ms", "mean_ms")})
-            share = kernel.get("share")
-            rec["share_pct"] = None if share is None else 100.0 * share
+            rec["share_fraction"] = kernel.get("share")
             records.append(rec)
     caption = f"The {top} heaviest kernels of each profiled row."
-    return Table("kernels", "Heaviest kernels", pd.DataFrame.from_records(records), caption)
+    columns = [*CASE_FIELDS, "name", "category", "calls", "total_ms", "mean_ms", "share_fraction"]
+    return Table("kernels", "Heaviest kernels", make_frame(records, columns), caption)
 
 
 # ---- NVML, correctness, status ---------------------------------------------------------------------------
 
 # NVML summary keys shown first (the sampler's names carry units); anything else follows.
-NVML_FIRST = ("throttled", "clock_drop_pct", "sm_clock_min_mhz", "sm_clock_median_mhz", "sm_clock_max_seen_mhz",
-              "mem_clock_median_mhz", "temp_max_c", "power_mean_w", "power_max_w", "energy_per_iter_j", "util_gpu_mean",
-              "n_samples", "duration_s", "throttle_reasons")
+NVML_FIRST = ("throttled", "clock_drop_fraction", "sm_clock_min_mhz", "sm_clock_median_mhz", "sm_clock_max_seen_mhz",
+              "mem_clock_median_mhz", "temp_max_c", "power_mean_w", "power_max_w", "energy_per_call_j", "energy_per_image_j",
+              "energy_source", "util_gpu_mean", "n_samples", "duration_s", "throttle_reasons")
+# Summary keys not shown: the time series lives in the run directory, not next to the report.
+NVML_HIDDEN = ("available", "series")
+
+
+def energy_columns(nv: dict[str, Any], batch: int | None) -> dict[str, Any]:
+    """Energy per call, per image and its source; rows written before the energy counter have
+    ``energy_per_iter_j`` (mean sampled power x median time) and no per-image figure."""
+    out = {k: nv[k] for k in ("energy_per_call_j", "energy_per_image_j", "energy_source") if k in nv}
+    if "energy_per_call_j" not in out and nv.get("energy_per_iter_j") is not None:
+        out["energy_per_call_j"] = nv["energy_per_iter_j"]
+        out["energy_source"] = "mean sampled power x median time"
+    if "energy_per_image_j" not in out and out.get("energy_per_call_j") is not None and batch:
+        out["energy_per_image_j"] = out["energy_per_call_j"] / batch
+    return out
 
 
 def nvml_table(run: Run) -> Table:
@@ -376,20 +456,28 @@ def nvml_table(run: Run) -> Table:
         nv = dict(row.nvml or {})
         if not nv or nv.get("available") is False:
             continue
-        drop = nv.pop("clock_drop", None)  # a fraction in the sampler; a percentage here, like the other shares
-        nv["clock_drop_pct"] = None if drop is None else 100.0 * drop
+        nv["clock_drop_fraction"] = nv.pop("clock_drop", None)
+        nv.update(energy_columns(nv, row.params.get("batch")))
+        nv.pop("energy_per_iter_j", None)
         rec = case_columns(row)
         rec["median_ms"] = row.median_ms
-        keys = [k for k in NVML_FIRST if k in nv] + sorted(k for k in nv if k not in NVML_FIRST and k != "available")
+        keys = [k for k in NVML_FIRST if k in nv] + sorted(k for k in nv if k not in NVML_FIRST and k not in NVML_HIDDEN)
         for key in keys:
             value = nv[key]
             rec[key] = ", ".join(map(str, value)) if isinstance(value, list) else value
         records.append(rec)
         flagged.append(bool(nv.get("throttled")))
-    caption = ("GPU state sampled by NVML during each measurement. clock_drop_pct = 1 - min SM clock / max SM clock seen in "
-               "the run; a row is throttled when it exceeds 5% or NVML reports a power/thermal/hardware slowdown "
-               "(highlighted).")
-    return Table("nvml", "GPU state during measurement (NVML)", pd.DataFrame.from_records(records), caption, flagged)
+    caption = ("GPU state sampled by NVML during each measurement. clock_drop_fraction = 1 - min SM clock / max SM clock "
+               "seen in the run; a row is throttled when it exceeds 5% or NVML reports a power/thermal/hardware slowdown "
+               "(highlighted). Energy per call = the measurement's mean power x the median time: the mean power from NVML's "
+               "total-energy counter where the card has one, else from the 20 Hz power samples (energy_source says which); "
+               "per image = per call / batch. The time series of each row is nvml/<case_id>.json in the run directory.")
+    columns = [*CASE_FIELDS, "median_ms", *NVML_FIRST]
+    return Table("nvml", "GPU state and energy during measurement (NVML)", make_frame(records, columns), caption, flagged)
+
+
+CORRECTNESS_FIELDS = ("implementation", "level", "mode", "dtype", "checked", "passed", "failed", "not_checked", "worst_rel_rms",
+                      "worst_max_rel_err", "tolerance", "reference", "worst_grad_rel_rms", "grad_tolerance", "gradients")
 
 
 def correctness_table(run: Run) -> Table:
@@ -421,7 +509,7 @@ def correctness_table(run: Run) -> Table:
         if note and note not in g["gradients"].split("; "):
             g["gradients"] = f"{g['gradients']}; {note}" if g["gradients"] else note
         g["reference"] = g["reference"] or str(check.get("reference", ""))
-    frame = pd.DataFrame(list(groups.values()))
+    frame = make_frame(list(groups.values()), CORRECTNESS_FIELDS)
     flagged = [g["failed"] > 0 for g in groups.values()]
     caption = ("Correctness checks run before timing: relative RMS error against the reference implementation "
                "(higher precision), compared with the dtype's tolerance. fwd+bwd cases also compare the gradient of every "
@@ -439,7 +527,8 @@ def status_table(run: Run) -> Table:
         rec.update({"status": row.status, "message": row.message, "case_id": row.case_id})
         records.append(rec)
     caption = "Cases that did not produce a valid time: out of memory, unsupported here, errors and failed checks."
-    return Table("status", "Cases without a valid time", pd.DataFrame.from_records(records), caption, [True] * len(records))
+    frame = make_frame(records, [*CASE_FIELDS, "status", "message", "case_id"])
+    return Table("status", "Cases without a valid time", frame, caption, [True] * len(records))
 
 
 def status_counts(run: Run) -> dict[str, int]:
@@ -448,7 +537,7 @@ def status_counts(run: Run) -> dict[str, int]:
 
 def missing_table(missing: list[dict]) -> Table:
     caption = "Cases the run's scenarios define that have no row in rows.jsonl (an interrupted or partial run)."
-    return Table("missing", "Missing cases", pd.DataFrame.from_records(missing), caption)
+    return Table("missing", "Missing cases", make_frame(missing, [*CASE_FIELDS, "case_id", "note"]), caption)
 
 
 # ---- compare ---------------------------------------------------------------------------------------------
@@ -485,8 +574,11 @@ def compare_tables(run: Run, other: Run) -> tuple[Table, Table]:
                "captured, else eager); eager_other_over_run is the same on the eager medians (host included).")
     if len(run.case_rows) < len(run.rows) or len(other.case_rows) < len(other.rows):
         caption += " A case measured on several GPUs (variance mode) counts with the median of its per-GPU medians."
-    return (Table("compare", f"Compared with {other.name}", pd.DataFrame.from_records(matched), caption),
-            Table("compare_only", "Cases in only one of the two runs", pd.DataFrame.from_records(only)))
+    matched_columns = [*CASE_FIELDS, "status", "other_status", "device_ms", "other_device_ms", "other_over_run", "median_ms",
+                       "other_median_ms", "eager_other_over_run", "case_id"]
+    return (Table("compare", f"Compared with {other.name}", make_frame(matched, matched_columns), caption),
+            Table("compare_only", "Cases in only one of the two runs",
+                  make_frame(only, ["only_in", *CASE_FIELDS, "status", "median_ms", "case_id"])))
 
 
 # ---- GPUs: rows per card, card-to-card spread --------------------------------------------------------
@@ -539,14 +631,16 @@ def gpu_table(run: Run) -> Table:
     caption = ("Rows grouped by the GPU that measured them (by UUID; CPU ranks by rank). Clocks come from the rows' NVML "
                "summaries: sm_clock_median_mhz is the median of the rows' median SM clocks, sm_clock_min_mhz the lowest "
                "SM clock seen, power_mean_w the mean of the rows' mean power. GPUs with throttled rows are highlighted.")
-    return Table("gpus", "Rows per GPU", pd.DataFrame.from_records(records), caption, flagged)
+    columns = ["gpu", "ranks", "gpu_index", "gpu_uuid", "name", "rows", "ok", "not_ok", "nvml_rows", "sm_clock_median_mhz",
+               "sm_clock_min_mhz", "mem_clock_median_mhz", "temp_max_c", "power_mean_w", "throttled_rows"]
+    return Table("gpus", "Rows per GPU", make_frame(records, columns), caption, flagged)
 
 
 def spread_records(spread: list[dict], rows: list[Row] | None = None) -> list[dict[str, Any]]:
     """gpu_spread.json entries as table lines: the case, per-GPU medians (``<label>_ms``) and the spread.
 
-    ``spread_pct`` = 100 x (max - min) / median of the per-GPU medians; ``spread_of_min_pct`` is the
-    runner's ``spread`` ((max - min) / min) in percent. ``rows`` supply each case's scenario.
+    ``spread_fraction`` = (max - min) / median of the per-GPU medians; ``spread_of_min_fraction`` is the
+    runner's ``spread`` ((max - min) / min). ``rows`` supply each case's scenario.
     """
     scenario = {r.case_id: r.scenario for r in rows or []}
     records = []
@@ -558,8 +652,7 @@ def spread_records(spread: list[dict], rows: list[Row] | None = None) -> list[di
         low, high = min(medians.values()), max(medians.values())
         rec = case_columns(row)
         rec.update({"gpus": len(medians), "median_ms": middle, "min_ms": low, "max_ms": high,
-                    "spread_pct": 100.0 * (high - low) / middle,
-                    "spread_of_min_pct": 100.0 * entry["spread"] if entry.get("spread") is not None else None,
+                    "spread_fraction": (high - low) / middle, "spread_of_min_fraction": entry.get("spread"),
                     "case_id": entry["case_id"]})
         rec.update({f"{label}_ms": ms for label, ms in medians.items()})
         records.append(rec)
@@ -569,7 +662,8 @@ def spread_records(spread: list[dict], rows: list[Row] | None = None) -> list[di
 def spread_table(run: Run) -> Table:
     records = spread_records(run.spread, run.rows)
     caption = ("Variance mode (--same-case-on-every-gpu): every GPU measured every case. Per case the median of each GPU "
-               "(<rank>/<gpu>_ms), their median, and spread_pct = 100 x (max - min) / median; spread_of_min_pct is the "
+               "(<rank>/<gpu>_ms), their median, and spread_fraction = (max - min) / median; spread_of_min_fraction is the "
                f"runner's (max - min) / min from gpu_spread.json. Spreads above {SPREAD_FLAG_PCT:g}% are highlighted.")
-    return Table("gpu_spread", "Card-to-card spread per case", pd.DataFrame.from_records(records), caption,
-                 [r["spread_pct"] > SPREAD_FLAG_PCT for r in records])
+    columns = [*CASE_FIELDS, "gpus", "median_ms", "min_ms", "max_ms", "spread_fraction", "spread_of_min_fraction", "case_id"]
+    return Table("gpu_spread", "Card-to-card spread per case", make_frame(records, columns), caption,
+                 [100.0 * r["spread_fraction"] > SPREAD_FLAG_PCT for r in records])

@@ -101,22 +101,23 @@ def test_claims_table_has_one_row_per_claim_with_the_computed_ratio(report):
         assert math.isclose(got["ours"], ours, rel_tol=1e-9), claim["id"]
         assert math.isclose(got["ours_over_paper"], ours / claim["paper"], rel_tol=1e-9)
     assert set(table["verdict"]) >= {"holds", "weaker", "not measured"}  # the fixture exercises these marks
-    assert html.count('class="flagged"') >= int(table["verdict"].isin(["weaker", "disagrees"]).sum())
+    assert html.count('class="flagged') >= int(table["verdict"].isin(["weaker", "disagrees"]).sum())
 
 
 def test_csv_columns_carry_units_and_values(report):
     latency = pd.read_csv(report / "latency.csv")
-    assert {"median_ms", "iqr_ms", "min_ms", "tflops", "gbps", "bw_fraction_pct", "peak_mem_mib", "resolution_px"} <= set(latency)
+    assert {"median_ms", "iqr_ms", "min_ms", "tflops", "gbps", "bw_fraction", "peak_mem_bytes", "resolution_px"} <= set(latency)
     by_id = {r["case_id"]: r for r in fixture_rows()}
     assert len(latency) == len(by_id)
     for rec in latency.to_dict("records"):
         want = by_id[rec["case_id"]]["median_ms"]
         assert (want is None and math.isnan(rec["median_ms"])) or math.isclose(rec["median_ms"], want)
     nvml = pd.read_csv(report / "nvml.csv")
-    assert {"sm_clock_min_mhz", "sm_clock_median_mhz", "temp_max_c", "power_mean_w", "clock_drop_pct", "throttled"} <= set(nvml)
+    assert {"sm_clock_min_mhz", "sm_clock_median_mhz", "temp_max_c", "power_mean_w", "clock_drop_fraction",
+            "throttled"} <= set(nvml)
     assert {"speedup_x", "baseline_ms", "median_ms"} <= set(pd.read_csv(report / "speedup.csv"))
-    assert {"theoretical_occupancy_pct", "waves", "registers_per_thread"} <= set(pd.read_csv(report / "occupancy.csv"))
-    assert {"total_ms", "mlp_ms", "mlp_share_pct"} <= set(pd.read_csv(report / "breakdown.csv"))
+    assert {"theoretical_occupancy_fraction", "waves", "registers_per_thread"} <= set(pd.read_csv(report / "occupancy.csv"))
+    assert {"total_ms", "mlp_ms", "mlp_share_fraction"} <= set(pd.read_csv(report / "breakdown.csv"))
 
 
 def test_speedup_is_against_the_fastest_attention_row(report):

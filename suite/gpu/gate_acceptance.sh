@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The gate's acceptance on a 2-GPU machine, in one command per machine (docs/gates.md):
+#   first machine:  bash suite/gpu/gate_acceptance.sh first   -> baseline (GPU 0), slowed runs, one unchanged run
+#   later machines: bash suite/gpu/gate_acceptance.sh again   -> an unchanged run on each GPU against the committed
+#                                                               baseline, then (REPRODUCE=1) the paper set over both GPUs
+# Outputs in $OUT: acceptance.tgz (run folders, logs, verdict JSONs, summaries), console.txt, and after
+# "first" the new baseline as nvidia-h200.json (copy it to results/baselines/ and commit it).
+set -uo pipefail
+export PYTHONUNBUFFERED=1 PYTHONPATH="${PYTHONPATH:-}:$(pwd)"
+OUT=${OUT:?set OUT to an output folder}
+WORK=${WORK:-/tmp/acceptance}
+mkdir -p "$WORK"
+CHECK="python3 -m suite.gate.device_check --out $WORK"
+nvidia-smi --query-gpu=index,name,uuid,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv \
+    | tee "$WORK/gpus.csv"
+case "${1:?first or again}" in
+first)
+    BASE="$WORK/baselines/nvidia-h200.json"
+    CUDA_VISIBLE_DEVICES=0 $CHECK --tag gpu0 --steps baseline,slow:attention-cudnn=1.1 > "$WORK/gpu0.log" 2>&1 &
+    CUDA_VISIBLE_DEVICES=1 $CHECK --tag gpu1 --steps slow:cgspn-scan=1.1,unchanged --baseline "$BASE" \
+        --wait-baseline 400 > "$WORK/gpu1.log" 2>&1 &
+    wait
+    cp "$BASE" "$OUT/" 2>/dev/null
+    ;;
+again)
+    for gpu in 0 1; do
+        CUDA_VISIBLE_DEVICES=$gpu $CHECK --tag "gpu$gpu" --steps unchanged \
+            --baseline results/baselines/nvidia-h200.json > "$WORK/gpu$gpu.log" 2>&1 &
+    done
+    wait
+    if [ "${REPRODUCE:-0}" = 1 ]; then
+        python3 -m suite.cli run scenarios/paper --gpus all --out "$WORK/reproduce" --force \
+            --budget-scale "${SCALE:-0.1}" > "$WORK/reproduce.log" 2>&1
+        python3 -m suite.cli report "$WORK/reproduce" --out "$WORK/report" >> "$WORK/reproduce.log" 2>&1
+        tail -5 "$WORK/reproduce.log"
+    fi
+    ;;
+esac
+for log in "$WORK"/gpu*.log; do echo "== $log"; grep -A30 "=== summary" "$log"; done | tee "$OUT/console.txt"
+tar czf "$OUT/acceptance.tgz" -C "$WORK" . 2>/dev/null
+ls -la "$OUT"
