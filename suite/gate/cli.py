@@ -20,6 +20,7 @@ from suite.gate.confirm import RECOMMENDED, confirm_regressions
 from suite.gate.decision import DecisionRule
 from suite.gate.render import markdown, render
 from suite.gate.thresholds import ThresholdError, Thresholds, parse_percent
+from suite.rundir_lock import RunDirLock
 
 EXIT_PASSED, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
 GATE_HELP = """Judge a run against the baseline of its card (or, with --ab, the current tree against a git ref
@@ -133,8 +134,9 @@ def run_gate(args: argparse.Namespace) -> int:
                                    allow_other_gpu=args.allow_other_gpu, fail_on_missing=args.fail_on_missing)
         check_comparable(baseline, current)
         if args.confirm and not args.ab:
-            confirm_regressions(report, baseline, current, args.current, args.confirm, rule=rule, device=args.device,
-                                console=console)
+            with RunDirLock(args.current):  # its re-measured rows are appended to the run: one writer at a time
+                confirm_regressions(report, baseline, current, args.current, args.confirm, rule=rule, device=args.device,
+                                    console=console)
     except (BaselineError, ThresholdError, GpuMismatch, ValueError, ImportError) as err:
         console.print(f"[bold red]gate: cannot compare:[/] {escape(str(err))}", soft_wrap=True)
         return EXIT_REFUSED

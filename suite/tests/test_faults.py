@@ -304,6 +304,13 @@ def test_lock_refuses_a_second_holder_and_takes_over_a_stale_one(tmp_path):
         assert second.stale.startswith("pid 999999 on host elsewhere")
 
 
+def test_gate_confirm_does_not_write_into_a_busy_run(tmp_path, capsys):
+    run = fault_run(tmp_path)
+    with RunDirLock(run):
+        code = cli.main(["gate", "--baseline", str(FIXTURE_RUN), "--current", str(run), "--confirm", "1"])
+    one_line_error(capsys, code, f"{run} is in use by another run: pid {os.getpid()}")
+
+
 def test_stale_lock_is_taken_over_with_a_message(impls, tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
