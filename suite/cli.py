@@ -24,6 +24,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from suite.errors import EXIT_INTERRUPTED, EXIT_USAGE, USER_ERRORS, InputError, describe, positive_float
+
 PLUGIN_CLI_MODULES = ("suite.report", "suite.gate", "suite.distill", "suite.profiling.cli")
 
 
@@ -39,25 +41,44 @@ def configure_device(device: str | None) -> str:
     if device is None:
         device = "cuda" if cuda_available() else "cpu"
     if device == "cuda" and not cuda_available():
-        raise SystemExit("error: --device cuda: no CUDA device is visible here; use --device cpu")
+        raise InputError("--device cuda: no CUDA device is visible here; use --device cpu")
     if device == "cpu":
         os.environ.setdefault("TRITON_INTERPRET", "1")
     return device
 
 
 def import_plugins(names: list[str] | None) -> None:
-    """``--import``: modules (dotted names or .py files) that register extra implementations."""
-    for name in names or []:
-        if name.endswith(".py"):
-            path = Path(name)
-            if not path.is_file():
-                raise SystemExit(f"error: --import {name}: no such file")
-            spec = importlib.util.spec_from_file_location(f"cgspn_plugin_{path.stem}", path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[spec.name] = module
-            spec.loader.exec_module(module)
-        else:
-            importlib.import_module(name)
+    """``--import``: modules (dotted names or .py files) that register extra implementations.
+
+    The built-ins are registered first, so a plugin that reuses a registered name (which would
+    replace it, or be replaced by it, with rows carrying the same label) is an error."""
+    if not names:
+        return
+    from kernels import registry
+
+    registry.discover()
+    for name in names:
+        before = dict(registry._REGISTRY)
+        try:
+            if name.endswith(".py"):
+                path = Path(name)
+                if not path.is_file():
+                    raise InputError(f"--import {name}: no such file")
+                spec = importlib.util.spec_from_file_location(f"cgspn_plugin_{path.stem}", path)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[spec.name] = module
+                spec.loader.exec_module(module)
+            else:
+                importlib.import_module(name)
+        except InputError:
+            raise
+        except Exception as exc:  # the plugin's own failure, whatever it is: report it in one line
+            raise InputError(f"--import {name}: failed: {type(exc).__name__}: {describe(exc)}") from None
+        clashes = [f"{n} ({lvl})" for (n, lvl), impl in before.items() if registry._REGISTRY.get((n, lvl)) is not impl]
+        if clashes:
+            registry._REGISTRY.update(before)
+            raise InputError(f"--import {name}: registers {', '.join(clashes)}, already registered; "
+                             "give the plugin's implementations their own names")
 
 
 # ---- run ---------------------------------------------------------------------------------------
@@ -72,7 +93,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda if available, else cpu")
     parser.add_argument("--profile", action="store_true", help="also profile each case (torch.profiler), outside timing")
     parser.add_argument("--no-check", dest="check", action="store_false", help="skip the correctness check before timing")
-    parser.add_argument("--budget-scale", type=float, default=1.0, metavar="F",
+    parser.add_argument("--budget-scale", type=positive_float, default=1.0, metavar="F",
                         help="multiply every scenario's timing budget and warm-up by F")
     parser.add_argument("--gpus", metavar="all|N",
                         help="launch one process per GPU with torchrun (cases sharded by estimated cost)")
@@ -125,9 +146,9 @@ def gpu_count(value: str) -> int:
         try:
             count = int(value)
         except ValueError:
-            raise SystemExit(f"error: --gpus: expected 'all' or a number, got {value!r}") from None
+            raise InputError(f"--gpus: expected 'all' or a number, got {value!r}") from None
     if count < 1 or count > available:
-        raise SystemExit(f"error: --gpus {value}: {available} CUDA device(s) visible here")
+        raise InputError(f"--gpus {value}: {available} CUDA device(s) visible here")
     return count
 
 
@@ -159,9 +180,9 @@ def run_command(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if args.gpus is not None:
         if world_size > 1:
-            raise SystemExit("error: --gpus launches torchrun itself; under torchrun leave it out")
+            raise InputError("--gpus launches torchrun itself; under torchrun leave it out")
         if args.device == "cpu":
-            raise SystemExit("error: --gpus needs CUDA; for CPU ranks run: "
+            raise InputError("--gpus needs CUDA; for CPU ranks run: "
                              "torchrun --nproc_per_node=N -m suite.run --device cpu ...")
         configure_device("cuda")
         return launch_torchrun(argv if argv is not None else sys.argv[2:], gpu_count(args.gpus))
@@ -171,7 +192,7 @@ def run_command(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     from rich.console import Console
 
     from suite.oneoff import print_csv, select_scenarios
-    from suite.runner import RunError, RunOptions, SingleProcess, default_out, run_scenarios
+    from suite.runner import RunError, RunInterrupted, RunOptions, SingleProcess, default_out, run_scenarios
 
     console = Console(stderr=True, soft_wrap=True)
     scenarios, errors = select_scenarios(args)
@@ -189,7 +210,10 @@ def run_command(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         summary = run_scenarios(scenarios, options, group, console)
     except RunError as exc:
         console.print(f"error: {exc}", style="red", markup=False)
-        return 2
+        return EXIT_USAGE
+    except RunInterrupted as exc:
+        console.print(str(exc), style="yellow", markup=False, highlight=False)
+        return EXIT_INTERRUPTED
     finally:
         if isinstance(group, TorchGroup):
             group.close()
@@ -290,8 +314,20 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("TRITON_INTERPRET", "1")
     args = build_parser().parse_args(argv)
     if args.handler is run_command:
-        return run_command(args, argv[1:])
-    return args.handler(args)
+        return guarded(run_command, args, argv[1:])
+    return guarded(args.handler, args)
+
+
+def guarded(handler: Any, *args: Any) -> int:
+    """Run a command's handler; user errors become one line and exit 2, SIGINT one line and 130."""
+    try:
+        return handler(*args)
+    except USER_ERRORS as exc:
+        print(f"error: {describe(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt as exc:
+        print(str(exc) or "interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

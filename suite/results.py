@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from suite.errors import InputError
+
 STATUSES = ("ok", "oom", "unsupported", "error", "failed-check")
 TIMINGS = ("device", "eager")  # device: CUDA-graph replays where captured, else eager; eager: host included
 ROWS_FILE = "rows.jsonl"
@@ -115,6 +117,70 @@ class Row:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+REQUIRED_TEXT = ("case_id", "implementation", "family", "level", "mode", "dtype")
+NUMBERS = ("median_ms", "iqr_ms", "min_ms", "mean_ms")
+
+
+def row_problem(data: Any) -> str | None:
+    """Why ``data`` (parsed JSON) is not a :class:`Row`, or None."""
+    if not isinstance(data, dict):
+        return f"expected a JSON object (a row), got {type(data).__name__}"
+    missing = [k for k in REQUIRED_TEXT + ("params",) if k not in data]
+    if missing:
+        return f"not a row: missing {', '.join(missing)}"
+    wrong = [k for k in REQUIRED_TEXT + ("status",) if k in data and not isinstance(data[k], str)]
+    wrong += [k for k in NUMBERS if data.get(k) is not None and not isinstance(data[k], (int, float))]
+    if not isinstance(data["params"], dict):
+        wrong.append("params")
+    samples = data.get("samples_ms", [])
+    if not isinstance(samples, list) or not all(isinstance(x, (int, float)) for x in samples):
+        wrong.append("samples_ms")
+    return f"not a row: wrong type for {', '.join(wrong)}" if wrong else None
+
+
+ROW_START = '{"case_id":'  # how every line the runner writes begins (the first field of Row)
+
+
+class RowsError(InputError):
+    """A rows.jsonl (or run.json) that holds something other than rows; names the file and lines."""
+
+
+def read_rows(path: Path) -> tuple[list[Row], list[int]]:
+    """Rows of a JSON-lines file and the line numbers of torn rows; raises :class:`RowsError` on garbage.
+
+    A torn row (a writer killed mid-line: the start of a row's JSON that does not parse) is
+    expected after a crash and skipped, so its case counts as not measured. Any other line that
+    is not a row (garbage, text in another encoding, JSON of another shape) is an error listing
+    the line numbers, never dropped silently."""
+    rows, torn, bad = [], [], []
+    for number, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
+        if not raw.strip():
+            continue
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            bad.append(f"line {number}: not UTF-8")
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if line.startswith(ROW_START) or ROW_START.startswith(line):
+                torn.append(number)
+            else:
+                bad.append(f"line {number}: not JSON ({exc.msg})")
+            continue
+        problem = row_problem(data)
+        if problem:
+            bad.append(f"line {number}: {problem}")
+        else:
+            rows.append(Row.from_dict(data))
+    if bad:
+        more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+        raise RowsError(f"{path}: {'; '.join(bad[:5])}{more}; repair or delete those lines (a row is one JSON object "
+                        "per line, as the runner writes it)")
+    return rows, torn
+
+
 def _jsonable(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()
@@ -141,7 +207,15 @@ class RunDir:
 
     def meta(self) -> dict:
         p = self.path / RUN_FILE
-        return json.loads(p.read_text()) if p.exists() else {}
+        if not p.exists():
+            return {}
+        try:
+            meta = json.loads(p.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise RowsError(f"{p}: not valid JSON ({exc}); restore it, or start over with --force") from None
+        if not isinstance(meta, dict):
+            raise RowsError(f"{p}: expected a JSON object, got {type(meta).__name__}")
+        return meta
 
     def append(self, row: Row) -> None:
         """Append one row and fsync, so a SIGKILL right after loses nothing.
@@ -160,18 +234,12 @@ class RunDir:
             os.fsync(f.fileno())
 
     def rows(self) -> list[Row]:
-        """All complete rows; a torn last line (killed mid-write) is ignored."""
-        if not self.rows_path.exists():
-            return []
-        out = []
-        for line in self.rows_path.read_text(encoding="utf-8").splitlines():
-            if not line.strip():
-                continue
-            try:
-                out.append(Row.from_dict(json.loads(line)))
-            except json.JSONDecodeError:
-                continue
-        return out
+        """All complete rows; torn rows are skipped, other bad lines raise :class:`RowsError` (:func:`read_rows`)."""
+        return self.read()[0]
+
+    def read(self) -> tuple[list[Row], list[int]]:
+        """(rows, line numbers of torn rows) of rows.jsonl; see :func:`read_rows`."""
+        return read_rows(self.rows_path) if self.rows_path.exists() else ([], [])
 
     def done_ids(self) -> set[str]:
         return {r.case_id for r in self.rows()}

@@ -14,14 +14,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from suite.cli import add_run_arguments, run_command
+from suite.cli import add_run_arguments, guarded, run_command
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m suite.run", description="Measure scenario files (torchrun entry point).")
     add_run_arguments(parser)
     argv = list(sys.argv[1:] if argv is None else argv)
-    return run_command(parser.parse_args(argv), argv)
+    return guarded(run_command, parser.parse_args(argv), argv)
 
 
 if __name__ == "__main__":

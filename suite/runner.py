@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import shutil
 import time
 import uuid
@@ -29,16 +30,26 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from suite import sharding
 from suite.environment import collect_environment
+from suite.errors import InputError
 from suite.gate.slowdown import prepare_hook
 from suite.measure import DeviceLostError, measure_case
-from suite.results import Row, RunDir
+from suite.results import RUN_FILE, Row, RunDir
+from suite.rundir_lock import LOCK_FILE, RunDirLock
 from suite.scenario import Case, Scenario
 
 DEFAULT_RUNS = Path("results/runs")
 
 
-class RunError(RuntimeError):
+class RunError(InputError):
     """A run that cannot start (existing rows without --resume, nothing runnable...)."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """SIGINT during a run: how far it got, for the one-line message that says how to finish it."""
+
+    def __init__(self, done: int, total: int, out: Path):
+        super().__init__(f"interrupted after {done} of {total} cases; finish with --resume --out {out}")
+        self.done, self.total, self.out = done, total, out
 
 
 class Group(Protocol):
@@ -116,11 +127,46 @@ def collect_cases(scenarios: list[Scenario], options: RunOptions) -> list[Case]:
 
 
 def default_out(scenarios: list[Scenario]) -> Path:
-    return DEFAULT_RUNS / "+".join(s.name for s in scenarios)
+    """``results/runs/<name+name...>``; names are safe slugs (suite.scenario), a long join is shortened with a hash."""
+    name = "+".join(s.name for s in scenarios)
+    if len(name) > 100:
+        name = f"{name[:80]}+{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+    return DEFAULT_RUNS / name
+
+
+def is_run_dir(path: Path) -> bool:
+    """A folder the runner wrote: rows, or a run.json with a run id (written before anything else)."""
+    if (path / "rows.jsonl").is_file():
+        return True
+    try:
+        return "run_id" in RunDir(path).meta()
+    except InputError:
+        return False
+
+
+def check_out(path: Path, options: RunOptions) -> None:
+    """``--out`` must be a directory (or not exist yet); ``--force`` clears only a run directory."""
+    if path.exists() and not path.is_dir():
+        raise RunError(f"--out {path}: exists and is not a directory; give a run directory")
+    if options.force and path.is_dir() and not is_run_dir(path) and any(p.name != LOCK_FILE for p in path.iterdir()):
+        raise RunError(f"--out {path}: not a run directory (no rows.jsonl, no {RUN_FILE} with a run id); "
+                       "--force only clears run directories, so nothing was deleted")
+
+
+def check_same_scenarios(previous: dict, scenarios: list[Scenario], path: Path) -> list[str]:
+    """``--resume`` must finish the run with the scenarios it started with: other names are an
+    error; the same names with edited contents (e.g. a grown sweep) are allowed and noted."""
+    before = {s.get("name"): s.get("sha256") for s in previous.get("scenarios") or [] if isinstance(s, dict)}
+    now = {s.name: s.sha256 for s in scenarios}
+    if before and set(before) != set(now):
+        raise RunError(f"--resume: {path} was run with scenario(s) {', '.join(map(str, before))}; this command gives "
+                       f"{', '.join(now)}. Resume with the same scenarios, or use another --out (or --force to start over)")
+    return [f"note: scenario {name!r} changed since {path} was started (sha256 {str(before[name])[:8]} -> {sha[:8]}); "
+            "resuming with its new contents" for name, sha in now.items() if before and before.get(name) != sha]
 
 
 def _prepare_dir(run: RunDir, scenarios: list[Scenario], options: RunOptions, group: Group) -> dict:
-    """Rank 0: check the directory, write run.json; returns the metadata."""
+    """Rank 0, holding the lock: check the directory, write run.json; returns the metadata."""
     has_rows = run.rows_path.exists() or (run.path / sharding.RANK_DIR).exists()
     if has_rows and not options.resume and not options.force:
         raise RunError(f"{run.path} already holds rows; pass --resume to finish that run, --force to start over, "
@@ -131,6 +177,7 @@ def _prepare_dir(run: RunDir, scenarios: list[Scenario], options: RunOptions, gr
         for name in (sharding.RANK_DIR, "nvml", "traces"):
             shutil.rmtree(run.path / name, ignore_errors=True)
     previous = run.meta() if options.resume else {}
+    notes = check_same_scenarios(previous, scenarios, run.path) if options.resume else []
     if options.resume:
         sharding.merge_rank_rows(run.path, per_gpu=options.same_case_on_every_gpu)
     device = f"cuda:{options.local_rank}" if options.device == "cuda" else "cpu"
@@ -144,6 +191,9 @@ def _prepare_dir(run: RunDir, scenarios: list[Scenario], options: RunOptions, gr
                      "budget_scale": options.budget_scale, "world_size": group.world_size,
                      "same_case_on_every_gpu": options.same_case_on_every_gpu},
     }
+    if notes:  # the scenario records this run started with are kept, not overwritten
+        meta["previous_scenarios"] = [*previous.get("previous_scenarios", []), previous["scenarios"]]
+        meta["resume_notes"] = notes
     if previous.get("environment") and previous["environment"] != meta["environment"]:
         meta["previous_environments"] = [*previous.get("previous_environments", []), previous["environment"]]
     run.write_meta(meta)
@@ -184,13 +234,34 @@ def run_scenarios(scenarios: list[Scenario], options: RunOptions, group: Group |
     cases = collect_cases(keep, options)
     summary.total_cases = len(cases)
 
+    lock = RunDirLock(run.path) if group.rank == 0 else None
+    try:
+        return _run_locked(run, keep, cases, options, group, console, summary, lock)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_locked(run: RunDir, keep: list[Scenario], cases: list[Case], options: RunOptions, group: Group, console: Console,
+                summary: RunSummary, lock: RunDirLock | None) -> RunSummary:
     meta, pending, error = None, None, None
     if group.rank == 0:
         try:
+            check_out(run.path, options)
+            lock.acquire()
+            if lock.stale:
+                console.print(f"note: took over the stale lock of {run.path} (held by {lock.stale}, no longer running)",
+                              markup=False, highlight=False)
             meta = _prepare_dir(run, keep, options, group)
+            for note in meta.get("resume_notes", []):
+                console.print(note, markup=False, highlight=False)
             pending = _pending(cases, run.path, options, group)
-        except RunError as exc:
-            error = str(exc)
+            torn = run.read()[1]
+            if torn and options.resume:
+                console.print(f"note: {run.rows_path} lines {', '.join(map(str, torn))}: torn rows (a writer was killed "
+                              "mid-line); their cases are measured again", markup=False, highlight=False)
+        except (InputError, OSError) as exc:
+            error = str(exc) if isinstance(exc, InputError) else f"{run.path}: {exc.strerror or exc}"
     meta, pending, error = group.broadcast((meta, pending, error))
     if error:
         raise RunError(error)
@@ -209,27 +280,31 @@ def run_scenarios(scenarios: list[Scenario], options: RunOptions, group: Group |
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"),
                TimeRemainingColumn())
     measured: list[Row] = []
-    with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task(escape(f"{prefix}starting"), total=len(todo))
-        for case in todo:
-            progress.update(task, description=escape(f"{prefix}{case.label}"))
-            try:
-                row = measure_case(case.implementation, case.params, case.dtype, device, case.mode, case.timing,
-                                   check=case.check, profile=case.profile, nvml=case.nvml, run_dir=run.path,
-                                   scenario=case.scenario, run_id=meta["run_id"], tag=tag,
-                                   prepare=prepare_hook)
-            except DeviceLostError as lost:
-                # record the case that broke the context (so --resume skips it), then stop this process
-                lost.row.rank, lost.row.gpu_index, lost.row.gpu_uuid = group.rank, gpu_index, gpu_uuid
-                sink.append(lost.row)
-                raise SystemExit(f"stopped: {lost}\nits row is recorded as an error; run again with --resume "
-                                 "to measure the remaining cases in a fresh process") from lost
-            row.rank, row.gpu_index, row.gpu_uuid = group.rank, gpu_index, gpu_uuid
-            sink.append(row)
-            measured.append(row)
-            summary.counts[row.status] += 1
-            progress.console.print(_row_line(prefix, row), soft_wrap=True)
-            progress.advance(task)
+    try:
+        with Progress(*columns, console=console, transient=True) as progress:
+            task = progress.add_task(escape(f"{prefix}starting"), total=len(todo))
+            for case in todo:
+                progress.update(task, description=escape(f"{prefix}{case.label}"))
+                try:
+                    row = measure_case(case.implementation, case.params, case.dtype, device, case.mode, case.timing,
+                                       check=case.check, profile=case.profile, nvml=case.nvml, run_dir=run.path,
+                                       scenario=case.scenario, run_id=meta["run_id"], tag=tag,
+                                       prepare=prepare_hook)
+                except DeviceLostError as lost:
+                    # record the case that broke the context (so --resume skips it), then stop this process
+                    lost.row.rank, lost.row.gpu_index, lost.row.gpu_uuid = group.rank, gpu_index, gpu_uuid
+                    sink.append(lost.row)
+                    raise SystemExit(f"stopped: {lost}\nits row is recorded as an error; run again with --resume "
+                                     "to measure the remaining cases in a fresh process") from lost
+                row.rank, row.gpu_index, row.gpu_uuid = group.rank, gpu_index, gpu_uuid
+                sink.append(row)
+                measured.append(row)
+                summary.counts[row.status] += 1
+                progress.console.print(_row_line(prefix, row), soft_wrap=True)
+                progress.advance(task)
+    except KeyboardInterrupt:
+        total = len(cases) if not options.same_case_on_every_gpu else len(cases) * group.world_size
+        raise RunInterrupted(summary.already_done + len(measured), total, run.path) from None
 
     # Rows travel to rank 0 over the process group, so hosts need no shared filesystem; the rank
     # files (same filesystem, or a crashed earlier attempt) are merged as well, without duplicates.

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,8 @@ import yaml
 from kernels import registry
 from kernels.params import ParamError, Params
 from kernels.registry import DTYPES, LEVELS, MODES, Implementation
+from suite import yaml_safe
+from suite.errors import unsafe_name
 from suite.measure import TimingError, TimingSettings
 from suite.results import case_id
 from suite.selectors import describe, matches
@@ -38,6 +42,7 @@ SELECTOR_KEYS = ("implementation", "level", "params", "mode", "dtype")
 POINT_KEYS = SELECTOR_KEYS + ("ms", "label")
 CLAIM_KEYS = ("id", "text", "paper", "kind", "numerator", "denominator", "target", "unit", "note", "timing", "paper_card")
 CLAIM_TIMINGS = ("device", "eager")
+MAX_CASES, MAX_CASES_ENV = 10_000, "CGSPN_BENCH_MAX_CASES"  # per scenario, before expansion
 DEFAULTS = {"device": "any", "modes": ["fwd"], "dtypes": ["bfloat16"], "check": True, "metrics": ["latency", "memory", "nvml"]}
 
 
@@ -124,6 +129,8 @@ class _Errors:
 
     def add(self, field_name: str, message: str) -> None:
         text = f"{self.where}: {field_name}: {message}"
+        if len(text) > 400:  # a value quoted in full could be huge
+            text = text[:380] + " ... (shortened)"
         if text not in self.items:
             self.items.append(text)
 
@@ -379,14 +386,31 @@ def _pairs(implementations: list[str], levels: list[str], errors: _Errors) -> li
     return pairs
 
 
+def _within_case_cap(sweep: dict, zipped: dict, per_point: int, errors: _Errors) -> bool:
+    """Refuse (before expanding anything) a scenario that would expand to more than the case cap."""
+    try:
+        cap = int(os.environ.get(MAX_CASES_ENV, MAX_CASES))
+    except ValueError:
+        cap = MAX_CASES
+    points = math.prod(len(v) for v in sweep.values()) * (len(next(iter(zipped.values()))) if zipped else 1)
+    count = points * max(1, per_point)
+    if count <= cap:
+        return True
+    axes = " x ".join(f"{a}: {len(v)}" for a, v in sweep.items()) or "no sweep"
+    errors.add("sweep", f"expands to {count} cases ({axes}{', zip: ' + str(len(next(iter(zipped.values())))) if zipped else ''}"
+                        f" points x {per_point} implementation/level/mode/dtype combinations), above the cap of {cap}; "
+                        f"split the scenario, or raise the cap with {MAX_CASES_ENV}={count}")
+    return False
+
+
 def parse_scenario(text: str, path: str | Path = "<string>") -> Scenario:
     """Validate the YAML ``text`` of a scenario and expand its cases; raises :class:`ScenarioError`."""
     path = Path(path)
     errors = _Errors(str(path))
     try:
-        data = yaml.safe_load(text)
+        data = yaml_safe.load(text)
     except yaml.YAMLError as exc:
-        raise ScenarioError([f"{path}: not valid YAML: {exc}"]) from None
+        raise ScenarioError([f"{path}: not valid YAML: {yaml_safe.describe(exc)}"]) from None
     if not isinstance(data, dict):
         raise ScenarioError([f"{path}: expected a mapping with keys {', '.join(TOP_KEYS)}; got {type(data).__name__}"])
     for key in data:
@@ -398,6 +422,8 @@ def parse_scenario(text: str, path: str | Path = "<string>") -> Scenario:
     for key in ("name", "description", "paper"):
         if key in data and (not isinstance(data[key], str) or not data[key].strip()):
             errors.add(key, f"expected a non-empty string, got {data[key]!r}")
+    if isinstance(data.get("name"), str) and data["name"].strip() and unsafe_name(data["name"]):
+        errors.add("name", unsafe_name(data["name"]))  # the name becomes the run's folder name
     device = data.get("device", "any")
     if device not in DEVICES:
         errors.add("device", f"{device!r} is not allowed; allowed: {', '.join(DEVICES)}")
@@ -436,6 +462,8 @@ def parse_scenario(text: str, path: str | Path = "<string>") -> Scenario:
     name = data.get("name") if isinstance(data.get("name"), str) else path.stem
     profile = "profile" in metrics
     cases: dict[str, Case] = {}
+    if shape_ok:
+        shape_ok = _within_case_cap(sweep, zipped, len(impls) * len(modes) * len(dtypes), errors)
     for where, values in _points(params, sweep, zipped) if shape_ok else []:
         try:
             point = Params.from_dict(values, where=where)
@@ -474,6 +502,8 @@ def load_scenario(path: str | Path) -> Scenario:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ScenarioError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ScenarioError([f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save the file as UTF-8"]) from None
     return parse_scenario(text, path)
 
 

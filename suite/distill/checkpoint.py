@@ -16,11 +16,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from suite.errors import InputError
+
 STEP_PATTERN = re.compile(r"step-(\d+)\.pt$")
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """RNG states as tensors and plain data (what ``torch.load(weights_only=True)`` accepts)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -28,7 +33,8 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -67,6 +73,34 @@ def prune(directory: Path, keep: int) -> None:
         path.unlink(missing_ok=True)
 
 
+class CheckpointError(InputError):
+    """A checkpoint that cannot be read (torn, corrupt, or holding more than tensors and plain data)."""
+
+
 def load(path: Path) -> dict:
-    # Our own files: they hold RNG states and optimizer dicts, not just tensors.
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """A checkpoint, read with ``weights_only=True``: only tensors and plain data, so a crafted file cannot run code."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torn zip, wrong format, a pickle asking for anything but tensors and plain data
+        raise CheckpointError(f"{path}: unreadable ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a mapping, got {type(state).__name__}")
+    return state
+
+
+def load_latest(directory: Path, required: tuple[str, ...] = ()) -> tuple[dict | None, Path | None, list[str]]:
+    """The newest step checkpoint that loads and has the ``required`` keys: (state, path, one line per
+    newer file skipped). (None, None, skipped) when there is none, or none is intact."""
+    skipped = []
+    for path in reversed(step_checkpoints(directory)):
+        try:
+            state = load(path)
+        except CheckpointError as exc:
+            skipped.append(str(exc))
+            continue
+        missing = [k for k in required if k not in state]
+        if missing:
+            skipped.append(f"{path}: incomplete (no {', '.join(missing)})")
+            continue
+        return state, path, skipped
+    return None, None, skipped

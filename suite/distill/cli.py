@@ -91,4 +91,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m suite.distill", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
-    return run_command(parser.parse_args(argv))
+    from suite.cli import guarded
+
+    return guarded(run_command, parser.parse_args(argv))

@@ -17,8 +17,11 @@ from typing import Any
 
 import yaml
 
+from suite import yaml_safe
+from suite.errors import InputError, describe, unsafe_name
 
-class ConfigError(ValueError):
+
+class ConfigError(InputError):
     """An invalid config value; the message names the field and the allowed values."""
 
 
@@ -214,6 +217,8 @@ def _positive(value: float | int | None, where: str, minimum: float = 1) -> None
 
 def _check(cfg: DistillConfig) -> None:
     """Cross-field rules."""
+    if unsafe_name(cfg.name):
+        raise ConfigError(f"name: {unsafe_name(cfg.name)}")
     m = cfg.model
     for name in ("channels", "depth", "heads", "mlp_hidden", "patch", "compression", "latent_channels"):
         _positive(getattr(m, name), f"model.{name}")
@@ -302,10 +307,15 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
                 if not part.isdigit() or int(part) >= len(node):
                     raise ConfigError(f"--set {key}: {part!r} is not an index below {len(node)}")
                 node = node[int(part)]
-            else:
+            elif isinstance(node, dict):
                 node = node.setdefault(part, {})
+            if not isinstance(node, (dict, list)):
+                raise ConfigError(f"--set {key}: {part!r} holds a value, not a section or list of them")
         last = parts[-1]
-        value = yaml.safe_load(raw)
+        try:
+            value = yaml_safe.load(raw)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {key}: the value is not valid YAML: {yaml_safe.describe(err)}") from None
         if isinstance(node, list):
             if not last.isdigit() or int(last) >= len(node):
                 raise ConfigError(f"--set {key}: {last!r} is not an index below {len(node)}")
@@ -320,7 +330,12 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Distill
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"--config: no such file: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml_safe.load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read: {describe(err)}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {yaml_safe.describe(err)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return parse_config(apply_overrides(data, overrides or []))

@@ -22,6 +22,8 @@ from PIL import Image
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from suite.errors import InputError
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 # Real photographs in the scikit-image wheel (no pooch download needed for these); the synthetic
 # images and document scans it also ships (color wheel, page, text) are left out.
@@ -63,8 +65,19 @@ def folder_image_paths(path: str | Path) -> list[Path]:
     return paths
 
 
+class ImageError(InputError):
+    """An image file that cannot be decoded; names the file."""
+
+
 def load_image(path: Path, max_side: int) -> torch.Tensor:
     """uint8 ``(3, H, W)``; downscaled (antialiased) so that the short side is at most ``max_side``."""
+    try:
+        return _decode(path, max_side)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:  # not an image, truncated, too large
+        raise ImageError(f"data: cannot read image {path}: {exc}; remove it or replace it") from None
+
+
+def _decode(path: Path, max_side: int) -> torch.Tensor:
     with Image.open(path) as im:
         im = im.convert("RGB")
         short = min(im.size)

@@ -20,6 +20,7 @@ import contextlib
 import copy
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -46,10 +47,14 @@ from suite.distill.model import (
     supervised_blocks,
     uses_bf16,
 )
+from suite.errors import InputError
 
 
-class DistillError(RuntimeError):
+class DistillError(InputError):
     """A run that cannot start as asked (e.g. existing checkpoints without --resume)."""
+
+
+RESUME_KEYS = ("student", "rng", "stage_index", "stage_step", "global_step", "evaluations")
 
 
 def lr_factor(stage: StageConfig, step: int) -> float:
@@ -72,7 +77,10 @@ def make_optimizer(params: list[nn.Parameter], stage: StageConfig) -> torch.opti
 
 
 def image_paths(cfg: DistillConfig) -> list[Path]:
-    return folder_image_paths(cfg.data.path) if cfg.data.path else builtin_image_paths()
+    try:
+        return folder_image_paths(cfg.data.path) if cfg.data.path else builtin_image_paths()
+    except FileNotFoundError as err:
+        raise DistillError(str(err)) from None
 
 
 class Distiller:
@@ -95,10 +103,20 @@ class Distiller:
 
     # ---- set-up ----------------------------------------------------------------------------------
     def _start_state(self) -> dict | None:
+        """The newest intact step checkpoint on --resume (a corrupt newer one is skipped, with a message)."""
         existing = checkpoint.latest(self.ckpt_dir)
         if existing is not None and not self.resume:
             raise DistillError(f"--out {self.out} already holds checkpoints ({existing.name}); pass --resume or use a new --out")
-        return checkpoint.load(existing) if (existing is not None and self.resume) else None
+        if existing is None or not self.resume:
+            return None
+        state, path, skipped = checkpoint.load_latest(self.ckpt_dir, RESUME_KEYS)
+        if state is None:
+            raise DistillError(f"--resume: no intact checkpoint in {self.ckpt_dir}: {'; '.join(skipped)}; "
+                               "start over with a new --out")
+        if skipped and self.ctx.is_main:
+            print(f"warning: skipped {len(skipped)} checkpoint(s): {'; '.join(skipped)}; resuming from {path.name}",
+                  file=sys.stderr)
+        return state
 
     def _build_models(self) -> None:
         saved = self.out / "teacher.pt"

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from suite.gate.slowdown import was_slowed
-from suite.results import Row, RunDir
+from suite.results import Row, RowsError, RunDir, row_problem
 
 FORMAT = "cgspn-bench-baseline/1"
 DEFAULT_DIR = Path("results/baselines")
@@ -103,8 +103,11 @@ class Snapshot:
         if not run.rows_path.exists():
             raise BaselineError(f"{path}: not a run directory (no {run.rows_path.name}); "
                                 f"run `cgspn-bench run SCENARIO --out {path}` first")
-        meta = run.meta()
-        rows = [r for r in run.rows() if not is_confirmation(r)]
+        try:
+            meta = run.meta()
+            rows = [r for r in run.rows() if not is_confirmation(r)]
+        except RowsError as err:
+            raise BaselineError(str(err)) from None
         environment = meta.get("environment") or {}
         return cls(rows=rows, gpu_model=gpu_model_of(environment, rows), environment=environment, source=str(path))
 
@@ -112,15 +115,27 @@ class Snapshot:
     def from_baseline(cls, path: str | Path) -> Snapshot:
         path = Path(path)
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as err:
+            raise BaselineError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+        except IsADirectoryError:
+            raise BaselineError(f"{path}: a directory, not a baseline file") from None
         except FileNotFoundError:
             raise BaselineError(f"{path}: no such baseline; create it with `cgspn-bench baseline update --from RUN`") from None
         except json.JSONDecodeError as err:
             raise BaselineError(f"{path}: not valid JSON ({err})") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise BaselineError(f"{path}: not a cgspn-bench baseline (expected format {FORMAT!r})")
+        rows = data.get("rows")
+        if not isinstance(rows, list):
+            raise BaselineError(f"{path}: rows: expected a list of rows, got {type(rows).__name__}")
+        bad = [f"rows[{i}]: {problem}" for i, r in enumerate(rows) if (problem := row_problem(r))]
+        if bad:
+            raise BaselineError(f"{path}: {'; '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
+        if not isinstance(data.get("gpu_model"), str):
+            raise BaselineError(f"{path}: gpu_model: expected the GPU model name (a string)")
         return cls(
-            rows=[Row.from_dict(r) for r in data.get("rows", [])],
+            rows=[Row.from_dict(r) for r in rows],
             gpu_model=data["gpu_model"],
             environment=data.get("environment") or {},
             source=str(path),
@@ -133,6 +148,18 @@ class Snapshot:
         """A baseline file (``*.json``) or a run directory."""
         path = Path(path)
         return cls.from_run(path) if path.is_dir() else cls.from_baseline(path)
+
+
+def check_comparable(baseline: Snapshot, current: Snapshot) -> None:
+    """Refuse a comparison that would judge nothing: an empty side, or no case in common
+    (a gate that compares nothing must not print PASSED)."""
+    for side, snap in (("baseline", baseline), ("current run", current)):
+        if not snap.rows:
+            raise BaselineError(f"the {side} {snap.source} holds no rows; nothing to compare")
+    if not {r.case_id for r in baseline.rows} & {r.case_id for r in current.rows}:
+        raise BaselineError(f"the baseline {baseline.source} and the current run {current.source} have no case in common "
+                            f"({len({r.case_id for r in baseline.rows})} vs {len({r.case_id for r in current.rows})} cases); "
+                            "measure the baseline's scenario, or refresh the baseline")
 
 
 def baseline_path(directory: str | Path, gpu_model: str) -> Path:

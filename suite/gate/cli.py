@@ -13,12 +13,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from suite.gate.baseline import DEFAULT_DIR, BaselineError, Snapshot, baseline_path, update_baseline
+from suite.errors import describe, positive_float
+from suite.gate.baseline import DEFAULT_DIR, BaselineError, Snapshot, baseline_path, check_comparable, update_baseline
 from suite.gate.compare import GpuMismatch, compare_snapshots
 from suite.gate.confirm import RECOMMENDED, confirm_regressions
 from suite.gate.decision import DecisionRule
 from suite.gate.render import markdown, render
 from suite.gate.thresholds import ThresholdError, Thresholds, parse_percent
+from suite.rundir_lock import RunDirLock
 
 EXIT_PASSED, EXIT_FAILED, EXIT_REFUSED = 0, 1, 2
 GATE_HELP = """Judge a run against the baseline of its card (or, with --ab, the current tree against a git ref
@@ -50,7 +52,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     ab.add_argument("--device", choices=("cuda", "cpu"), help="where A/B and --confirm measure (default: A/B cuda if available, "
                     "else cpu; --confirm the run's own device)")
     ab.add_argument("--out", help="where the two pooled runs go (default results/runs/ab-<ref>-<time>)")
-    ab.add_argument("--budget-scale", type=float, default=1.0, help="multiply every case's timing budget")
+    ab.add_argument("--budget-scale", type=positive_float, default=1.0, help="multiply every case's timing budget")
     ab.add_argument("--no-check", action="store_true", help="skip the correctness check before timing")
     rule = gate.add_argument_group("decision rule")
     rule.add_argument("--max-slowdown", default=None, help="default max slowdown per case, e.g. 10%% (default 10%%; "
@@ -130,18 +132,24 @@ def run_gate(args: argparse.Namespace) -> int:
             baseline = Snapshot.load(_resolve_baseline(args.baseline, current))
         report = compare_snapshots(baseline, current, thresholds=thresholds, rule=rule,
                                    allow_other_gpu=args.allow_other_gpu, fail_on_missing=args.fail_on_missing)
+        check_comparable(baseline, current)
         if args.confirm and not args.ab:
-            confirm_regressions(report, baseline, current, args.current, args.confirm, rule=rule, device=args.device,
-                                console=console)
+            with RunDirLock(args.current):  # its re-measured rows are appended to the run: one writer at a time
+                confirm_regressions(report, baseline, current, args.current, args.confirm, rule=rule, device=args.device,
+                                    console=console)
     except (BaselineError, ThresholdError, GpuMismatch, ValueError, ImportError) as err:
-        console.print(f"[bold red]gate: cannot compare:[/] {escape(str(err))}")
+        console.print(f"[bold red]gate: cannot compare:[/] {escape(str(err))}", soft_wrap=True)
         return EXIT_REFUSED
     render(report, console, show_unchanged=not args.hide_unchanged)
-    if args.json:
-        console.print(f"verdicts written to {report.write_json(args.json)}")
-    if args.markdown:
-        with open(args.markdown, "a", encoding="utf-8") as f:
-            f.write(markdown(report))
+    try:
+        if args.json:
+            console.print(f"verdicts written to {report.write_json(args.json)}")
+        if args.markdown:
+            with open(args.markdown, "a", encoding="utf-8") as f:
+                f.write(markdown(report))
+    except OSError as err:  # exit 2, not 1: 1 would say "regression"
+        console.print(f"[bold red]gate: cannot write the verdicts:[/] {escape(describe(err))}", soft_wrap=True)
+        return EXIT_REFUSED
     return EXIT_PASSED if report.passed else EXIT_FAILED
 
 
@@ -150,7 +158,7 @@ def run_baseline_update(args: argparse.Namespace) -> int:
     try:
         path = update_baseline(args.run, args.dir, force=args.force)
     except BaselineError as err:
-        console.print(f"[bold red]baseline update:[/] {escape(str(err))}")
+        console.print(f"[bold red]baseline update:[/] {escape(str(err))}", soft_wrap=True)
         return EXIT_REFUSED
     snap = Snapshot.from_baseline(path)
     ok = sum(r.status == "ok" for r in snap.rows)

@@ -33,6 +33,8 @@ from typing import Any
 
 import yaml
 
+from suite import yaml_safe
+from suite.errors import describe
 from suite.results import Row
 
 SELECTOR_KEYS = ("implementation", "level", "mode", "dtype", "params")
@@ -106,11 +108,13 @@ class Thresholds:
         """Read and validate a thresholds file; ``default`` (from ``--max-slowdown``) overrides the file's."""
         path = Path(path)
         try:
-            data = yaml.safe_load(path.read_text())
+            data = yaml_safe.load(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ThresholdError(f"{path}: thresholds file not found") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise ThresholdError(f"{path}: cannot read: {describe(err)}") from None
         except yaml.YAMLError as err:
-            raise ThresholdError(f"{path}: not valid YAML: {err}") from None
+            raise ThresholdError(f"{path}: not valid YAML: {yaml_safe.describe(err)}") from None
         return cls.from_dict(data or {}, where=str(path), default=default)
 
     @classmethod

@@ -2,7 +2,8 @@
 # The gate's acceptance on a 2-GPU machine, in one command per machine (docs/gates.md):
 #   first machine:  bash suite/gpu/gate_acceptance.sh first   -> baseline (GPU 0), slowed runs, one unchanged run
 #   later machines: bash suite/gpu/gate_acceptance.sh again   -> an unchanged run on each GPU against the committed
-#                                                               baseline, then (REPRODUCE=1) the paper set over both GPUs
+#                                                               baseline, then (REPRODUCE=1) the paper set (or
+#                                                               SCENARIOS="a.yaml b.yaml") sharded over both GPUs
 # Outputs in $OUT: acceptance.tgz (run folders, logs, verdict JSONs, summaries), console.txt, and after
 # "first" the new baseline as nvidia-h200.json (copy it to results/baselines/ and commit it).
 set -uo pipefail
@@ -29,7 +30,8 @@ again)
     done
     wait
     if [ "${REPRODUCE:-0}" = 1 ]; then
-        python3 -m suite.cli run scenarios/paper --gpus all --out "$WORK/reproduce" --force \
+        # shellcheck disable=SC2086  # SCENARIOS is a list of paths
+        python3 -m suite.cli run ${SCENARIOS:-scenarios/paper} --gpus all --out "$WORK/reproduce" --force \
             --budget-scale "${SCALE:-0.1}" > "$WORK/reproduce.log" 2>&1
         python3 -m suite.cli report "$WORK/reproduce" --out "$WORK/report" >> "$WORK/reproduce.log" 2>&1
         tail -5 "$WORK/reproduce.log"

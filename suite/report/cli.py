@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from suite.errors import InputError, positive_float
+
 
 def report_command(args: argparse.Namespace) -> int:
     from suite.report.load import ReportError
@@ -22,6 +24,8 @@ def report_command(args: argparse.Namespace) -> int:
 def reproduce_command(args: argparse.Namespace) -> int:
     from suite.report.reproduce import reproduce
 
+    if args.resume and args.out is None:
+        raise InputError("reproduce --resume: give the run to finish with --out DIR (without it a new run would start)")
     return reproduce(out=args.out, report=args.report, device=args.device, budget_scale=args.budget_scale, resume=args.resume,
                      profile=args.profile, scenarios_dir=args.scenarios)
 
@@ -52,7 +56,7 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     reproduce.add_argument("--out", type=Path, help="run directory (default: results/runs/reproduce-<UTC stamp>)")
     reproduce.add_argument("--report", type=Path, help="report directory (default: reports/local/<name of the --out directory>)")
     reproduce.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda if available, else cpu")
-    reproduce.add_argument("--budget-scale", type=float, default=1.0, metavar="F",
+    reproduce.add_argument("--budget-scale", type=positive_float, default=1.0, metavar="F",
                            help="multiply every scenario's timing budget and warm-up time by F (repetition counts unchanged)")
     reproduce.add_argument("--resume", action="store_true",
                            help="finish an interrupted reproduce run; give its directory with --out")

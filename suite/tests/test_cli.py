@@ -9,8 +9,6 @@ import sys
 import types
 from pathlib import Path
 
-import pytest
-
 from suite import cli
 from suite.results import RunDir
 
@@ -56,9 +54,10 @@ def test_run_says_when_nothing_can_run_here(tmp_path, capsys):
     assert "no runnable scenario" in capsys.readouterr().err
 
 
-def test_gpus_needs_cuda(tmp_path):
-    with pytest.raises(SystemExit, match="--gpus needs CUDA"):
-        cli.main(["run", "x.yaml", "--gpus", "all", "--device", "cpu"])
+def test_gpus_needs_cuda(tmp_path, capsys):
+    assert cli.main(["run", "x.yaml", "--gpus", "all", "--device", "cpu"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: --gpus needs CUDA; for CPU ranks run: "
+                                               "torchrun --nproc_per_node=N -m suite.run --device cpu ...")
 
 
 def test_validate_lists_every_error_and_fails(capsys):
