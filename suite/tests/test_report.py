@@ -15,7 +15,6 @@ from pathlib import Path
 
 import matplotlib.image as mpimg
 import pandas as pd
-import pytest
 import yaml
 
 from suite.report.load import load_run
@@ -45,13 +44,6 @@ def table_html(html: str, heading_id: str) -> str:
     match = re.search(rf'<h3 id="{heading_id}">.*?<tbody>(.*?)</tbody>', html, re.S)
     assert match, f"table {heading_id!r} missing"
     return match.group(1)
-
-
-@pytest.fixture(scope="module")
-def report(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("report")
-    render_report(FIXTURE, out)
-    return out
 
 
 def test_html_has_every_section_and_is_self_contained(report):

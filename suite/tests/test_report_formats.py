@@ -23,13 +23,6 @@ from suite.results import Row
 FIXTURE = Path(__file__).parent / "data" / "fixture_run"
 
 
-@pytest.fixture(scope="module")
-def report(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("report")
-    render_report(FIXTURE, out)
-    return out
-
-
 def test_every_csv_loads_with_one_column_per_parameter_and_shared_units(report):
     rows_csv_units = {"peak_mem_bytes", "bw_fraction"}  # as rows.csv names them
     for path in sorted(report.glob("*.csv")):
