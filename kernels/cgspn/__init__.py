@@ -2,7 +2,8 @@
 
 Public API (channels-last ``(B, H, W, C)``, gates ``(B, H, W, 3, C)`` raw logits l, m, r):
 
-- :func:`cgspn_scan` - the fused four-direction sublayer ``y = u * sum_d h_d`` (Triton, fwd+bwd);
+- :func:`cgspn_scan` - the fused four-direction sublayer ``y = u * sum_d h_d`` (Triton fwd+bwd; on sm_90
+  with CuPy the default ``auto`` variant runs the CUDA fast-path forward of ``cuda_scan`` for 16-bit inputs);
 - :func:`cgspn_scan_head` - the same on the layer's fused head output ``(B, H, W, 5, C)``, whose
   gradient the backward writes as one tensor (what the layer calls);
 - :func:`cgspn_scan_reference`, :func:`propagate_reference` - the PyTorch ground truth;

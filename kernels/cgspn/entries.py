@@ -1,6 +1,7 @@
 """Registry entries of the C-GSPN propagation at sublayer level (family ``cgspn``).
 
-- ``cgspn-scan``: the fused four-direction Triton scan on the inputs as the C-GSPN layer produces
+- ``cgspn-scan``: the fused four-direction scan (Triton, or the CUDA fast path where the default
+  variant selects it and it can run: ``backend_detail`` names the path) on the inputs as the C-GSPN layer produces
   and passes them (:func:`kernels.cgspn.cgspn_scan_head`): u, lam and the 3 raw gates in one head
   output ``(B, H, W, 5, C_c)`` (read through strided views, its gradient written as one tensor),
   x the latent grid;
@@ -21,7 +22,7 @@ import torch
 
 from kernels.cgspn.gate_norm import normalize_gates_eager_both, normalize_gates_fused
 from kernels.cgspn.reference import cgspn_scan_reference
-from kernels.cgspn.scan import DEFAULT_VARIANT, cgspn_scan_head, head_views
+from kernels.cgspn.scan import DEFAULT_VARIANT, cgspn_scan_head, head_views, scan_backend
 from kernels.cgspn.triton_support import runnable
 from kernels.params import ParamError, Params
 from kernels.registry import GRID_PARAMS, Workload, register
@@ -77,7 +78,7 @@ def build_scan(params: Params, dtype: torch.dtype, device: torch.device, mode: s
         flops_bwd=2 * SCAN_FLOPS_PER_ELEMENT * _numel(params),
         bytes_ideal=7 * _numel(params) * element,
         bytes_ideal_bwd=13 * _numel(params) * element,
-        backend_detail=f"triton {DEFAULT_VARIANT}",
+        backend_detail=scan_backend(DEFAULT_VARIANT, x, head),  # which path runs here, and why
     )
 
 

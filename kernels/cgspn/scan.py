@@ -24,6 +24,8 @@ for the combine: ~60 B vs the ideal 14 B (7 elements); NOTES.md says why a globa
 scan with row programs cannot read its inputs only once. Indexing: program, batch and direction
 indices and row bases are int64 scalars; the [BP, BC] tile offsets inside one row are int32 (half
 the registers of int64 pointer tiles) unless the host finds a row extent past 2^31 (``WIDE``).
+The default variant ``auto`` replaces the quad forward by the CUDA forward of :mod:`kernels.cgspn.cuda_scan`
+(same ``hs`` contract, so the same Triton backward) for bfloat16/float16 on sm_90 when it can run.
 The older designs stay selectable for the bench: ``pairs-*`` (one launch per axis, both directions
 per program, an fp32 accumulator ordered by one barrier) and ``directions-*`` (four single-direction
 launches, merged in PyTorch).
@@ -44,17 +46,25 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.cgspn import cuda_scan
 from kernels.cgspn.reference import AXIS_OF, check_direction
 from kernels.cgspn.triton_support import INTERPRET, check_runnable, configs, fast_rcp
 
-__all__ = ["cgspn_scan", "cgspn_scan_head", "head_views", "propagate", "SCAN_VARIANTS"]
+__all__ = ["cgspn_scan", "cgspn_scan_head", "head_views", "propagate", "scan_backend", "SCAN_VARIANTS"]
 
 # Variants the GPU bench compares: design (quad: four directions in one pipelined launch; pairs: one
-# launch per axis; directions: four launches + PyTorch merge) x shift method. The first is the default:
-# quad-scratch, measured fastest on an H200 (results/h200/2026-11-27/scan-variant-ab: 0.31 vs 0.41 ms at
+# launch per axis; directions: four launches + PyTorch merge) x shift method. quad-scratch is the fastest
+# Triton design on an H200 (results/h200/2026-11-27/scan-variant-ab: 0.31 vs 0.41 ms at
 # grid 74 and 1.43 vs 1.92 ms at grid 147 for quad-gather, B=32, C_c=64, bf16, forward).
-SCAN_VARIANTS = ("quad-scratch", "quad-gather", "pairs-gather", "pairs-scratch", "directions-gather", "directions-scratch")
-DEFAULT_VARIANT = SCAN_VARIANTS[0]
+# ``cuda-fast``: the CUDA forward of :mod:`kernels.cgspn.cuda_scan` (sm_90, CuPy) with the quad-scratch
+# Triton backward, wherever it can run (``cuda_scan.unavailable_reason``); elsewhere quad-scratch.
+# ``auto`` (the default): cuda-fast for bfloat16/float16, quad-scratch for float32, as measured on an H200
+# (NOTES.md "Round 5", B=32: cuda-fast forward 1.16-1.6x faster in bf16, fwd+bwd 1.03-1.16x; float32 0.86-0.89x).
+SCAN_VARIANTS = ("auto", "quad-scratch", "quad-gather", "pairs-gather", "pairs-scratch", "directions-gather",
+                 "directions-scratch", "cuda-fast")
+FAST_VARIANT = "cuda-fast"
+DEFAULT_VARIANT = "auto"
+_FAST_DTYPES = (torch.bfloat16, torch.float16)  # where "auto" takes the fast path
 SHIFT_GATHER, SHIFT_SCRATCH = 0, 1
 _MAX_BC = 32
 
@@ -827,8 +837,8 @@ def _scan_quad_bwd(x, lam, u, gates, hs, dy, shift: int, out=None):
 class _CgspnScanFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, lam, u, gates, design: str, shift: int, store_h: bool):
-        if design == "quad":
-            y, hs = _scan_quad_fwd(x, lam, u, gates, shift)
+        if design in ("quad", "cuda"):
+            y, hs = cuda_scan.scan_forward(x, lam, u, gates) if design == "cuda" else _scan_quad_fwd(x, lam, u, gates, shift)
             total = hs.new_empty(0)  # du sums the stored h in the backward
         elif design == "pairs":
             y, total, hs = _scan_pairs_fwd(x, lam, u, gates, store_h, shift)
@@ -842,7 +852,7 @@ class _CgspnScanFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         x, lam, u, gates, total, hs = ctx.saved_tensors
-        if ctx.design == "quad":
+        if ctx.design in ("quad", "cuda"):  # the fast path stores hs exactly like the quad forward
             # dh in the input dtype (one rounding, read by four directions); every sum in fp32 registers
             dx, dlam, du, dg = _scan_quad_bwd(x, lam, u, gates, hs, _unit_channel_stride(dy), ctx.shift)
             return dx, dlam, du, dg, None, None, None
@@ -871,9 +881,9 @@ class _CgspnScanHeadFunction(torch.autograd.Function):
     two adds of the whole head: ~1.9 ms of a 6.1 ms fwd+bwd at B=32, 147x147, C_c=64, H200)."""
 
     @staticmethod
-    def forward(ctx, x, head, shift: int, store_h: bool):
+    def forward(ctx, x, head, shift: int, store_h: bool, fast: bool):
         lam, u, gates = head_views(head)
-        y, hs = _scan_quad_fwd(x, lam, u, gates, shift)
+        y, hs = cuda_scan.scan_forward(x, lam, u, gates) if fast else _scan_quad_fwd(x, lam, u, gates, shift)
         if store_h:
             ctx.save_for_backward(x, head, hs)
         ctx.shift = shift
@@ -886,7 +896,7 @@ class _CgspnScanHeadFunction(torch.autograd.Function):
         dx = torch.empty(x.shape, device=x.device, dtype=x.dtype)
         d_lam, d_u, d_gates = head_views(dhead)
         _scan_quad_bwd(x, *head_views(head), hs, _unit_channel_stride(dy), ctx.shift, out=(dx, d_lam, d_u, d_gates))
-        return dx, dhead, None, None
+        return dx, dhead, None, None, None
 
 
 class _PropagateFunction(torch.autograd.Function):
@@ -938,8 +948,38 @@ def _variant_options(name: str, variant: str) -> tuple[str, int]:
     """(design, shift method) of a :data:`SCAN_VARIANTS` name, e.g. ``"quad-scratch"`` -> ("quad", SHIFT_SCRATCH)."""
     if variant not in SCAN_VARIANTS:
         raise ValueError(f"{name}: variant {variant!r} is not one of {', '.join(SCAN_VARIANTS)}")
+    if variant in (FAST_VARIANT, "auto"):
+        return ("cuda" if variant == FAST_VARIANT else "auto"), SHIFT_SCRATCH  # the Triton backward's (and fallback's) shift
     design, shift_name = variant.split("-")
     return design, SHIFT_GATHER if shift_name == "gather" else SHIFT_SCRATCH
+
+
+def _fast_path_reason(design: str, x: torch.Tensor, *others: torch.Tensor) -> str | None:
+    """For the ``cuda`` and ``auto`` designs: None when the CUDA forward runs on these inputs, else why
+    not (then the quad-scratch Triton path runs). Other designs: None."""
+    if design == "auto" and x.dtype not in _FAST_DTYPES:
+        return f"{str(x.dtype).replace('torch.', '')}: the Triton forward measured faster (NOTES.md Round 5)"
+    return cuda_scan.unavailable_reason(x, *others) if design in ("cuda", "auto") else None
+
+
+def _resolve(design: str, x: torch.Tensor, *others: torch.Tensor) -> str:
+    """``cuda`` when the fast path runs these inputs, ``quad`` for a ``cuda``/``auto`` request it does not; else as given."""
+    if design in ("cuda", "auto"):
+        return "cuda" if _fast_path_reason(design, x, *others) is None else "quad"
+    return design
+
+
+def scan_backend(variant: str, x: torch.Tensor, *others: torch.Tensor) -> str:
+    """What :func:`cgspn_scan` / :func:`cgspn_scan_head` run for ``variant`` on these inputs, in words
+    (a workload's ``backend_detail``): ``"cuda-fast-path (fwd CUDA, bwd triton quad-scratch)"``, or
+    ``"triton quad-scratch (fast path not used: <reason>)"``, or ``"triton <variant>"``."""
+    design, _ = _variant_options("scan_backend", variant)
+    if design not in ("cuda", "auto"):
+        return f"triton {variant}"
+    reason = _fast_path_reason(design, x, *others)
+    if reason is None:
+        return "cuda-fast-path (fwd CUDA, bwd triton quad-scratch)"
+    return f"triton quad-scratch (fast path not used: {reason})"
 
 
 def _unit_channel_stride(t: torch.Tensor) -> torch.Tensor:
@@ -959,11 +999,14 @@ def cgspn_scan(x: torch.Tensor, lam: torch.Tensor, u: torch.Tensor, gates: torch
         x, lam, u: ``(B, H, W, C)``, float32/bfloat16/float16, any strides; views with unit
             stride on C (e.g. of one fused head output) are read in place, others copied once.
         gates: raw logits ``(B, H, W, 3, C)`` (l, m, r), same dtype.
-        variant: ``"quad-scratch"`` (default: the four directions in one pipelined launch, the
+        variant: ``"auto"`` (default: ``"cuda-fast"`` for bfloat16/float16 where it can run, else
+            ``"quad-scratch"``), ``"quad-scratch"`` (the four directions in one pipelined launch, the
             neighbour shift through a per-program scratch tile, then a combine kernel),
             ``"quad-gather"`` (the shift by ``tl.gather``), ``"pairs-gather"``, ``"pairs-scratch"`` (two
             launches, one per axis, both directions per program), ``"directions-gather"``,
-            ``"directions-scratch"`` (four single-direction launches); see :data:`SCAN_VARIANTS`.
+            ``"directions-scratch"`` (four single-direction launches), ``"cuda-fast"`` (the CUDA forward
+            of :mod:`kernels.cgspn.cuda_scan` with the quad-scratch backward, on sm_90 with CuPy; elsewhere
+            quad-scratch runs, :func:`scan_backend` says which and why); see :data:`SCAN_VARIANTS`.
 
     Returns:
         y ``(B, H, W, C)`` in the dtype of x; fp32 state and accumulation. Differentiable
@@ -981,6 +1024,7 @@ def cgspn_scan(x: torch.Tensor, lam: torch.Tensor, u: torch.Tensor, gates: torch
     x, lam, u, gates = (_unit_channel_stride(t) for t in (x, lam, u, gates))
     if x.numel() == 0:
         return torch.zeros_like(x)
+    design = _resolve(design, x, lam, u, gates)  # cuda/auto -> cuda, or the quad-scratch fallback (``scan_backend`` says why)
     # the forward stores each direction's h only when a backward will need it
     store_h = torch.is_grad_enabled() and any(t.requires_grad for t in (x, lam, u, gates))
     return _CgspnScanFunction.apply(x, lam, u, gates, design, shift, store_h)
@@ -992,9 +1036,10 @@ def cgspn_scan_head(x: torch.Tensor, head: torch.Tensor, *, variant: str = DEFAU
     ``head`` is ``(B, H, W, 5, C)`` holding [u, lam, l, m, r] on dim 3 (one ``Linear(C, 5C)``
     output, ``kernels.cgspn.layer.HEADS``); the result equals
     ``cgspn_scan(x, head[..., 1, :], head[..., 0, :], head[..., 2:5, :])``. The difference is the
-    backward: the quad variants return the head's gradient as one tensor, written in place by the
-    backward's prologue and epilogue, instead of three view gradients that autograd zero-fills,
-    copies and sums (see ``_CgspnScanHeadFunction``). Other variants go through :func:`cgspn_scan`.
+    backward: the quad variants (and cuda-fast, whose forward is CUDA) return the head's gradient as
+    one tensor, written in place by the backward's prologue and epilogue, instead of three view
+    gradients that autograd zero-fills, copies and sums (see ``_CgspnScanHeadFunction``). Other
+    variants go through :func:`cgspn_scan`.
 
     Example::
 
@@ -1006,14 +1051,14 @@ def cgspn_scan_head(x: torch.Tensor, head: torch.Tensor, *, variant: str = DEFAU
         raise ValueError(f"cgspn_scan_head: head must be (B, H, W, 5, C) = {(*x.shape[:3], 5, *x.shape[3:])} for x of shape "
                          f"{tuple(x.shape)} ([u, lam, l, m, r] on dim 3), got {tuple(head.shape)}")
     lam, u, gates = head_views(head)
-    if design != "quad":
+    if design not in ("quad", "cuda", "auto"):
         return cgspn_scan(x, lam, u, gates, variant=variant)
     _check_inputs("cgspn_scan_head", {"x": x, "lam": lam, "u": u}, gates)
     x, head = _unit_channel_stride(x), _unit_channel_stride(head)
     if x.numel() == 0:
         return torch.zeros_like(x)
     store_h = torch.is_grad_enabled() and (x.requires_grad or head.requires_grad)
-    return _CgspnScanHeadFunction.apply(x, head, shift, store_h)
+    return _CgspnScanHeadFunction.apply(x, head, shift, store_h, _resolve(design, x, head) == "cuda")
 
 
 def propagate(x: torch.Tensor, lam: torch.Tensor, gates: torch.Tensor, direction: str, normalize: bool = True, *,
