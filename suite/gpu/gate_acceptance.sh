@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The gate's acceptance on a 2-GPU machine, in one command per machine (docs/gates.md):
-#   first machine:  bash suite/gpu/gate_acceptance.sh first   -> baseline (GPU 0), slowed runs, one unchanged run
+#   first machine:  bash suite/gpu/gate_acceptance.sh first   -> baseline then an unchanged run (GPU 0), the two
+#                                                               slowed runs (GPU 1) gated against that baseline
 #   later machines: bash suite/gpu/gate_acceptance.sh again   -> an unchanged run on each GPU against the committed
 #                                                               baseline, then (REPRODUCE=1) the paper set (or
 #                                                               SCENARIOS="a.yaml b.yaml") sharded over both GPUs
@@ -11,14 +12,15 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="${PYTHONPATH:-}:$(pwd)"
 OUT=${OUT:?set OUT to an output folder}
 WORK=${WORK:-/tmp/acceptance}
 mkdir -p "$WORK"
-CHECK="python3 -m suite.gate.device_check --out $WORK"
+LIMIT=${LIMIT:-470}  # seconds per GPU's steps: the outputs are packed even when a step runs long
+CHECK="timeout $LIMIT python3 -m suite.gate.device_check --out $WORK"
 nvidia-smi --query-gpu=index,name,uuid,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv \
     | tee "$WORK/gpus.csv"
 case "${1:?first or again}" in
 first)
     BASE="$WORK/baselines/nvidia-h200.json"
-    CUDA_VISIBLE_DEVICES=0 $CHECK --tag gpu0 --steps baseline,slow:attention-cudnn=1.1 > "$WORK/gpu0.log" 2>&1 &
-    CUDA_VISIBLE_DEVICES=1 $CHECK --tag gpu1 --steps slow:cgspn-scan=1.1,unchanged --baseline "$BASE" \
+    CUDA_VISIBLE_DEVICES=0 $CHECK --tag gpu0 --steps baseline,unchanged > "$WORK/gpu0.log" 2>&1 &
+    CUDA_VISIBLE_DEVICES=1 $CHECK --tag gpu1 --steps slow:cgspn-scan=1.1,slow:attention-cudnn=1.1 --baseline "$BASE" \
         --wait-baseline 400 > "$WORK/gpu1.log" 2>&1 &
     wait
     cp "$BASE" "$OUT/" 2>/dev/null
@@ -38,6 +40,7 @@ again)
     fi
     ;;
 esac
-for log in "$WORK"/gpu*.log; do echo "== $log"; grep -A30 "=== summary" "$log"; done | tee "$OUT/console.txt"
+for log in "$WORK"/gpu*.log; do echo "== $log"; grep -E "=== .*: exit|=== summary" -A0 "$log"; grep -A30 "=== summary" "$log"; done \
+    | tee "$OUT/console.txt"
 tar czf "$OUT/acceptance.tgz" -C "$WORK" . 2>/dev/null
 ls -la "$OUT"
