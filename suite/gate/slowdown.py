@@ -10,7 +10,8 @@ every ``attention-cudnn`` step 10% slower.
   times slower, a ``fwd+bwd`` case pays K - 1 extra forwards.
 * Fractional K (e.g. 1.1): the integer part as above, then each call also spins on the device
   (``torch.cuda._sleep``, a busy-wait kernel; on the CPU a busy-wait loop) for the fraction times
-  the step's time, measured once when the workload is prepared. A kernel that got 10% slower looks
+  the step's device time (CUDA-graph replays where capturable), measured once when the workload is
+  prepared. A kernel that got 10% slower looks
   exactly like this to every timer, eager and CUDA-graph replays alike, since the spin is captured
   into the graph with the rest of the step.
 
@@ -105,25 +106,33 @@ def prepare_hook(impl: Implementation, workload: Workload, mode: str, device: to
 
 
 def _step_ms(workload: Workload, mode: str, device: torch.device) -> float:
-    """Median time of a few eager steps of ``mode`` (after three warm-up steps), in ms."""
-    from suite.measure import make_step  # the gate sits above the measurement core
+    """Median device time of the step of ``mode``, in ms: CUDA-graph replays where the step can be
+    captured (so a host-bound case is slowed by a fraction of its GPU time, not of its Python
+    time), else eager calls timed with events (CPU: ``perf_counter``), after three warm-up steps."""
+    from suite.measure import capture_cuda_graph, make_step  # the gate sits above the measurement core
 
     step = make_step(workload, mode)
     for _ in range(3):
         step()
+    run = step
+    graph = None
+    if device.type == "cuda":
+        graph, _ = capture_cuda_graph(step)
+        run = graph.replay if graph is not None else step
     times = []
-    for _ in range(5):
+    for _ in range(10):
         if device.type == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            step()
+            run()
             end.record()
             end.synchronize()
             times.append(start.elapsed_time(end))
         else:
             t0 = time.perf_counter()
-            step()
+            run()
             times.append((time.perf_counter() - t0) * 1e3)
+    del graph, run
     for t in [*workload.inputs, *workload.parameters]:
         t.grad = None
     return statistics.median(times)

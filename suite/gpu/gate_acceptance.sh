@@ -3,8 +3,8 @@
 #   first machine:  bash suite/gpu/gate_acceptance.sh first   -> baseline then an unchanged run (GPU 0), the two
 #                                                               slowed runs (GPU 1) gated against that baseline
 #   later machines: bash suite/gpu/gate_acceptance.sh again   -> an unchanged run on each GPU against the committed
-#                                                               baseline, then (REPRODUCE=1) the paper set (or
-#                                                               SCENARIOS="a.yaml b.yaml") sharded over both GPUs
+#                                                               baseline; then optionally SLOW=SPEC on GPU 0 and
+#                                                               REPRODUCE=1 (SCENARIOS=..., default the paper set) on GPU 1
 # Outputs in $OUT: acceptance.tgz (run folders, logs, verdict JSONs, summaries), console.txt, and after
 # "first" the new baseline as nvidia-h200.json (copy it to results/baselines/ and commit it).
 set -uo pipefail
@@ -31,13 +31,20 @@ again)
             --baseline results/baselines/nvidia-h200.json > "$WORK/gpu$gpu.log" 2>&1 &
     done
     wait
+    # optional second phase: a slowed run on GPU 0 (SLOW=SPEC) beside paper scenarios on GPU 1
+    # (REPRODUCE=1; SCENARIOS="a.yaml b.yaml", default scenarios/paper; rows are kept as measured)
+    if [ -n "${SLOW:-}" ]; then
+        CUDA_VISIBLE_DEVICES=0 $CHECK --tag gpu0-slow --steps "slow:$SLOW" \
+            --baseline results/baselines/nvidia-h200.json > "$WORK/gpu0-slow.log" 2>&1 &
+    fi
     if [ "${REPRODUCE:-0}" = 1 ]; then
         # shellcheck disable=SC2086  # SCENARIOS is a list of paths
-        python3 -m suite.cli run ${SCENARIOS:-scenarios/paper} --gpus all --out "$WORK/reproduce" --force \
-            --budget-scale "${SCALE:-0.1}" > "$WORK/reproduce.log" 2>&1
+        CUDA_VISIBLE_DEVICES=1 timeout "$LIMIT" python3 -m suite.cli run ${SCENARIOS:-scenarios/paper} \
+            --out "$WORK/reproduce" --force --budget-scale "${SCALE:-0.1}" > "$WORK/reproduce.log" 2>&1
         python3 -m suite.cli report "$WORK/reproduce" --out "$WORK/report" >> "$WORK/reproduce.log" 2>&1
         tail -5 "$WORK/reproduce.log"
     fi
+    wait
     ;;
 esac
 for log in "$WORK"/gpu*.log; do echo "== $log"; grep -E "=== .*: exit|=== summary" -A0 "$log"; grep -A30 "=== summary" "$log"; done \
