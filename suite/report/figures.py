@@ -23,6 +23,7 @@ matplotlib.use("Agg")  # headless: no display on CI or GPU boxes
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure as MplFigure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from kernels.params import Params  # noqa: E402
@@ -241,19 +242,21 @@ def _bars(ax, rows: list[Row], colors: dict[str, str], level: str) -> None:
     both = any(r.graph_timed and r.eager_ms for r in ok)
     height = 0.38 if both else 0.7
     ax.barh([i - (height / 2 if both else 0) for i in y], [r.device_ms for r in ok], height=height,
-            color=[colors[r.implementation] for r in ok], label="device (CUDA-graph replays)" if both else None)
+            color=[colors[r.implementation] for r in ok])
     for i, r in enumerate(ok):
         ax.annotate(f"{r.device_ms:.3g}", (r.device_ms, i - (height / 2 if both else 0)), xytext=(3, 0),
                     textcoords="offset points", va="center", fontsize=7)
     if both:
         eager = [r.eager_ms or 0.0 for r in ok]
         ax.barh([i + height / 2 for i in y], eager, height=height, color=[colors[r.implementation] for r in ok], alpha=0.45,
-                hatch="//", label="eager (host launches included)")
+                hatch="//")
         for i, value in enumerate(eager):
             if value:
                 ax.annotate(f"{value:.3g}", (value, i + height / 2), xytext=(3, 0), textcoords="offset points", va="center",
                             fontsize=7)
-        ax.legend(loc="lower right")
+        key = [Patch(facecolor="grey", label="device (CUDA-graph replays)"),
+               Patch(facecolor="grey", alpha=0.45, hatch="//", label="eager (host launches included)")]
+        ax.legend(handles=key, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=2)
     ax.set_yticks(y, labels)
     ax.set_xlim(0, max([r.device_ms for r in ok] + [r.eager_ms or 0.0 for r in ok] + [1e-9]) * 1.18)
     ax.set_xlabel("median time (ms)")
