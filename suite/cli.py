@@ -101,6 +101,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="variance mode: every rank measures every case; the spread per case goes to gpu_spread.json")
     parser.add_argument("--import", dest="imports", action="append", metavar="MODULE",
                         help="import a module or .py file that registers extra implementations (repeatable)")
+    parser.add_argument("--sdpa-flash-impl", metavar="NAME",
+                        help="run SDPA's FlashAttention backend with this implementation (e.g. FA3, FA4, as "
+                             "torch.nn.attention lists them) for the whole run; rows record which ran")
     from suite import oneoff
 
     oneoff.add_arguments(parser)
@@ -188,6 +191,13 @@ def run_command(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         return launch_torchrun(argv if argv is not None else sys.argv[2:], gpu_count(args.gpus))
     device = configure_device(args.device)
     import_plugins(args.imports)
+    if args.sdpa_flash_impl:
+        from kernels.attention.sublayer import activate_sdpa_flash_impl
+
+        try:
+            activate_sdpa_flash_impl(args.sdpa_flash_impl)
+        except ValueError as exc:
+            raise InputError(f"--sdpa-flash-impl {args.sdpa_flash_impl}: {exc}") from None
 
     from rich.console import Console
 

@@ -158,6 +158,9 @@ def _version(module) -> str:
     return getattr(module, "__version__", "unknown version")
 
 
+BUNDLED = "FA2 (bundled)"
+
+
 def sdpa_flash_impl() -> str:
     """The FlashAttention implementation behind SDPA's FLASH_ATTENTION backend, as torch reports it:
     ``torch.nn.attention.current_flash_attention_impl()`` ("FA3"/"FA4" once activated, None for
@@ -165,13 +168,36 @@ def sdpa_flash_impl() -> str:
     import torch.nn.attention as attention
 
     current = attention.current_flash_attention_impl() if hasattr(attention, "current_flash_attention_impl") else None
-    return current or "FA2 (bundled)"
+    return current or BUNDLED
+
+
+def activate_sdpa_flash_impl(name: str) -> str:
+    """Make SDPA's FLASH_ATTENTION backend run the FlashAttention implementation ``name`` (e.g. "FA3",
+    "FA4", registered with ``torch.nn.attention`` by their packages) for the rest of this process;
+    returns what torch then reports. Activation cannot be undone in a process, which is why it is a
+    run option (``cgspn-bench run --sdpa-flash-impl``) and not a per-case one. Raises ValueError
+    naming what is allowed when torch or the implementation's package cannot do it."""
+    import torch.nn.attention as attention
+
+    if not hasattr(attention, "activate_flash_attention_impl"):
+        raise ValueError(f"torch {torch.__version__} cannot switch SDPA's FlashAttention implementation "
+                         "(torch.nn.attention.activate_flash_attention_impl is missing); it runs its bundled FA2")
+    available = list(attention.list_flash_attention_impls())
+    if name not in available:
+        raise ValueError(f"{name!r} is not registered with torch {torch.__version__}; allowed: {', '.join(available) or 'none'}")
+    try:
+        attention.activate_flash_attention_impl(name)
+    except Exception as exc:  # the provider's import or registration: usually its package is missing
+        raise ValueError(f"{name} could not be activated ({type(exc).__name__}: {exc}); install the package that "
+                         "provides it") from None
+    return sdpa_flash_impl()
 
 
 def resolve(backend: str, device_type: str) -> AttentionKernel:
     """The kernel ``backend`` means on ``device_type`` ("cuda" | "cpu"); raises ValueError for an
-    unknown backend. For ``flash`` on CUDA: FA3 on compute capability 9.x, else FA2, else SDPA
-    (whose FlashAttention implementation torch is asked for, so activating FA3/FA4 in SDPA shows)."""
+    unknown backend. For ``flash`` on CUDA: SDPA when an implementation was activated in it
+    (:func:`activate_sdpa_flash_impl`: the user asked for it), else the flash-attn package (FA3 on
+    compute capability 9.x, else FA2), else SDPA's bundled FA2; torch is asked which runs."""
     return _resolve(backend, device_type, sdpa_flash_impl() if backend == "flash" else "")
 
 
@@ -185,6 +211,8 @@ def _resolve(backend: str, device_type: str, sdpa_impl: str) -> AttentionKernel:
     if backend not in SDPA_BACKENDS:
         raise ValueError(f"attention backend {backend!r} unknown; allowed: {', '.join(BACKENDS)}")
     if backend == "flash" and device_type == "cuda":
+        if sdpa_impl != BUNDLED:
+            return AttentionKernel("flash", f"sdpa-flash {sdpa_impl} ({torch_v})", _sdpa(SDPBackend.FLASH_ATTENTION))
         if HAS_FLASH_ATTN_3 and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9:
             return AttentionKernel("flash", f"flash-attn-3 ({_version(flash_attn_interface)})",
                                    _flash_attn_package(flash_attn_interface.flash_attn_func))

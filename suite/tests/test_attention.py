@@ -243,3 +243,53 @@ def test_every_variant_registered_at_every_level():
         assert registry.levels_of(f"attention-{variant}") == list(registry.LEVELS)
     assert "tile" in registry.get("attention-tiled-flash", "block").params
     assert "tile" not in registry.get("attention-flash", "block").params
+
+
+class FakeFlashRegistry:
+    """torch.nn.attention's FlashAttention registry, faked: which implementations are registered,
+    which one is active, and whether activating one fails (its package missing)."""
+
+    def __init__(self, registered: list[str], fails: bool = False):
+        self.registered, self.fails, self.current = registered, fails, None
+
+    def install(self, monkeypatch) -> None:
+        import torch.nn.attention as attention
+
+        monkeypatch.setattr(attention, "list_flash_attention_impls", lambda: list(self.registered))
+        monkeypatch.setattr(attention, "current_flash_attention_impl", lambda: self.current)
+        monkeypatch.setattr(attention, "activate_flash_attention_impl", self.activate)
+
+    def activate(self, name: str) -> None:
+        if self.fails:
+            raise ModuleNotFoundError("No module named 'flash_attn'")
+        self.current = name
+
+
+def test_sdpa_flash_implementation_is_activated_and_recorded(monkeypatch):
+    from kernels.attention.sublayer import activate_sdpa_flash_impl, resolve
+
+    fake = FakeFlashRegistry(["FA3", "FA4"])
+    fake.install(monkeypatch)
+    assert resolve("flash", "cuda").detail.startswith(("sdpa-flash FA2 (bundled)", "flash-attn"))
+    assert activate_sdpa_flash_impl("FA4") == "FA4"
+    kernel = resolve("flash", "cuda")  # asked for explicitly: SDPA's FA4 even where a flash-attn package is installed
+    assert kernel.detail.startswith("sdpa-flash FA4") and kernel.backend == "flash"
+
+
+def test_sdpa_flash_implementation_errors_name_what_is_allowed(monkeypatch):
+    from kernels.attention.sublayer import activate_sdpa_flash_impl
+
+    FakeFlashRegistry(["FA3", "FA4"], fails=True).install(monkeypatch)
+    with pytest.raises(ValueError, match=r"FA4 could not be activated \(ModuleNotFoundError"):
+        activate_sdpa_flash_impl("FA4")
+    with pytest.raises(ValueError, match="'FA9' is not registered .*; allowed: FA3, FA4"):
+        activate_sdpa_flash_impl("FA9")
+
+
+def test_run_option_refuses_an_unknown_sdpa_flash_implementation(tmp_path, capsys):
+    from suite import cli
+
+    code = cli.main(["run", "scenarios/smoke-cpu.yaml", "--out", str(tmp_path / "run"), "--device", "cpu",
+                     "--sdpa-flash-impl", "FA9"])
+    assert code == 2 and "--sdpa-flash-impl FA9" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "rows.jsonl").exists()
