@@ -10,12 +10,16 @@ Public API (channels-last ``(B, H, W, C)``, gates ``(B, H, W, 3, C)`` raw logits
 - :func:`propagate` - one direction in one Triton launch (the original GSPN's fast-scan switch);
 - :func:`normalize_gates`, :func:`normalize_gates_eager`, :func:`normalize_gates_fused` - Eq. 2.
 
-The layer and model modules of this package (``layer.py``, ``models.py``) build on these.
+The scan functions are PyTorch custom operators (``torch.ops.cgspn.*``), so ``torch.compile`` and CUDA
+graphs take the C-GSPN layer whole. One design per module: ``scan_quad`` (Triton quad scan), ``cuda_scan``
+(CUDA fast path), ``scan_directions`` (one direction per launch, ``propagate``), ``scan_pairs`` (one launch per axis); ``scan``
+selects among them. The layer and model modules (``layer.py``, ``models.py``) build on these.
 """
 
 from kernels.cgspn.gate_norm import normalize_gates, normalize_gates_eager, normalize_gates_eager_both, normalize_gates_fused
 from kernels.cgspn.reference import AXES, DIRECTIONS, cgspn_scan_reference, propagate_reference
-from kernels.cgspn.scan import SCAN_VARIANTS, cgspn_scan, cgspn_scan_head, head_views, propagate
+from kernels.cgspn.scan import SCAN_VARIANTS, cgspn_scan, cgspn_scan_head, head_views
+from kernels.cgspn.scan_directions import propagate
 
 __all__ = [
     "AXES",

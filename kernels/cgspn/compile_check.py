@@ -38,7 +38,10 @@ def compile_all(arch: int = 90) -> list[dict]:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from kernels.cgspn import gate_norm, scan
+    from kernels.cgspn import gate_norm, scan_pairs
+    from kernels.cgspn import scan_directions as directions
+    from kernels.cgspn import scan_quad as quad
+    from kernels.cgspn.scan_common import SHIFT_GATHER, SHIFT_SCRATCH
 
     target = GPUTarget("cuda", arch, 32)
     SIZES = ("L", "P", "C", "N", "H", "W", "HW")  # extents: not specialized (any value)
@@ -64,22 +67,23 @@ def compile_all(arch: int = 90) -> list[dict]:
     bf16 = {n: "*bf16" for n in ("x", "lam", "u", "g", "y", "h", "h_fwd", "h_rev", "out_v", "out_h", "hs", "dh", "adj", "dgs",
                                  "dy", "du", "dx", "dlam", "dg")}
     out = []
-    for shift in (scan.SHIFT_GATHER, scan.SHIFT_SCRATCH):
+    for shift in (SHIFT_GATHER, SHIFT_SCRATCH):
         for bc, warps in ((4, 4), (8, 4), (16, 8)):
             for depth in (1, 2):
                 for bp, w in ((128, max(1, warps // 2)), (256, warps)):
                     fwd = dict(SHIFT=shift, WIDE=False, DEPTH=depth, BP=bp, BC=bc)
-                    out.append(build(scan._scan_quad_fwd_kernel, fwd, bf16, w))
-            out.append(build(scan._scan_quad_bwd_kernel, dict(SHIFT=shift, WIDE=False, BP=256, BC=bc), bf16, warps))
-        out.append(build(scan._scan_quad_fwd_kernel, dict(SHIFT=shift, WIDE=True, DEPTH=1, BP=256, BC=8), bf16, 8))
-        out.append(build(scan._scan_quad_bwd_kernel, dict(SHIFT=shift, WIDE=True, BP=256, BC=8), bf16, 8))
+                    out.append(build(quad._scan_quad_fwd_kernel, fwd, bf16, w))
+            out.append(build(quad._scan_quad_bwd_kernel, dict(SHIFT=shift, WIDE=False, BP=256, BC=bc), bf16, warps))
+        out.append(build(quad._scan_quad_fwd_kernel, dict(SHIFT=shift, WIDE=True, DEPTH=1, BP=256, BC=8), bf16, 8))
+        out.append(build(quad._scan_quad_bwd_kernel, dict(SHIFT=shift, WIDE=True, BP=256, BC=8), bf16, 8))
         for first, final in ((True, False), (False, True)):
-            out.append(build(scan._scan_pair_fwd_kernel, dict(FIRST=first, FINAL=final, STORE_H=True, SHIFT=shift, BP=256, BC=8),
-                             bf16, 8))
-        out.append(build(scan._propagate_fwd_kernel, dict(REVERSE=True, NORMALIZE=True, SHIFT=shift, BP=128, BC=16), bf16, 8))
+            pair = dict(FIRST=first, FINAL=final, STORE_H=True, SHIFT=shift, BP=256, BC=8)
+            out.append(build(scan_pairs._scan_pair_fwd_kernel, pair, bf16, 8))
+        fwd = dict(REVERSE=True, NORMALIZE=True, SHIFT=shift, BP=128, BC=16)
+        out.append(build(directions._propagate_fwd_kernel, fwd, bf16, 8))
         bwd = dict(REVERSE=False, NORMALIZE=True, ACCUMULATE=True, SHIFT=shift, BP=256, BC=16)
-        out.append(build(scan._propagate_bwd_kernel, bwd, bf16, 16))
-    for kernel in (scan._combine_kernel, scan._bwd_prologue_kernel, scan._bwd_epilogue_kernel):
+        out.append(build(directions._propagate_bwd_kernel, bwd, bf16, 16))
+    for kernel in (quad._combine_kernel, quad._bwd_prologue_kernel, quad._bwd_epilogue_kernel):
         out.append(build(kernel, dict(BN=64, BC=64), bf16, 4))
     out.append(build(gate_norm._normalize_gates_kernel, dict(VERTICAL=True, HORIZONTAL=True, BN=64, BC=32), bf16, 4))
     return out

@@ -7,7 +7,7 @@ contract -- one program per (channel vector, batch element, direction), each dir
 the input dtype as ``hs (4, B, H, W, C)``, then ``y = u * sum_d h_d`` -- but exchanges neighbours in
 shared memory, pads to a warp instead of a power of two, and keeps DEPTH rows of loads in flight.
 Because ``hs`` is the Triton quad backward's input, the backward stays the Triton one
-(:func:`kernels.cgspn.scan._scan_quad_bwd`).
+(:func:`kernels.cgspn.scan_quad._scan_quad_bwd`).
 
 Selection (:func:`unavailable_reason`): CUDA tensors on an sm_90 device (the only architecture it has
 been verified on), CuPy importable, the module compiled, ``CGSPN_FAST_PATH`` not ``0``, float32/

@@ -20,7 +20,9 @@ inv * (s_l h[p-1] + s_m h + s_r h[p+1]) + lam x. Every direction stores its h in
 ``cgspn_fwd_regs`` is the first version (one vector per block, the ring in registers), kept for the A/B.
 """
 
-SOURCE = r"""
+from kernels.cgspn.reference import GATE_EPS
+
+_BODY = r"""
 typedef unsigned short u16;
 typedef unsigned int u32;
 typedef long long i64;
@@ -209,7 +211,7 @@ __global__ void cgspn_fwd_regs(const void* __restrict__ x, const void* __restric
                     const float sm = FASTSIG ? sigmoid_tanh(gm[e]) : sigmoid_exact(gm[e]);
                     const float sr = FASTSIG ? sigmoid_tanh(gr[e]) : sigmoid_exact(gr[e]);
                     const float den = fmaf(has_r[k], sr, fmaf(has_l[k], sl, sm));
-                    const float inv = live[k] * rcp_approx(fmaxf(den, 1e-7f));
+                    const float inv = live[k] * rcp_approx(fmaxf(den, CGSPN_GATE_EPS));
                     const float left = k > 0 ? h[k - 1][e] : nl[e];
                     const float right = k + 1 < PPT ? h[k + 1][e] : nr[e];
                     const float acc = fmaf(sr, right, fmaf(sm, h[k][e], sl * left));
@@ -361,7 +363,7 @@ cgspn_fwd(const void* __restrict__ x, const void* __restrict__ lam, const void* 
                     const float sm = FASTSIG ? sigmoid_tanh(gm[e]) : sigmoid_exact(gm[e]);
                     const float sr = FASTSIG ? sigmoid_tanh(gr[e]) : sigmoid_exact(gr[e]);
                     const float den = fmaf(has_r[k], sr, fmaf(has_l[k], sl, sm));
-                    const float inv = live[k] * rcp_approx(fmaxf(den, 1e-7f));
+                    const float inv = live[k] * rcp_approx(fmaxf(den, CGSPN_GATE_EPS));
                     const float left = k > 0 ? h[k - 1][e] : nl[e];
                     const float right = k + 1 < PPT ? h[k + 1][e] : nr[e];
                     const float acc = fmaf(sr, right, fmaf(sm, h[k][e], sl * left));
@@ -410,3 +412,6 @@ __global__ void cgspn_combine(const void* __restrict__ hs, const void* __restric
     }
 }
 """
+
+# the gate epsilon of Eq. 2 is reference.GATE_EPS, defined once (repr gives e.g. 1e-07: the same fp32 literal)
+SOURCE = f"#define CGSPN_GATE_EPS {GATE_EPS!r}f\n" + _BODY

@@ -5,6 +5,9 @@
   and passes them (:func:`kernels.cgspn.cgspn_scan_head`): u, lam and the 3 raw gates in one head
   output ``(B, H, W, 5, C_c)`` (read through strided views, its gradient written as one tensor),
   x the latent grid;
+- ``cgspn-scan-<variant>`` (``cgspn-scan-quad-gather``, ``cgspn-scan-pairs-scratch``, ...): the same case with
+  the scan variant fixed (:data:`kernels.cgspn.scan.SCAN_VARIANTS` other than the default), so design A/B
+  comparisons are ordinary scenario cases (``scenarios/cgspn-scan-variants.yaml``);
 - ``cgspn-scan-reference``: the PyTorch reference on the same inputs (its own ground truth);
 - ``cgspn-gate-norm-eager`` / ``cgspn-gate-norm-fused``: Eq. 2 for both scan axes from one raw
   gate tensor (paper Sec. 4.1: fused normalization vs PyTorch).
@@ -22,7 +25,7 @@ import torch
 
 from kernels.cgspn.gate_norm import normalize_gates_eager_both, normalize_gates_fused
 from kernels.cgspn.reference import cgspn_scan_reference
-from kernels.cgspn.scan import DEFAULT_VARIANT, cgspn_scan_head, head_views, scan_backend
+from kernels.cgspn.scan import DEFAULT_VARIANT, SCAN_VARIANTS, cgspn_scan_head, head_views, scan_backend
 from kernels.cgspn.triton_support import runnable
 from kernels.params import ParamError, Params
 from kernels.registry import GRID_PARAMS, Workload, register
@@ -60,26 +63,41 @@ def _scan_inputs(params: Params, dtype: torch.dtype, device: torch.device, mode:
     return x, head
 
 
-@register("cgspn-scan", family="cgspn", level="sublayer", params=SUBLAYER_PARAMS, requires=_requires(True),
-          description="C-GSPN sublayer: fused four-direction Triton scan, normalization folded in")
-def build_scan(params: Params, dtype: torch.dtype, device: torch.device, mode: str) -> Workload:
-    x, head = _scan_inputs(params, dtype, device, mode)
+def _scan_builder(variant: str):
+    def build_scan(params: Params, dtype: torch.dtype, device: torch.device, mode: str) -> Workload:
+        x, head = _scan_inputs(params, dtype, device, mode)
 
-    def reference() -> torch.Tensor:  # not detached: the harness differentiates it in fwd+bwd mode
-        lam, u, gates = head_views(head.float())
-        return cgspn_scan_reference(x.float(), lam, u, gates)
+        def reference() -> torch.Tensor:  # not detached: the harness differentiates it in fwd+bwd mode
+            lam, u, gates = head_views(head.float())
+            return cgspn_scan_reference(x.float(), lam, u, gates)
 
-    element = torch.finfo(dtype).bits // 8
-    return Workload(
-        fn=lambda: cgspn_scan_head(x, head),
-        inputs=[x, head] if mode == "fwd+bwd" else [],
-        reference=reference,
-        flops=SCAN_FLOPS_PER_ELEMENT * _numel(params),
-        flops_bwd=2 * SCAN_FLOPS_PER_ELEMENT * _numel(params),
-        bytes_ideal=7 * _numel(params) * element,
-        bytes_ideal_bwd=13 * _numel(params) * element,
-        backend_detail=scan_backend(DEFAULT_VARIANT, x, head),  # which path runs here, and why
-    )
+        element = torch.finfo(dtype).bits // 8
+        return Workload(
+            fn=lambda: cgspn_scan_head(x, head, variant=variant),
+            inputs=[x, head] if mode == "fwd+bwd" else [],
+            reference=reference,
+            flops=SCAN_FLOPS_PER_ELEMENT * _numel(params),
+            flops_bwd=2 * SCAN_FLOPS_PER_ELEMENT * _numel(params),
+            bytes_ideal=7 * _numel(params) * element,
+            bytes_ideal_bwd=13 * _numel(params) * element,
+            backend_detail=scan_backend(variant, x, head),  # which path runs here, and why
+        )
+
+    return build_scan
+
+
+def scan_variant_name(variant: str) -> str:
+    """The registered sublayer name of a scan variant: ``cgspn-scan`` for the default, else ``cgspn-scan-<variant>``."""
+    return "cgspn-scan" if variant == DEFAULT_VARIANT else f"cgspn-scan-{variant}"
+
+
+register("cgspn-scan", family="cgspn", level="sublayer", params=SUBLAYER_PARAMS, requires=_requires(True),
+         description="C-GSPN sublayer: fused four-direction Triton scan, normalization folded in")(_scan_builder(DEFAULT_VARIANT))
+for _variant in SCAN_VARIANTS:
+    if _variant != DEFAULT_VARIANT:
+        register(scan_variant_name(_variant), family="cgspn", level="sublayer", params=SUBLAYER_PARAMS,
+                 requires=_requires(True),
+                 description=f"C-GSPN sublayer with the scan variant fixed to {_variant} (design A/B)")(_scan_builder(_variant))
 
 
 @register("cgspn-scan-reference", family="cgspn", level="sublayer", params=SUBLAYER_PARAMS, requires=_requires(False),

@@ -1,6 +1,7 @@
 """Gate normalization (paper Eq. 2, Sec. 4.1 "fused normalization"): eager PyTorch and one Triton pass.
 
-``(l, m, r) = sigmoid(raw) / max(sum of sigmoid over the neighbours that exist, 1e-7)``.
+``(l, m, r) = sigmoid(raw) / max(sum of sigmoid over the neighbours that exist, GATE_EPS)`` (GATE_EPS = 1e-7,
+:data:`kernels.cgspn.reference.GATE_EPS`; the Triton kernels take the sum from ``triton_support.gate_denominator``).
 Which neighbours exist depends on the scan axis (see :mod:`kernels.cgspn.reference`):
 ``axis="vertical"`` (tb/bt scans) drops l at j=0 and r at j=W-1, ``axis="horizontal"`` (lr/rl)
 drops l at i=0 and r at i=H-1; ``axis="both"`` returns the pair ``(vertical, horizontal)``.
@@ -19,7 +20,7 @@ import triton
 import triton.language as tl
 
 from kernels.cgspn.reference import AXES, check_axis, normalize_gates_eager
-from kernels.cgspn.triton_support import check_runnable, configs, runnable
+from kernels.cgspn.triton_support import check_runnable, configs, gate_denominator, runnable
 
 __all__ = ["normalize_gates", "normalize_gates_eager", "normalize_gates_fused", "normalize_gates_eager_both"]
 
@@ -28,7 +29,8 @@ __all__ = ["normalize_gates", "normalize_gates_eager", "normalize_gates_fused", 
 def _store_normalized(p_out, C, b_l, b_m, b_r, has_l, has_r, mask):
     """Eq. 2 for one axis from the sigmoids: (l, m, r) / max(m + [has l] l + [has r] r, eps), stored
     at p_out, p_out + C, p_out + 2 C in the output's dtype."""
-    inv = 1.0 / tl.maximum(b_m + tl.where(has_l, b_l, 0.0) + tl.where(has_r, b_r, 0.0), 1e-7)
+    _, clamped = gate_denominator(b_l, b_m, b_r, has_l, has_r)
+    inv = 1.0 / clamped
     tl.store(p_out, (b_l * inv).to(p_out.dtype.element_ty), mask=mask)
     tl.store(p_out + C, (b_m * inv).to(p_out.dtype.element_ty), mask=mask)
     tl.store(p_out + 2 * C, (b_r * inv).to(p_out.dtype.element_ty), mask=mask)

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from kernels.cgspn import cgspn_scan_head, cgspn_scan_reference, head_views, normalize_gates_eager, propagate
+from kernels.cgspn.scan import DEFAULT_VARIANT, SCAN_VARIANTS
 
 SCANS = ("fused", "reference")
 HEADS = ("u", "lam", "gate_l", "gate_m", "gate_r")  # order of the 5 C_c slices of the fused head output
@@ -54,13 +55,18 @@ class CGSPNLayer(nn.Module):
             False runs it as eager PyTorch (materialized normalized gates per scan axis) followed
             by four single-direction fast scans on the pre-normalized gates, so a benchmark can
             isolate what the fused normalization buys (paper Sec. 4.1, 2.15x).
+        variant: the fused scan's variant (``kernels.cgspn.scan.SCAN_VARIANTS``; default ``"auto"``), so
+            registered layer/block variants compare scan designs inside the layer.
     """
 
     def __init__(self, channels: int, compression: int = 18, latent_channels: int | None = None,
-                 scan: str = "fused", fused_norm: bool = True):
+                 scan: str = "fused", fused_norm: bool = True, variant: str = DEFAULT_VARIANT):
         super().__init__()
         if scan not in SCANS:
             raise ValueError(f"scan: {scan!r} is not one of {', '.join(SCANS)}")
+        if variant not in SCAN_VARIANTS:
+            raise ValueError(f"variant: {variant!r} is not one of {', '.join(SCAN_VARIANTS)}")
+        self.variant = variant
         self.channels = channels
         self.latent = latent_width(channels, compression, latent_channels)
         self.scan = scan
@@ -85,7 +91,7 @@ class CGSPNLayer(nn.Module):
         """``y_c = u * sum over the four directions of h`` (Eq. 5-6) with the selected scan, from the
         fused head output (see :meth:`head_output`)."""
         if self.scan == "fused" and self.fused_norm:
-            return cgspn_scan_head(x_c, head)  # the head's gradient as one tensor (no view scatter-and-sum)
+            return cgspn_scan_head(x_c, head, variant=self.variant)  # the head's gradient as one tensor
         lam, u, gates = head_views(head)
         if self.scan == "reference":
             return cgspn_scan_reference(x_c, lam, u, gates)
@@ -103,7 +109,8 @@ class CGSPNLayer(nn.Module):
         return self.up(self.propagate(*self.head_output(x)))
 
     def extra_repr(self) -> str:
-        return f"channels={self.channels}, latent={self.latent}, scan={self.scan}, fused_norm={self.fused_norm}"
+        variant = f", variant={self.variant}" if self.variant != DEFAULT_VARIANT else ""
+        return f"channels={self.channels}, latent={self.latent}, scan={self.scan}, fused_norm={self.fused_norm}{variant}"
 
 
 def cgspn_layer_flops(tokens: int, channels: int, latent: int) -> float:

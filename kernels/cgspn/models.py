@@ -3,6 +3,8 @@ registered with the kernels).
 
 - ``cgspn``: :class:`~kernels.cgspn.layer.CGSPNLayer` (fused scan, normalization folded in), in a
   pre-norm ViT block (SO400M MLP) and in the patch-14 encoder of ``depth`` blocks.
+- ``cgspn-<variant>`` (layer, block; e.g. ``cgspn-quad-gather``): the same layer with its scan variant fixed
+  (every non-default variant of ``kernels.cgspn.scan.SCAN_VARIANTS``), for design A/B inside the block.
 - ``cgspn-eager-norm`` (layer, block): the same layer with the gate normalization run as eager
   PyTorch before four single-direction scans, so the layer-level worth of the fused
   normalization (paper Sec. 4.1) is one ratio.
@@ -21,6 +23,7 @@ import torch
 from torch import nn
 
 from kernels.cgspn.layer import CGSPNLayer, cgspn_layer_flops, latent_width
+from kernels.cgspn.scan import DEFAULT_VARIANT, SCAN_VARIANTS
 from kernels.cgspn.triton_support import runnable
 from kernels.params import ParamError, Params
 from kernels.registry import GRID_PARAMS, Workload, register
@@ -52,9 +55,9 @@ def _requires(params: Params, dtype: str, device: str) -> str | None:
     return None
 
 
-def make_layer(params: Params, fused_norm: bool = True) -> CGSPNLayer:
+def make_layer(params: Params, fused_norm: bool = True, variant: str = DEFAULT_VARIANT) -> CGSPNLayer:
     return CGSPNLayer(params.channels, compression=params.compression, latent_channels=params.latent_channels,
-                      fused_norm=fused_norm)
+                      fused_norm=fused_norm, variant=variant)
 
 
 def as_reference(module: nn.Module) -> nn.Module:
@@ -77,26 +80,29 @@ def _case(module: nn.Module, inputs: list[torch.Tensor], out_numel: int, dtype: 
                            flops=flops, bytes_ideal=ideal_bytes(module, inputs, out_numel, dtype), backend_detail=detail)
 
 
-def _detail(params: Params, fused_norm: bool) -> str:
+def _detail(params: Params, fused_norm: bool, variant: str = DEFAULT_VARIANT) -> str:
     latent = latent_width(params.channels, params.compression, params.latent_channels)
     norm = "normalization folded into the fused scan" if fused_norm else "eager normalization + 4 single-direction scans"
-    return f"C_c={latent}; {norm}"
+    return f"C_c={latent}; {norm}" + (f"; scan variant {variant}" if variant != DEFAULT_VARIANT else "")
 
 
-def build_layer(params: Params, dtype: torch.dtype, device: torch.device, mode: str, fused_norm: bool = True) -> Workload:
+def build_layer(params: Params, dtype: torch.dtype, device: torch.device, mode: str, fused_norm: bool = True,
+                variant: str = DEFAULT_VARIANT) -> Workload:
     device = torch.device(device)
     with device:
-        layer = make_layer(params, fused_norm)
+        layer = make_layer(params, fused_norm, variant)
     x = random_tokens(params, dtype, device)
-    return _case(layer, [x], x.numel(), dtype, mode, layer_flops(params), True, _detail(params, fused_norm))
+    return _case(layer, [x], x.numel(), dtype, mode, layer_flops(params), True, _detail(params, fused_norm, variant))
 
 
-def build_block(params: Params, dtype: torch.dtype, device: torch.device, mode: str, fused_norm: bool = True) -> Workload:
+def build_block(params: Params, dtype: torch.dtype, device: torch.device, mode: str, fused_norm: bool = True,
+                variant: str = DEFAULT_VARIANT) -> Workload:
     device = torch.device(device)
     with device:
-        block = Block(make_layer(params, fused_norm), params.channels, params.mlp_hidden)
+        block = Block(make_layer(params, fused_norm, variant), params.channels, params.mlp_hidden)
     x = random_tokens(params, dtype, device)
-    return _case(block, [x], x.numel(), dtype, mode, block_flops(params, layer_flops(params)), True, _detail(params, fused_norm))
+    return _case(block, [x], x.numel(), dtype, mode, block_flops(params, layer_flops(params)), True,
+                 _detail(params, fused_norm, variant))
 
 
 def cgspn_network(params: Params) -> VisionEncoder:
@@ -134,3 +140,23 @@ register("cgspn-eager-norm", family="cgspn", level="layer", params=LAYER_PARAMS,
          description="C-GSPN layer with eager-PyTorch gate normalization and four single-direction scans")(build_layer_eager_norm)
 register("cgspn-eager-norm", family="cgspn", level="block", params=CGSPN_BLOCK_PARAMS, dtypes=DTYPES, requires=_requires,
          description="C-GSPN block with eager-PyTorch gate normalization")(build_block_eager_norm)
+
+
+def _variant_builders(variant: str):
+    """Layer and block builders with the scan variant fixed (for ``cgspn-<variant>``)."""
+    def layer(params: Params, dtype: torch.dtype, device: torch.device, mode: str) -> Workload:
+        return build_layer(params, dtype, device, mode, variant=variant)
+
+    def block(params: Params, dtype: torch.dtype, device: torch.device, mode: str) -> Workload:
+        return build_block(params, dtype, device, mode, variant=variant)
+
+    return layer, block
+
+
+for _variant in SCAN_VARIANTS:
+    if _variant != DEFAULT_VARIANT:
+        _layer, _block = _variant_builders(_variant)
+        register(f"cgspn-{_variant}", family="cgspn", level="layer", params=LAYER_PARAMS, dtypes=DTYPES, requires=_requires,
+                 description=f"C-GSPN layer with the scan variant fixed to {_variant} (design A/B)")(_layer)
+        register(f"cgspn-{_variant}", family="cgspn", level="block", params=CGSPN_BLOCK_PARAMS, dtypes=DTYPES,
+                 requires=_requires, description=f"C-GSPN block with the scan variant fixed to {_variant} (design A/B)")(_block)

@@ -26,7 +26,7 @@ import torch
 DIRECTIONS = ("tb", "bt", "lr", "rl")
 AXES = ("vertical", "horizontal")
 AXIS_OF = {"tb": "vertical", "bt": "vertical", "lr": "horizontal", "rl": "horizontal"}
-GATE_EPS = 1e-7  # clamp of the neighbour sum (paper Eq. 2)
+GATE_EPS = 1e-7  # clamp of the neighbour sum (paper Eq. 2): the one value every path uses (eager, Triton, CUDA)
 
 
 def check_direction(direction: str) -> None:
@@ -45,7 +45,8 @@ def normalize_gates_eager(gates: torch.Tensor, axis: str) -> torch.Tensor:
     gates: raw logits ``(B, H, W, 3, C)`` (l, m, r on dim -2). ``axis`` is the scan axis the gates
     are normalized for: ``"vertical"`` (tb/bt: the missing neighbours are at j=0 and j=W-1) or
     ``"horizontal"`` (lr/rl: at i=0 and i=H-1). Returns ``sigmoid(g) / max(sum over existing
-    neighbours of sigmoid(g), 1e-7)``, same shape and dtype.
+    neighbours of sigmoid(g), GATE_EPS)``, same shape and dtype. The one eager Eq. 2: the
+    gate-normalization module and the original-GSPN layer use it too.
     """
     check_axis(axis)
     if gates.dim() != 5 or gates.shape[3] != 3:

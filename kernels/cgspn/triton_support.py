@@ -1,4 +1,4 @@
-"""What the C-GSPN Triton kernels need from their environment: launch guards and autotune lists.
+"""What the C-GSPN Triton kernels share: launch guards, autotune lists, the fast reciprocal and Eq. 2's sum.
 
 Triton runs on CUDA tensors, or on CPU tensors when ``TRITON_INTERPRET=1`` is set before triton
 is imported (the CPU test suite). The interpreter runs a kernel once per autotune config, so under
@@ -14,8 +14,11 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
+from kernels.cgspn.reference import GATE_EPS
+
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _FAST_RCP = tl.constexpr(not INTERPRET)
+GATE_EPS_TL = tl.constexpr(GATE_EPS)  # the one gate epsilon (reference.GATE_EPS), as a Triton constant
 
 
 @triton.jit
@@ -29,6 +32,18 @@ def fast_rcp(x):
         return libdevice.fast_dividef(1.0, x)
     else:
         return 1.0 / x
+
+
+@triton.jit
+def gate_denominator(s_l, s_m, s_r, has_l, has_r):
+    """Eq. 2's denominator from the three sigmoids: ``D = m + [has l] l + [has r] r`` and ``max(D, GATE_EPS)``.
+
+    Every Triton path (the fused normalization, the single-direction and quad scans, their backward)
+    takes the normalized weights as ``sigmoid * 1 / max(D, eps)`` from here; each chooses its own
+    reciprocal (exact, or ``fast_rcp`` in the quad scan). The backward also needs D itself
+    (below the clamp D is constant)."""
+    d = s_m + tl.where(has_l, s_l, 0.0) + tl.where(has_r, s_r, 0.0)
+    return d, tl.maximum(d, GATE_EPS_TL)
 
 
 def configs(full: list[triton.Config], interpreted: triton.Config) -> list[triton.Config]:

@@ -44,11 +44,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from kernels.cgspn.reference import GATE_EPS  # the one Eq. 2 epsilon of the project
 from kernels.gspn.original_scan import chunk_length, original_scan, original_scan_reference
 
 DIRECTIONS = ("lr", "tb", "rl", "bt")  # the original's stacking order: x, x^T, flip(x), flip(x^T)
 SCANS = ("original", "fast", "reference")
-GATE_EPS = 1e-7
 D_STATE = 16
 
 
@@ -80,7 +80,7 @@ def direction_groups(height: int, width: int) -> tuple[tuple[str, ...], ...]:
 
 def normalize_gates_original(g1: torch.Tensor, g2: torch.Tensor, g3: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Paper Eq. 2 the way the original layer runs it: eager PyTorch in the gates' dtype, in the scan
-    frame ``(B, C, P, L)`` where the neighbours lie along P: ``sigmoid(g) / max(sum, 1e-7)`` with the
+    frame ``(B, C, P, L)`` where the neighbours lie along P: ``sigmoid(g) / max(sum, GATE_EPS)`` with the
     missing neighbour dropped from the sum at p=0 (no g1) and p=P-1 (no g3). Unlike the original, a
     single row (P=1) keeps only g2 in the sum."""
     s1, s2, s3 = torch.sigmoid(g1), torch.sigmoid(g2), torch.sigmoid(g3)

@@ -9,22 +9,24 @@ Run on an H100/H200 from the repository root::
    variant at 37x54, the > 2^31-element index check) and the gate-normalization tests.
 2. A correctness gate per scan variant (B=4, grid 74, C_c=64, fp32, vs the fp32 PyTorch
    reference on the GPU): a variant that fails is reported as failed and never timed.
-3. Timings with the suite's timer (``suite.measure.measure``: CUDA events, cold L2, all samples),
-   in priority order while ``--budget-s`` (the whole run's wall clock, tests included) lasts;
+3. Timings in priority order while ``--budget-s`` (the whole run's wall clock, tests included) lasts;
    a case starts only if the slowest case so far still fits, the rest is listed as skipped:
-   every variant of :data:`SCAN_VARIANTS` (quad/pairs/directions x gather/scratch) at C_c=64,
-   grids 147/74, bf16, fwd then fwd+bwd (with the autotuned configs of each kernel); the default
-   variant at grids 27/74/147 again as CUDA-graph replays (group ``cuda-graph``: the gap to the
-   eager row is host time -- Python launches, allocations, autograd -- not kernel time);
-   gate normalization eager vs fused (grids 147 and 74); normalization folded into the scan (four ``propagate``
-   launches with raw gates vs with pre-normalized gates, and vs fused-normalize-then-scan);
-   then the full sweep of the default variant: C_c in {32, 64, 96, 384} x grids {27, 37, 54, 74,
-   108, 147} x {bf16, fp32} x {fwd, fwd+bwd}, B=32.
-   Per row: median/IQR/min ms, ideal bytes (7 elements per (b, pixel, channel) forward, 7 + 13
-   forward+backward), ideal GB/s, fraction of the measured device-to-device copy bandwidth.
+   every variant of :data:`SCAN_VARIANTS` (quad/pairs/directions x gather/scratch, cuda-fast, auto) at
+   C_c=64, grids 147/74, bf16, fwd then fwd+bwd (with the autotuned configs of each kernel); gate
+   normalization eager vs fused (grids 147 and 74); normalization folded into the scan (four ``propagate``
+   launches with raw gates vs with pre-normalized gates, and vs fused-normalize-then-scan); then the full
+   sweep of the default variant: C_c in {32, 64, 96, 384} x grids {27, 37, 54, 74, 108, 147} x {bf16, fp32}
+   x {fwd, fwd+bwd}, B=32.
+   Every case but the folded-normalization group is a registered implementation (``cgspn-scan``,
+   ``cgspn-scan-<variant>``, ``cgspn-gate-norm-*``) measured by the suite's measurement core
+   (``suite.measure.measure_case``: CUDA events, cold L2, eager and CUDA-graph replays -- the gap is host
+   time: Python launches, allocations, autograd), without its reference check (step 2 is the check).
+   Per row: eager and graph median/IQR/min ms, ideal bytes (7 elements per (b, pixel, channel) forward,
+   7 + 13 forward+backward), ideal GB/s and fraction of the device-to-device copy bandwidth (device time).
 
-Writes ``<out>/cgspn_scan_bench.json`` (environment, tests, every row with its samples,
-summary) and ``<out>/cgspn_scan_bench.csv``, then prints the summary table last.
+Writes ``<out>/run/`` (a run directory of ordinary ``suite.results.Row`` rows with ``run.json``, which
+``cgspn-bench report <out>/run`` renders), ``<out>/cgspn_scan_bench.json`` (environment, tests, every row
+with its samples, summary) and ``<out>/cgspn_scan_bench.csv``, then prints the summary table last.
 ``--tiny`` runs tiny shapes on any device (CPU: Triton interpreter) to check the script itself.
 """
 
@@ -36,6 +38,7 @@ import json
 import os
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,29 +48,34 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # --tiny on CPU, before the kernels are defined
 
+from kernels import registry  # noqa: E402
 from kernels.cgspn import (  # noqa: E402
     DIRECTIONS,
     SCAN_VARIANTS,
     cgspn_scan,
-    cgspn_scan_head,
     cgspn_scan_reference,
     head_views,
-    normalize_gates_eager_both,
     normalize_gates_fused,
     propagate,
     scan,
+    scan_directions,
+    scan_pairs,
+    scan_quad,
 )
+from kernels.cgspn.entries import scan_variant_name  # noqa: E402
+from kernels.params import Params  # noqa: E402
 from kernels.registry import Workload  # noqa: E402
 from suite.environment import collect_environment  # noqa: E402
 from suite.gpu.common import check_device, print_table, run_pytest  # noqa: E402
-from suite.measure import TimingSettings, copy_bandwidth_gbps, make_step, measure, measure_cuda_graph  # noqa: E402
+from suite.measure import TimingSettings, copy_bandwidth_gbps, make_step, measure, measure_case  # noqa: E402
+from suite.results import Row, RunDir  # noqa: E402
 
 TEST_SELECTION = ["suite/tests/test_cgspn_scan.py::TestFullShapesGPU", "suite/tests/test_cgspn_gate_norm.py"]
-TIMING = TimingSettings(budget_ms=60, warmup_ms=10, min_reps=5, max_reps=200, l2_flush="auto")
+TIMING = TimingSettings(budget_ms=60, warmup_ms=10, min_reps=5, max_reps=200, l2_flush="auto", cuda_graph=True)
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 DEFAULT_VARIANT = scan.DEFAULT_VARIANT
-AUTOTUNED = ("_scan_quad_fwd_kernel", "_scan_quad_bwd_kernel", "_scan_pair_fwd_kernel", "_propagate_fwd_kernel",
-             "_propagate_bwd_kernel")
+AUTOTUNED = {"_scan_quad_fwd_kernel": scan_quad, "_scan_quad_bwd_kernel": scan_quad, "_scan_pair_fwd_kernel": scan_pairs,
+             "_propagate_fwd_kernel": scan_directions, "_propagate_bwd_kernel": scan_directions}
 # Original GSPN's own CUDA kernel, 256 channel slices (= 4 directions x 64), B=32, bf16, on an H200
 # (DESIGN.md "Measured here"): the issue asks for >= 100x less time than this.
 ORIGINAL_GSPN_MS = {74: 7.5, 147: 38.0}
@@ -86,13 +94,21 @@ class Shape:
 
 @dataclass
 class Case:
+    """One timed case: a registered implementation (``impl``, measured by ``measure_case`` into a Row) or a
+    bench-local workload (``build``: the folded-normalization group, which no registered entry describes)."""
+
     group: str
     name: str  # variant or operation
     mode: str
     dtype: str
     shape: Shape
-    build: Callable[[Shape, torch.dtype, str, str], Workload]
+    impl: str | None = None
+    build: Callable[[Shape, torch.dtype, str, str], Workload] | None = None
     extra: dict = field(default_factory=dict)
+
+    @property
+    def params(self) -> Params:
+        return Params(batch=self.shape.batch, grid=self.shape.grid, latent_channels=self.shape.channels)
 
 
 def scan_inputs(shape: Shape, dtype: torch.dtype, device: str, grad: bool):
@@ -101,23 +117,6 @@ def scan_inputs(shape: Shape, dtype: torch.dtype, device: str, grad: bool):
     x = torch.randn(B, G, G, C, device=device, dtype=dtype, requires_grad=grad)
     head = torch.randn(B, G, G, 5, C, device=device, dtype=dtype, requires_grad=grad)
     return x, head
-
-
-def build_scan(variant: str):
-    def build(shape: Shape, dtype: torch.dtype, device: str, mode: str) -> Workload:
-        x, head = scan_inputs(shape, dtype, device, mode == "fwd+bwd")
-        element = torch.finfo(dtype).bits // 8
-        return Workload(fn=lambda: cgspn_scan_head(x, head, variant=variant), inputs=[x, head] if mode == "fwd+bwd" else [],
-                        bytes_ideal=7 * shape.numel * element, bytes_ideal_bwd=13 * shape.numel * element)
-    return build
-
-
-def build_gate_norm(fused: bool):
-    def build(shape: Shape, dtype: torch.dtype, device: str, mode: str) -> Workload:
-        gates = torch.randn(shape.batch, shape.grid, shape.grid, 3, shape.channels, device=device, dtype=dtype)
-        fn = (lambda: normalize_gates_fused(gates, "both")) if fused else (lambda: normalize_gates_eager_both(gates))
-        return Workload(fn=fn, bytes_ideal=9 * shape.numel * torch.finfo(dtype).bits // 8)
-    return build
 
 
 def build_four_propagates(how: str):
@@ -169,7 +168,7 @@ def check_variants(shape: Shape, device: str) -> dict[str, dict]:
     return out
 
 
-GROUPS = ("variants", "cuda-graph", "gate-norm", "folded-norm", "sweep")
+GROUPS = ("variants", "gate-norm", "folded-norm", "sweep")
 
 
 def cases(tiny: bool) -> list[Case]:
@@ -177,28 +176,23 @@ def cases(tiny: bool) -> list[Case]:
     batch = 2 if tiny else 32
     grids = [5, 7] if tiny else [27, 37, 54, 74, 108, 147]
     key_grids = [7] if tiny else [147, 74]
-    graph_grids = [7] if tiny else [27, 74, 147]
     widths = [3, 16] if tiny else [32, 64, 96, 384]
     c64 = 16 if tiny else 64
     out: list[Case] = []
     for mode in ("fwd", "fwd+bwd"):
         for grid in key_grids:
             for variant in SCAN_VARIANTS:
-                out.append(Case("variants", variant, mode, "bfloat16", Shape(batch, grid, c64), build_scan(variant)))
-        # the same default-variant cases timed as CUDA-graph replays: the gap to the eager row is the
-        # host side (Python launches, allocations, autograd), which dominates small grids
-        for grid in graph_grids:
-            out.append(Case("cuda-graph", DEFAULT_VARIANT, mode, "bfloat16", Shape(batch, grid, c64), build_scan(DEFAULT_VARIANT),
-                            extra={"cuda_graph": True}))
+                out.append(Case("variants", variant, mode, "bfloat16", Shape(batch, grid, c64), impl=scan_variant_name(variant)))
         if mode == "fwd":
             for grid in key_grids:  # the issue's target is at grid 74; 147 is the paper's 2K
                 for dtype in DTYPES:
                     for fused in (False, True):
-                        out.append(Case("gate-norm", "fused" if fused else "eager", "fwd", dtype, Shape(batch, grid, c64),
-                                        build_gate_norm(fused)))
+                        name = "fused" if fused else "eager"
+                        out.append(Case("gate-norm", name, "fwd", dtype, Shape(batch, grid, c64), impl=f"cgspn-gate-norm-{name}"))
             for grid in key_grids:
                 for how in ("raw", "prenormalized", "normalize-then-scan"):
-                    out.append(Case("folded-norm", how, "fwd", "bfloat16", Shape(batch, grid, c64), build_four_propagates(how)))
+                    out.append(Case("folded-norm", how, "fwd", "bfloat16", Shape(batch, grid, c64),
+                                    build=build_four_propagates(how)))
     seen = {(c.name, c.mode, c.dtype, c.shape.grid, c.shape.channels) for c in out}
     for mode in ("fwd", "fwd+bwd"):
         for dtype in DTYPES:
@@ -206,31 +200,29 @@ def cases(tiny: bool) -> list[Case]:
                 for grid in grids:
                     if (DEFAULT_VARIANT, mode, dtype, grid, channels) not in seen:
                         out.append(Case("sweep", DEFAULT_VARIANT, mode, dtype, Shape(batch, grid, channels),
-                                        build_scan(DEFAULT_VARIANT)))
+                                        impl=scan_variant_name(DEFAULT_VARIANT)))
     return out
 
 
-def time_case(case: Case, device: str, copy_gbps: float | None) -> dict:
+def time_case(case: Case, device: str, copy_gbps: float | None, run: RunDir, run_id: str) -> dict:
+    """Measure one case; a registered one also becomes a Row in ``run``. Returns the bench's row dict."""
     row = {"group": case.group, "name": case.name, "mode": case.mode, "dtype": case.dtype, "batch": case.shape.batch,
            "grid": case.shape.grid, "channels": case.shape.channels}
+    if case.impl is not None:
+        result = measure_case(registry.get(case.impl, "sublayer"), case.params, case.dtype, device, case.mode, TIMING,
+                              check=False, nvml=False, run_dir=run.path, scenario=f"cgspn-scan-bench:{case.group}",
+                              run_id=run_id)
+        run.append(result)
+        row.update(from_row(result))
+        row["configs"] = tuned_configs()
+        return row
     try:
         workload = case.build(case.shape, DTYPES[case.dtype], device, case.mode)
         step = make_step(workload, case.mode)
-        start = time.perf_counter()
-        step()  # compile + autotune, outside the timing budget's estimate
-        if device == "cuda":
-            torch.cuda.synchronize()
-        row["first_call_s"] = round(time.perf_counter() - start, 2)
-        row["configs"] = tuned_configs()
-        timing, message = None, ""
-        if case.extra.get("cuda_graph") and device == "cuda":
-            timing, message = measure_cuda_graph(step, torch.device(device), TIMING, workload.bytes_for(case.mode))
-        if timing is None:
-            timing = measure(step, device, TIMING, bytes_ideal=workload.bytes_for(case.mode))
-        row["timer"] = timing.timer + (f" ({message})" if message else "")
+        timing = measure(step, device, TIMING, bytes_ideal=workload.bytes_for(case.mode))
         ideal = workload.bytes_for(case.mode)
-        row.update(status="ok", median_ms=timing.median_ms, iqr_ms=timing.iqr_ms, min_ms=timing.min_ms, n=timing.n,
-                   outliers=timing.outliers, l2_flush=timing.l2_flush, peak_mem_bytes=timing.peak_mem_bytes,
+        row.update(status="ok", timer=timing.timer, median_ms=timing.median_ms, iqr_ms=timing.iqr_ms, min_ms=timing.min_ms,
+                   n=timing.n, outliers=timing.outliers, l2_flush=timing.l2_flush, peak_mem_bytes=timing.peak_mem_bytes,
                    samples_ms=timing.samples_ms, bytes_ideal=ideal)
         if ideal:
             row["ideal_gbps"] = ideal / (timing.median_ms * 1e-3) / 1e9
@@ -245,11 +237,21 @@ def time_case(case: Case, device: str, copy_gbps: float | None) -> dict:
     return row
 
 
+def from_row(result: Row) -> dict:
+    """The bench's view of a measured Row: eager and graph timings, ideal bytes and bandwidth (device time)."""
+    return {"status": result.status, "message": result.message, "timer": result.timer, "median_ms": result.median_ms,
+            "iqr_ms": result.iqr_ms, "min_ms": result.min_ms, "n": result.n, "outliers": result.outliers,
+            "samples_ms": result.samples_ms, "graph_median_ms": result.graph_median_ms, "graph_iqr_ms": result.graph_iqr_ms,
+            "graph_samples_ms": result.graph_samples_ms, "host_overhead_ms": result.host_overhead_ms,
+            "peak_mem_bytes": result.peak_mem_bytes, "bytes_ideal": result.bytes_ideal, "ideal_gbps": result.gbps,
+            "bw_fraction": result.bw_fraction, "backend_detail": result.backend_detail, "case_id": result.case_id}
+
+
 def tuned_configs() -> dict[str, str]:
     """The autotuner's pick for each scan kernel launched so far (last shape it tuned)."""
     out = {}
-    for name in AUTOTUNED:
-        best = getattr(getattr(scan, name), "best_config", None)
+    for name, module in AUTOTUNED.items():
+        best = getattr(getattr(module, name), "best_config", None)
         if best is not None:
             depth = f" DEPTH={best.kwargs['DEPTH']}" if "DEPTH" in best.kwargs else ""
             out[name] = f"BC={best.kwargs.get('BC')}{depth} warps={best.num_warps}"
@@ -272,10 +274,8 @@ def summarize(rows: list[dict]) -> list[list[str]]:
         if r.get("status") == "ok" and r["mode"] == "fwd" and r["name"] == DEFAULT_VARIANT and r["channels"] == 64 \
                 and r["grid"] in ORIGINAL_GSPN_MS and r["dtype"] == "bfloat16":
             note = f"vs original GSPN kernel (H200, DESIGN.md) {ORIGINAL_GSPN_MS[r['grid']] / r['median_ms']:.0f}x"
-        if r.get("status") == "ok" and r["group"] == "cuda-graph":
-            eager = ok.get(("variants", r["name"], r["mode"], r["dtype"], r["grid"], r["channels"])) or \
-                ok.get(("sweep", r["name"], r["mode"], r["dtype"], r["grid"], r["channels"]))
-            note = (note + "; " if note else "") + (f"eager {eager['median_ms']:.4f} ms" if eager else "")
+        if r.get("status") == "ok" and r.get("graph_median_ms"):  # the gap to eager is host time
+            note = (note + "; " if note else "") + f"graph {r['graph_median_ms']:.4f} ms"
         if r.get("status") == "ok" and r["group"] == "gate-norm" and r["name"] == "fused":
             eager = ok.get(("gate-norm", "eager", "fwd", r["dtype"], r["grid"], r["channels"]))
             note = f"fused speedup {eager['median_ms'] / r['median_ms']:.2f}x" if eager else ""
@@ -321,6 +321,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict = {"environment": collect_environment(device), "timing": TIMING.__dict__}
+    run = RunDir(args.out / "run")  # ordinary rows of the registered cases, for ``cgspn-bench report``
+    for name in ("rows.jsonl", "run.json"):
+        (run.path / name).unlink(missing_ok=True)
+    run_id = uuid.uuid4().hex[:12]
+    run.write_meta({"run_id": run_id, "created": time.time(), "environment": report["environment"], "scenarios": [],
+                    "settings": {"device": device, "check": False, "source": "suite/gpu/cgspn_scan_bench.py"}})
     report["tests"] = {"skipped": True} if args.skip_tests else run_tests(args.out, args.tiny, 0.45 * args.budget_s)
     if not args.skip_tests:
         print(f"tests: {report['tests']['summary']} ({report['tests']['seconds']} s)", flush=True)
@@ -344,22 +350,24 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({**base, "status": "skipped", "message": f"budget of {args.budget_s:.0f} s spent"})
         else:
             case_start = time.perf_counter()
-            rows.append(time_case(case, device, copy_gbps))
+            rows.append(time_case(case, device, copy_gbps, run, run_id))
             slowest = max(slowest, time.perf_counter() - case_start)
             r = rows[-1]
             print(f"  {case.group:11s} {case.name:20s} {case.mode:7s} {case.dtype:8s} grid {case.shape.grid:3d} "
-                  f"C {case.shape.channels:3d}: {r.get('median_ms', r['status'])} (first call {r.get('first_call_s')} s)",
+                  f"C {case.shape.channels:3d}: {r.get('median_ms') or r['status']} (graph {r.get('graph_median_ms')})",
                   flush=True)
     report["rows"] = rows
     report["table"] = summarize(rows)
     (args.out / "cgspn_scan_bench.json").write_text(json.dumps(report, indent=1, default=str))
     with open(args.out / "cgspn_scan_bench.csv", "w", newline="") as f:
         fields = ["group", "name", "mode", "dtype", "batch", "grid", "channels", "status", "median_ms", "iqr_ms", "min_ms", "n",
-                  "timer", "bytes_ideal", "ideal_gbps", "bw_fraction", "first_call_s", "message"]
+                  "graph_median_ms", "host_overhead_ms", "timer", "bytes_ideal", "ideal_gbps", "bw_fraction", "backend_detail",
+                  "message"]
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    print(f"wrote {args.out}/cgspn_scan_bench.json, cgspn_scan_bench.csv, tests.xml")
+    run.write_csv()
+    print(f"wrote {args.out}/cgspn_scan_bench.json, cgspn_scan_bench.csv, tests.xml and the run directory {run.path}")
     print_table(report["table"])
     tests_ok = args.skip_tests or report["tests"]["returncode"] == 0
     return 0 if tests_ok and not failed and not any(r["status"] == "error" for r in rows) else 1
