@@ -1,7 +1,7 @@
 """Scenario files: load, validate strictly, expand into cases.
 
 A scenario (``scenarios/*.yaml``) names implementations, levels, modes, dtypes and a sweep over
-:class:`kernels.params.Params` fields; README.md "Scenario format" documents every key. Every
+:class:`kernels.params.Params` fields; docs/scenarios.md documents every key. Every
 validation error names the file, the field and the allowed values, and all errors of a file are
 reported together (:class:`ScenarioError.errors`).
 
@@ -56,7 +56,7 @@ class ScenarioError(ValueError):
 
 @dataclass
 class Scenario:
-    """A validated scenario file (see README.md "Scenario format")."""
+    """A validated scenario file (see docs/scenarios.md)."""
 
     name: str
     description: str
