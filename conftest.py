@@ -25,12 +25,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from suite.triton_mode import interpret_on_cpu
+
 ROOT = Path(__file__).resolve().parent
 GPU_SCENARIO = ROOT / "scenarios" / "attention.yaml"
 CPU_SCENARIO = ROOT / "scenarios" / "smoke-cpu.yaml"
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+interpret_on_cpu(not torch.cuda.is_available())
 
 
 _PARSER: list[pytest.Parser] = []  # kept to read pytest-benchmark's option defaults in pytest_configure
@@ -68,8 +69,7 @@ def pytest_configure(config: pytest.Config) -> None:
     # ambiguous when subfolders have their own conftest.py).
     config.cgspn_device = bench_device(config)
     config.cgspn_scenarios = bench_scenarios(config)
-    if config.cgspn_device == "cpu":
-        os.environ.setdefault("TRITON_INTERPRET", "1")
+    interpret_on_cpu(config.cgspn_device == "cpu")
     from suite.bench_pytest import changed_options, refusals
 
     changed = changed_options(config, _PARSER[-1].parse_known_args([])) if _PARSER else {}

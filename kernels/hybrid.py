@@ -15,7 +15,6 @@ C-GSPN layers through their PyTorch reference scan, in float32 (float64 for floa
 from __future__ import annotations
 
 import copy
-import importlib
 
 import torch
 from torch import nn
@@ -65,11 +64,7 @@ def as_reference(net: nn.Module) -> nn.Module:
 
 
 def _requires(params: Params, dtype: str, device: str) -> str | None:
-    try:
-        importlib.import_module(CGSPN_LAYER_MODULE).CGSPNLayer  # noqa: B018 - only checks that it exists
-        from kernels.cgspn.triton_support import runnable
-    except (ImportError, AttributeError) as err:
-        return f"hybrid: needs {CGSPN_LAYER_MODULE}.CGSPNLayer, which cannot be imported here ({err})"
+    from kernels.cgspn.triton_support import runnable  # imported when asked: Triton may only load after TRITON_INTERPRET
     if not runnable(device):
         return f"hybrid: the C-GSPN Triton scan needs CUDA, or TRITON_INTERPRET=1 before triton is imported (device: {device})"
     try:

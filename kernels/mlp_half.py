@@ -2,7 +2,7 @@
 
 Every block in the suite — attention, GSPN, C-GSPN — ends with this same half, so its latency is
 (a) the ceiling of any attention replacement: a block cannot be faster than its MLP half
-(DESIGN.md "Measured here", last column), and (b) the numerator of the paper's Sec. 6 claim
+(docs/design.md "Floors"), and (b) the numerator of the paper's Sec. 6 claim
 that the MLP is over 52% of the C-GSPN block latency at >= 512 px.
 """
 

@@ -2,7 +2,7 @@
 
 Every sweep axis of a scenario is one field of :class:`Params`; an implementation declares the
 fields it reads (``Implementation.params``) so a case's identity only depends on those.
-Defaults are the paper's SigLIP-SO400M-like reference shapes (DESIGN.md "Terms").
+Defaults are the paper's SigLIP-SO400M-like reference shapes (docs/design.md "Terms").
 """
 
 from __future__ import annotations

@@ -96,5 +96,5 @@ class VisionEncoder(nn.Module):
 
 
 def mlp_flops(tokens: int, channels: int, hidden: int) -> float:
-    """Forward FLOPs of the MLP (the block's floor, DESIGN.md "Floors")."""
+    """Forward FLOPs of the MLP (the block's floor, docs/design.md "Floors")."""
     return 2.0 * 2.0 * tokens * channels * hidden

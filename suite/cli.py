@@ -6,10 +6,11 @@
     cgspn-bench list
     cgspn-bench validate PATH [PATH...]
 
-Other modules add subcommands: each of ``suite.report``, ``suite.gate``, ``suite.distill``, ``suite.profiling.cli`` that
-imports and defines ``register_cli(subparsers)`` is called with the subparsers object.
+Other modules add subcommands: each of ``suite.report``, ``suite.reproduce``, ``suite.gate``, ``suite.distill``,
+``suite.profiling.cli`` that imports and defines ``register_cli(subparsers)`` is called with the subparsers object.
 ``python -m suite.cli`` is the same program. Kernel modules are imported only after the device
-is known, because on CPU ``TRITON_INTERPRET=1`` must be set before Triton kernels are defined.
+is known, because on CPU ``TRITON_INTERPRET=1`` must be set before Triton kernels are defined
+(:mod:`suite.triton_mode`).
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from suite.errors import EXIT_INTERRUPTED, EXIT_USAGE, USER_ERRORS, InputError, describe, positive_float
+from suite.triton_mode import interpret_on_cpu
 
-PLUGIN_CLI_MODULES = ("suite.report", "suite.gate", "suite.distill", "suite.profiling.cli")
+PLUGIN_CLI_MODULES = ("suite.report", "suite.reproduce", "suite.gate", "suite.distill", "suite.profiling.cli")
 
 
 def cuda_available() -> bool:
@@ -42,8 +44,7 @@ def configure_device(device: str | None) -> str:
         device = "cuda" if cuda_available() else "cpu"
     if device == "cuda" and not cuda_available():
         raise InputError("--device cuda: no CUDA device is visible here; use --device cpu")
-    if device == "cpu":
-        os.environ.setdefault("TRITON_INTERPRET", "1")
+    interpret_on_cpu(device == "cpu")
     return device
 
 
@@ -202,33 +203,27 @@ def run_command(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     from rich.console import Console
 
     from suite.oneoff import print_csv, select_scenarios
-    from suite.runner import RunError, RunInterrupted, RunOptions, SingleProcess, default_out, run_scenarios
+    from suite.runner import RunInterrupted, RunOptions, SingleProcess, default_out, refuse_scenario_errors, run_for_command
 
     console = Console(stderr=True, soft_wrap=True)
     scenarios, errors = select_scenarios(args)
-    if errors:
-        for line in errors:
-            console.print(line, markup=False, highlight=False)
-        console.print(f"{len(errors)} scenario error(s); nothing was run", style="red")
-        return 2
+    if refuse_scenario_errors(errors, console):
+        return EXIT_USAGE
     group = TorchGroup() if world_size > 1 else SingleProcess()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     options = RunOptions(out=args.out or default_out(scenarios), device=device, resume=args.resume, force=args.force,
                          profile=args.profile, check=args.check, budget_scale=args.budget_scale,
                          same_case_on_every_gpu=args.same_case_on_every_gpu, local_rank=local_rank)
     try:
-        summary = run_scenarios(scenarios, options, group, console)
-    except RunError as exc:
-        console.print(f"error: {exc}", style="red", markup=False)
-        return EXIT_USAGE
+        summary = run_for_command(scenarios, options, console, group)
     except RunInterrupted as exc:
         console.print(str(exc), style="yellow", markup=False, highlight=False)
         return EXIT_INTERRUPTED
     finally:
         if isinstance(group, TorchGroup):
             group.close()
-    for line in summary.skipped_scenarios:
-        console.print(line, markup=False, highlight=False)
+    if summary is None:
+        return EXIT_USAGE
     if group.rank == 0:
         new = sum(summary.counts.values()) if group.world_size == 1 else "the ranks' new"
         counts = ", ".join(f"{n} {status}" for status, n in sorted(summary.run_counts.items())) or "no rows"
@@ -320,8 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     # Subcommand modules may import kernels while the parser is built: choose Triton's mode first.
     at = argv.index("--device") if "--device" in argv else None
     wants_cpu = "--device=cpu" in argv or (at is not None and argv[at + 1:at + 2] == ["cpu"])
-    if wants_cpu or not cuda_available():
-        os.environ.setdefault("TRITON_INTERPRET", "1")
+    interpret_on_cpu(wants_cpu or not cuda_available())
     args = build_parser().parse_args(argv)
     if args.handler is run_command:
         return guarded(run_command, args, argv[1:])

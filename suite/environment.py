@@ -1,7 +1,7 @@
 """What a measurement ran on: stored under ``"environment"`` in every run.json.
 
-DESIGN.md: "Record GPU name, driver, torch/triton/cuDNN versions, git commit and the scenario
-with every run. A comparison is a ratio from one run on one card." Every field is best effort:
+docs/design.md "Measurement rules": every run records the GPU name, driver, torch/triton/cuDNN
+versions, git commit and the scenario; a comparison is a ratio from one run on one card. Every field is best effort:
 a missing tool yields None, never an exception.
 """
 

@@ -23,7 +23,6 @@ hooks (``prepare`` on the built workload, ``profiler``) instead of this module i
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import gc
 import json
 import math
@@ -32,74 +31,25 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import torch
 
 from kernels.params import Params
 from kernels.registry import DTYPES, Implementation, Workload, tolerance_for
+from suite.case import L2_FLUSH_CHOICES as L2_FLUSH_CHOICES
+from suite.case import Case as Case
+from suite.case import TimingError as TimingError
+from suite.case import TimingSettings
 from suite.nvml import NvmlSampler
 from suite.results import Row, case_id
 
-L2_FLUSH_CHOICES = ("auto", True, False)
 ESTIMATE_CALLS = 5  # calls timed to estimate the per-call time before choosing the counts
 COPY_BYTES = 512 * 2**20  # buffer for the device-to-device copy ceiling
 # A case is host-bound when its eager median exceeds the graph-replay median by more than this
 # fraction and by more than the timings' noise: its eager time then measures Python launches.
 HOST_BOUND_MARGIN = 0.10
-
-
-class TimingError(ValueError):
-    """Timing settings that cannot be used; the message names the field."""
-
-
-@dataclass(frozen=True)
-class TimingSettings:
-    """How long and how to time one case (the scenario's ``timing:`` block)."""
-
-    budget_ms: float = 300.0  # total time of the timed repetitions
-    warmup_ms: float = 50.0  # time of the untimed warm-up calls after the first call
-    min_reps: int = 5
-    max_reps: int = 500
-    l2_flush: bool | str = "auto"  # "auto": flush when the workload's ideal bytes fit in ~2x L2
-    cuda_graph: bool = True  # on CUDA also time replays of a captured CUDA graph (device time)
-
-    def __post_init__(self) -> None:
-        self.check()
-
-    def check(self, where: str = "timing") -> None:
-        for name in ("budget_ms", "warmup_ms"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or not math.isfinite(value):
-                raise TimingError(f"{where}.{name}: expected a number >= 0, got {value!r}")
-        for name in ("min_reps", "max_reps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise TimingError(f"{where}.{name}: expected an integer >= 1, got {value!r}")
-        if self.max_reps < self.min_reps:
-            raise TimingError(f"{where}.max_reps: {self.max_reps} is below min_reps={self.min_reps}")
-        if self.l2_flush not in L2_FLUSH_CHOICES or not isinstance(self.l2_flush, (bool, str)):
-            raise TimingError(f"{where}.l2_flush: expected one of auto, true, false; got {self.l2_flush!r}")
-        if not isinstance(self.cuda_graph, bool):
-            raise TimingError(f"{where}.cuda_graph: expected true or false, got {self.cuda_graph!r}")
-
-    @classmethod
-    def from_dict(cls, values: dict, where: str = "timing") -> TimingSettings:
-        allowed = [f.name for f in dataclasses.fields(cls)]
-        for key in values:
-            if key not in allowed:
-                raise TimingError(f"{where}.{key}: unknown timing setting; allowed: {', '.join(allowed)}")
-        try:
-            return cls(**values)
-        except TimingError as exc:  # re-anchor "timing.<field>" at the caller's location
-            raise TimingError(f"{where}{str(exc)[len('timing'):]}") from None
-
-    def scaled(self, factor: float) -> TimingSettings:
-        """Budget and warm-up times multiplied by ``factor`` (``--budget-scale``); counts unchanged."""
-        if not factor > 0:
-            raise TimingError(f"budget scale: expected a number > 0, got {factor!r}")
-        return dataclasses.replace(self, budget_ms=self.budget_ms * factor, warmup_ms=self.warmup_ms * factor)
 
 
 @dataclass
@@ -527,24 +477,56 @@ def _release(device: torch.device) -> None:
 
 
 PrepareHook = Callable[[Implementation, Workload, str, torch.device], Workload]
+# profile_step(step, *, device, trace_dir, name) -> dict, e.g. suite.profiling.profile_step
+ProfileHook = Callable[..., dict]
 
 
+@overload
+def measure_case(case: Case, device: torch.device | str, *, run_dir: str | Path | None = None, run_id: str = "",
+                 tag: str = "", prepare: PrepareHook | None = None, profiler: ProfileHook | None = None) -> Row: ...
+
+
+@overload
 def measure_case(impl: Implementation, params: Params, dtype: str, device: torch.device | str, mode: str,
                  settings: TimingSettings, check: bool = True, profile: bool = False, *, nvml: bool = True,
                  run_dir: str | Path | None = None, scenario: str = "", run_id: str = "", tag: str = "",
-                 prepare: PrepareHook | None = None) -> Row:
-    """Build, check, time and describe one case as a :class:`Row`; never raises for the case's own failures.
+                 prepare: PrepareHook | None = None, profiler: ProfileHook | None = None) -> Row: ...
 
+
+def measure_case(case: Case | Implementation, *args: Any, **kwargs: Any) -> Row:
+    """Build, check, time and describe one :class:`Case` as a :class:`Row`; never raises for the case's own failures.
+
+    ``measure_case(case, device, ...)``; the older form ``measure_case(impl, params, dtype, device, mode,
+    settings, check, profile, nvml=, scenario=, ...)`` (GPU scripts) builds the Case from its fields.
     ``run_dir`` (optional) receives the NVML time series (``nvml/<case_id><tag>.json``) and profiler
     traces (``traces/``); ``tag`` tells apart files of one case measured by several ranks.
     ``prepare(impl, workload, mode, device)`` (optional) may wrap the built workload before it is
     checked and timed (the gate's test slowdown, ``suite.gate.slowdown.prepare_hook``).
+    ``profile`` runs ``profiler(step, device=, trace_dir=, name=)`` once more after timing
+    (``suite.profiling.profile_step``; the caller passes it, this module never imports the profiler).
     Timing: eager (``samples_ms``) and, on CUDA with ``settings.cuda_graph``, graph replays
     (``graph_samples_ms``); throughput figures use the device time (:attr:`Row.device_ms`).
     Status: ``unsupported`` when ``impl.unavailable`` gives a reason or the builder raises
     NotImplementedError, ``failed-check`` when the output (in ``fwd+bwd`` also a gradient) is off
     the reference (never timed), ``oom`` on CUDA out-of-memory, ``error`` on any other exception.
     """
+    if isinstance(case, Case):
+        return _measure_case(case, *args, **kwargs)
+    case, device, hooks = _case_of_fields(case, *args, **kwargs)
+    return _measure_case(case, device, **hooks)
+
+
+def _case_of_fields(impl: Implementation, params: Params, dtype: str, device: torch.device | str, mode: str,
+                    settings: TimingSettings, check: bool = True, profile: bool = False, *, nvml: bool = True,
+                    scenario: str = "", **hooks: Any) -> tuple[Case, torch.device | str, dict[str, Any]]:
+    """The older field-by-field arguments of :func:`measure_case` as (Case, device, the keyword hooks)."""
+    return Case(impl, params, mode, dtype, scenario, settings, check, profile, nvml), device, hooks
+
+
+def _measure_case(case: Case, device: torch.device | str, *, run_dir: str | Path | None = None, run_id: str = "",
+                  tag: str = "", prepare: PrepareHook | None = None, profiler: ProfileHook | None = None) -> Row:
+    impl, params, dtype, mode, settings = case.implementation, case.params, case.dtype, case.mode, case.timing
+    check, profile, nvml, scenario = case.check, case.profile, case.nvml, case.scenario
     device = torch.device(device)
     values = params.subset(impl.params)
     row = Row(case_id=case_id(impl.name, impl.level, mode, dtype, values), implementation=impl.name, family=impl.family,
@@ -582,7 +564,7 @@ def measure_case(impl: Implementation, params: Params, dtype: str, device: torch
             if run_dir is not None and sampler.samples:
                 row.nvml["series"] = _write_series(Path(run_dir), row.case_id + tag, sampler.samples)
         if profile:
-            row.profile = _profile(step, device, run_dir, row, tag)
+            row.profile = _profile(profiler, step, device, run_dir, row, tag)
     except NotImplementedError as exc:
         row.status, row.message = "unsupported", str(exc) or type(exc).__name__
     except torch.cuda.OutOfMemoryError as exc:
@@ -654,15 +636,14 @@ def _fill_timing(row: Row, timing: Timing) -> None:
         row.message = timing.message
 
 
-def _profile(step: Callable[[], None], device: torch.device, run_dir: str | Path | None, row: Row, tag: str = "") -> dict:
-    """Run the profiling engineer's ``profile_step`` once more, outside the timed repetitions."""
-    try:
-        from suite.profiling import profile_step
-    except ImportError as exc:
-        return {"error": f"suite.profiling unavailable: {exc}"}
+def _profile(profiler: ProfileHook | None, step: Callable[[], None], device: torch.device, run_dir: str | Path | None,
+             row: Row, tag: str = "") -> dict:
+    """Run the caller's profiler hook once more, outside the timed repetitions."""
+    if profiler is None:
+        return {"error": "profile requested but the caller passed no profiler hook"}
     trace_dir = Path(run_dir) / "traces" if run_dir is not None else Path("results/runs/traces")
     try:
-        return profile_step(step, device=device, trace_dir=trace_dir, name=f"{row.implementation}-{row.level}-{row.case_id}{tag}")
+        return profiler(step, device=device, trace_dir=trace_dir, name=f"{row.implementation}-{row.level}-{row.case_id}{tag}")
     except Exception as exc:
         return {"error": f"{type(exc).__name__}: {exc}"}
 

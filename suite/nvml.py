@@ -1,8 +1,8 @@
 """GPU state during a measurement: an NVML sampler thread (nvidia-ml-py) and its summary.
 
-DESIGN.md: "sample NVML (SM/memory clocks, power, temperature, utilization, memory, throttle
-reasons) during each measurement; tag a row whose clocks dropped or that throttled. Never change
-clocks or power limits." The sampler only reads. Without a GPU or without pynvml it records
+docs/design.md "Measurement rules": NVML is sampled during each measurement (SM/memory clocks, power,
+temperature, utilization, memory, throttle reasons); a row whose clocks dropped or that throttled is
+tagged; clocks and power limits are never changed. The sampler only reads. Without a GPU or without pynvml it records
 ``{"available": False, "reason": ...}`` and never raises, so CPU runs and CI go through the same
 code path.
 

@@ -33,6 +33,7 @@ from suite.environment import collect_environment
 from suite.errors import InputError
 from suite.gate.slowdown import prepare_hook
 from suite.measure import DeviceLostError, measure_case
+from suite.profiling import profile_step
 from suite.results import RUN_FILE, Row, RunDir
 from suite.rundir_lock import LOCK_FILE, RunDirLock
 from suite.scenario import Case, Scenario
@@ -242,6 +243,30 @@ def run_scenarios(scenarios: list[Scenario], options: RunOptions, group: Group |
             lock.release()
 
 
+def refuse_scenario_errors(errors: list[str], console: Console) -> bool:
+    """Print the scenario errors of a command that was to run them (``run``, ``reproduce``); True
+    when there are any, and then the command runs nothing."""
+    for line in errors:
+        console.print(line, markup=False, highlight=False)
+    if errors:
+        console.print(f"{len(errors)} scenario error(s); nothing was run", style="red")
+    return bool(errors)
+
+
+def run_for_command(scenarios: list[Scenario], options: RunOptions, console: Console,
+                    group: Group | None = None) -> RunSummary | None:
+    """:func:`run_scenarios` for a command (``run``, ``reproduce``): a :class:`RunError` is printed
+    and gives None (the command exits 2); the scenarios skipped on this device are listed."""
+    try:
+        summary = run_scenarios(scenarios, options, group, console)
+    except RunError as exc:
+        console.print(f"error: {exc}", style="red", markup=False)
+        return None
+    for line in summary.skipped_scenarios:
+        console.print(line, markup=False, highlight=False)
+    return summary
+
+
 def _run_locked(run: RunDir, keep: list[Scenario], cases: list[Case], options: RunOptions, group: Group, console: Console,
                 summary: RunSummary, lock: RunDirLock | None) -> RunSummary:
     meta, pending, error = None, None, None
@@ -286,10 +311,8 @@ def _run_locked(run: RunDir, keep: list[Scenario], cases: list[Case], options: R
             for case in todo:
                 progress.update(task, description=escape(f"{prefix}{case.label}"))
                 try:
-                    row = measure_case(case.implementation, case.params, case.dtype, device, case.mode, case.timing,
-                                       check=case.check, profile=case.profile, nvml=case.nvml, run_dir=run.path,
-                                       scenario=case.scenario, run_id=meta["run_id"], tag=tag,
-                                       prepare=prepare_hook)
+                    row = measure_case(case, device, run_dir=run.path, run_id=meta["run_id"], tag=tag,
+                                       prepare=prepare_hook, profiler=profile_step)
                 except DeviceLostError as lost:
                     # record the case that broke the context (so --resume skips it), then stop this process
                     lost.row.rank, lost.row.gpu_index, lost.row.gpu_uuid = group.rank, gpu_index, gpu_uuid

@@ -1,7 +1,7 @@
 """Scenario files: load, validate strictly, expand into cases.
 
 A scenario (``scenarios/*.yaml``) names implementations, levels, modes, dtypes and a sweep over
-:class:`kernels.params.Params` fields; README.md "Scenario format" documents every key. Every
+:class:`kernels.params.Params` fields; docs/scenarios.md documents every key. Every
 validation error names the file, the field and the allowed values, and all errors of a file are
 reported together (:class:`ScenarioError.errors`).
 
@@ -27,10 +27,10 @@ from kernels import registry
 from kernels.params import ParamError, Params
 from kernels.registry import DTYPES, LEVELS, MODES, Implementation
 from suite import yaml_safe
+from suite.case import Case, TimingError, TimingSettings
 from suite.errors import unsafe_name
-from suite.measure import TimingError, TimingSettings
-from suite.results import case_id
-from suite.selectors import describe, matches
+from suite.results import TIMINGS
+from suite.selectors import GRID_SIZE_KEYS, describe, matches
 
 DEVICES = ("cuda", "cpu", "any")
 METRICS = ("latency", "memory", "nvml", "profile")
@@ -41,7 +41,7 @@ REQUIRED = ("name", "description", "implementations", "levels")
 SELECTOR_KEYS = ("implementation", "level", "params", "mode", "dtype")
 POINT_KEYS = SELECTOR_KEYS + ("ms", "label")
 CLAIM_KEYS = ("id", "text", "paper", "kind", "numerator", "denominator", "target", "unit", "note", "timing", "paper_card")
-CLAIM_TIMINGS = ("device", "eager")
+CLAIM_TIMINGS = TIMINGS
 MAX_CASES, MAX_CASES_ENV = 10_000, "CGSPN_BENCH_MAX_CASES"  # per scenario, before expansion
 DEFAULTS = {"device": "any", "modes": ["fwd"], "dtypes": ["bfloat16"], "check": True, "metrics": ["latency", "memory", "nvml"]}
 
@@ -54,38 +54,9 @@ class ScenarioError(ValueError):
         super().__init__("\n".join(self.errors))
 
 
-@dataclass(frozen=True)
-class Case:
-    """One measurable point: implementation x level x mode x dtype x params."""
-
-    implementation: Implementation
-    params: Params  # only the fields the implementation declares are set; the rest are defaults
-    mode: str
-    dtype: str
-    scenario: str
-    timing: TimingSettings
-    check: bool = True
-    profile: bool = False
-    nvml: bool = True
-
-    @property
-    def values(self) -> dict[str, int]:
-        return self.params.subset(self.implementation.params)
-
-    @property
-    def id(self) -> str:
-        return case_id(self.implementation.name, self.implementation.level, self.mode, self.dtype, self.values)
-
-    @property
-    def label(self) -> str:
-        """Readable id, e.g. ``attention-math/sublayer/fwd/bfloat16/batch=2,grid=5``."""
-        shape = ",".join(f"{k}={v}" for k, v in sorted(self.values.items()))
-        return f"{self.implementation.name}/{self.implementation.level}/{self.mode}/{self.dtype}/{shape}"
-
-
 @dataclass
 class Scenario:
-    """A validated scenario file (see README.md "Scenario format")."""
+    """A validated scenario file (see docs/scenarios.md)."""
 
     name: str
     description: str
@@ -275,6 +246,22 @@ def _paper_points(data: dict, scenario: dict, errors: _Errors) -> list[dict]:
     return out
 
 
+def claim_problems(claim: dict) -> list[tuple[str, str]]:
+    """What is wrong with a claim's kind, timing and denominator, as ``(field suffix, message)`` pairs
+    (none when it is right): the one check behind scenario validation and the report's claims table."""
+    problems = []
+    kind = claim.get("kind")
+    if kind not in CLAIM_KINDS:
+        problems.append((".kind", f"{kind!r} is not one of {', '.join(CLAIM_KINDS)}"))
+    if claim.get("timing", "device") not in CLAIM_TIMINGS:
+        problems.append((".timing", f"{claim['timing']!r} is not one of {', '.join(CLAIM_TIMINGS)}"))
+    if kind in ("ratio", "share") and "denominator" not in claim:
+        problems.append(("", f"kind {kind!r} needs a denominator"))
+    elif kind not in ("ratio", "share") and "denominator" in claim:
+        problems.append((".denominator", f"a {kind!r} claim has no denominator (only ratio and share do)"))
+    return problems
+
+
 def _claims(data: dict, scenario: dict, errors: _Errors) -> list[dict]:
     raw = data.get("claims", []) or []
     if not isinstance(raw, list):
@@ -300,8 +287,8 @@ def _claims(data: dict, scenario: dict, errors: _Errors) -> list[dict]:
             ok = False
         ids.add(claim.get("id"))
         kind = claim.get("kind")
-        if kind not in CLAIM_KINDS:
-            errors.add(f"{where}.kind", f"expected one of {', '.join(CLAIM_KINDS)}; got {kind!r}")
+        for field_suffix, message in claim_problems(claim):
+            errors.add(where + field_suffix, message)
             ok = False
         for key in ("paper", "target"):
             if key in claim and claim[key] is not None and not _is_number(claim[key]):
@@ -310,18 +297,12 @@ def _claims(data: dict, scenario: dict, errors: _Errors) -> list[dict]:
         if "paper" not in claim:
             errors.add(f"{where}.paper", "required; the paper's number (null if the paper gives none)")
             ok = False
-        if claim.get("timing", "device") not in CLAIM_TIMINGS:
-            errors.add(f"{where}.timing", f"expected one of {', '.join(CLAIM_TIMINGS)}; got {claim['timing']!r}")
-            ok = False
         if "paper_card" in claim and (not isinstance(claim["paper_card"], str) or not claim["paper_card"].strip()):
             errors.add(f"{where}.paper_card", f"expected the paper's card as a non-empty string, got {claim['paper_card']!r}")
             ok = False
         ok &= _selector(claim.get("numerator"), f"{where}.numerator", SELECTOR_KEYS, scenario, errors) is not None
-        if kind in ("ratio", "share"):
+        if kind in ("ratio", "share") and "denominator" in claim:
             ok &= _selector(claim.get("denominator"), f"{where}.denominator", SELECTOR_KEYS, scenario, errors) is not None
-        elif "denominator" in claim:
-            errors.add(f"{where}.denominator", f"a {kind!r} claim has no denominator (only ratio and share do)")
-            ok = False
         if ok:
             out.append(claim)
     return out
@@ -472,7 +453,7 @@ def parse_scenario(text: str, path: str | Path = "<string>") -> Scenario:
             continue
         for impl in impls:
             try:
-                if set(impl.params) & {"grid", "grid_h", "grid_w", "resolution"}:
+                if set(impl.params) & set(GRID_SIZE_KEYS):
                     _ = point.H  # the implementation needs a token grid
                 if impl.family == "cgspn" or "compression" in impl.params:
                     point.check_compression(where)

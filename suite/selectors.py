@@ -16,7 +16,9 @@ from kernels.params import ParamError, Params
 from kernels.registry import GRID_PARAMS
 
 # Params fields that only describe the token grid; selectors and sweeps compare the derived grid.
-GRID_KEYS = tuple(dict.fromkeys((*GRID_PARAMS, "patch")))
+GRID_KEYS = GRID_PARAMS
+# The ones that give the grid a size (``patch`` alone only scales a resolution into a grid).
+GRID_SIZE_KEYS = tuple(k for k in GRID_KEYS if k != "patch")
 
 
 def grid_of(params: dict) -> tuple[int, int] | None:

@@ -26,6 +26,7 @@ import pytest
 from suite.bench_pytest import apply_timing, case_params, record_samples, used_options
 from suite.gate.slowdown import prepare_hook
 from suite.measure import measure_case
+from suite.profiling import profile_step
 from suite.results import RunDir
 from suite.scenario import Case, load_scenarios
 
@@ -50,9 +51,9 @@ def test_case(benchmark, case: Case, request: pytest.FixtureRequest) -> None:
     out = config.getoption("--bench-out")
     profile = case.profile or config.getoption("--bench-profile")
     timing = apply_timing(case.timing, getattr(config, "cgspn_timing_options", {}))
-    row = measure_case(case.implementation, case.params, case.dtype, config.cgspn_device, case.mode, timing,
-                       check=case.check, profile=profile, nvml=case.nvml, scenario=case.scenario,
-                       run_dir=out or ("results/runs/pytest-benchmarks" if profile else None), prepare=prepare_hook)
+    row = measure_case(dataclasses.replace(case, timing=timing, profile=profile), config.cgspn_device,
+                       run_dir=out or ("results/runs/pytest-benchmarks" if profile else None), prepare=prepare_hook,
+                       profiler=profile_step)
     benchmark.extra_info.update(dataclasses.asdict(row))
     benchmark.group = f"{case.implementation.level}/{case.mode}/{case.dtype}"
     if out:

@@ -1,7 +1,7 @@
 """Registry entries of the attention family: ``attention-<variant>`` at every level.
 
 Variants: ``math``, ``flash``, ``cudnn``, ``mem-efficient``, ``tiled-flash``
-(:mod:`kernels.attention.variants`). Levels (DESIGN.md "Terms"):
+(:mod:`kernels.attention.variants`). Levels (docs/design.md "Terms"):
 
 - sublayer: ``softmax(QK^T/sqrt(d))V`` on random ``(B, heads, N, head_dim)`` q, k, v;
 - layer: :class:`AttentionLayer` (QKV + attention + output projection) on ``(B, H, W, C)``;

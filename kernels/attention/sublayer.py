@@ -259,7 +259,7 @@ def backend_unavailable(backend: str, dtype: torch.dtype, head_dim: int, device_
 
 def fastest_backend(device_type: str, dtype: torch.dtype, head_dim: int) -> str:
     """The strongest attention baseline that runs here: cuDNN attention on Hopper (it beats
-    FlashAttention-2 there, DESIGN.md "Measured here"), else FlashAttention, else
+    FlashAttention-2 there, docs/design.md "Measured here"), else FlashAttention, else
     memory-efficient, else math."""
     order = ["flash", "mem-efficient", "math"]
     if device_type == "cuda" and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9:

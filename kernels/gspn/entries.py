@@ -26,7 +26,7 @@ measurements.
 
 The sublayer (``gspn-original``, ``gspn-original-fast``) is the propagation over ``4 * channels``
 raw-space channel slices given x ``(B, C, H, W)``, lambda and u ``(B, 4C, H, W)`` and raw gates
-``(B, 12C, H, W)`` (DESIGN.md "Terms"): direction stacking, eager gate normalization, the scan,
+``(B, 12C, H, W)`` (docs/design.md "Terms"): direction stacking, eager gate normalization, the scan,
 ``h * u``, directions summed. At sublayer level ``channels`` is the width the propagation sees
 (inside the layer that is d_inner = 2C). Params read: batch, channels, the grid, chunk, and
 mlp_hidden / depth / patch at block / network level. Reference: the same computation (same

@@ -1,7 +1,7 @@
 """The original GSPN layer (GSPN v1, CVPR 2025) in a ViT attention slot, its components behind flags.
 
 Token-mixer contract: ``forward(x: (B, H, W, C)) -> (B, H, W, C)``. Inside, the propagation runs
-channels-first ``(B, d, H, W)`` like the original (``d = d_inner``). The pieces (DESIGN.md
+channels-first ``(B, d, H, W)`` like the original (``d = d_inner``). The pieces (docs/design.md
 "The layers"; the flag that removes each, and what replaces it):
 
 1. attention-template projections, ``attention_projections``: ``q, k, v = Linear(C, 3C)(x)``; the

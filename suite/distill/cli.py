@@ -11,6 +11,8 @@ import os
 import sys
 from pathlib import Path
 
+from suite.triton_mode import interpret_on_cpu
+
 DEFAULT_OUT = Path("results/runs")
 
 
@@ -32,9 +34,8 @@ def run_command(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if cfg.device == "cpu" or (cfg.device == "auto" and not _cuda_available()):
-        # Triton kernels (scan: fused on CPU) need the interpreter, chosen before they are defined.
-        os.environ.setdefault("TRITON_INTERPRET", "1")
+    # Triton kernels (scan: fused on CPU) need the interpreter, chosen before they are defined.
+    interpret_on_cpu(cfg.device == "cpu" or (cfg.device == "auto" and not _cuda_available()))
     from suite.distill.train import DistillError, distill
 
     out = args.out or DEFAULT_OUT / f"distill-{cfg.name}"

@@ -17,6 +17,7 @@ from torch import nn
 
 from suite.distill.losses import token_cosine, upsample_tokens
 from suite.distill.model import encoder_taps
+from suite.measure import TimingSettings, measure
 
 FeatureFn = Callable[[torch.Tensor], list[dict]]
 
@@ -105,12 +106,8 @@ def latency_report(models: dict[str, nn.Module], resolutions: list[int], batch: 
     """Forward latency of each model at each resolution through ``suite.measure.measure``.
 
     Models are timed as bf16 copies on CUDA (float32 on CPU), without autocast, like the
-    benchmark's network-level cases. OOM and missing dependencies become recorded statuses.
+    benchmark's network-level cases. OOM becomes a recorded status.
     """
-    try:
-        from suite.measure import TimingSettings, measure
-    except ImportError as err:
-        return [{"status": "unavailable", "message": f"suite.measure is not importable: {err}"}]
     settings = TimingSettings.from_dict(timing, where="evaluate.timing")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     rows = []

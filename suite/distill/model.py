@@ -49,18 +49,12 @@ def resolve_attention_backend(cfg: DistillConfig, device: torch.device) -> str:
 
 
 def _attention_layer(channels: int, heads: int, backend: str) -> nn.Module:
-    try:
-        from kernels.attention.layer import AttentionLayer
-    except ImportError as err:  # the attention package is another engineer's; say what is missing
-        raise ImportError(f"distill: the teacher needs kernels.attention.layer.AttentionLayer ({err})") from err
+    from kernels.attention.layer import AttentionLayer
     return AttentionLayer(channels, heads, backend)
 
 
 def _cgspn_layer(cfg: DistillConfig, scan: str) -> nn.Module:
-    try:
-        from kernels.cgspn.layer import CGSPNLayer
-    except ImportError as err:
-        raise ImportError(f"distill: the student needs kernels.cgspn.layer.CGSPNLayer ({err})") from err
+    from kernels.cgspn.layer import CGSPNLayer
     m = cfg.model
     return CGSPNLayer(m.channels, compression=m.compression, latent_channels=m.latent_channels, scan=scan)
 

@@ -47,6 +47,7 @@ from suite.distill.model import (
     supervised_blocks,
     uses_bf16,
 )
+from suite.environment import collect_environment
 from suite.errors import InputError
 
 
@@ -132,12 +133,7 @@ class Distiller:
         probe = torch.randn(1, 3, cfg.model.patch * 2, cfg.model.patch * 2, device=self.device)
         with self.autocast():  # the dtypes of a training step (FlashAttention takes half types only)
             backward_nodes = custom_backward_nodes(self.student, probe)
-        try:
-            from suite.environment import collect_environment
-
-            environment = collect_environment()
-        except ImportError as err:
-            environment = {"unavailable": f"suite.environment is not importable: {err}"}
+        environment = collect_environment()
         return {
             "config": cfg.to_dict(),
             "environment": environment,

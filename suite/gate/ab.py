@@ -44,6 +44,7 @@ from suite.gate.baseline import BaselineError, Snapshot, gpu_model_of
 from suite.gate.compare import by_case
 from suite.gate.slowdown import ENV_VAR as SLOWDOWN_VAR
 from suite.results import Row, RunDir
+from suite.triton_mode import INTERPRETER_ENV
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SIDES = ("current", "ref")
@@ -210,7 +211,7 @@ def _worker_env(python_path: Path, device: str, slowdown: bool) -> dict[str, str
     env = dict(os.environ)
     env["PYTHONPATH"] = str(python_path)  # the side's tree first, before any installed copy
     if device == "cpu":
-        env["TRITON_INTERPRET"] = "1"
+        env.update(INTERPRETER_ENV)
         # Two processes share the cores: an idle worker's OpenMP threads must sleep, not spin-wait
         # (libgomp's default), or they steal the cores of the side being measured.
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from suite.triton_mode import interpret_on_cpu
+
 if TYPE_CHECKING:
     from suite.results import Row
 
@@ -43,7 +45,7 @@ def measure_request(case: dict, device: str, *, run_dir: str | Path | None = Non
     from kernels import registry
     from kernels.params import Params
     from suite.gate.slowdown import prepare_hook
-    from suite.measure import TimingSettings, measure_case
+    from suite.measure import Case, TimingSettings, measure_case
     from suite.results import Row, case_id
 
     try:
@@ -55,17 +57,16 @@ def measure_request(case: dict, device: str, *, run_dir: str | Path | None = Non
                    implementation=case["implementation"], family=case.get("family", ""), level=case["level"],
                    mode=case["mode"], dtype=case["dtype"], params=values, status="unsupported",
                    message=f"not in the tree at {tree}: {err}")
-    return measure_case(impl, Params(**case["params"]), case["dtype"], torch.device(device), case["mode"],
-                        TimingSettings(**case["timing"]), check=case["check"], nvml=case["nvml"], run_dir=run_dir,
-                        scenario=case["scenario"], run_id=case["run_id"], tag=tag, prepare=prepare_hook)
+    request = Case(impl, Params(**case["params"]), case["mode"], case["dtype"], case["scenario"],
+                   TimingSettings(**case["timing"]), check=case["check"], nvml=case["nvml"])
+    return measure_case(request, torch.device(device), run_dir=run_dir, run_id=case["run_id"], tag=tag, prepare=prepare_hook)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--device", required=True, help="cuda, cuda:N or cpu")
     args = parser.parse_args(argv)
-    if args.device == "cpu":
-        os.environ.setdefault("TRITON_INTERPRET", "1")  # before any Triton kernel is defined
+    interpret_on_cpu(args.device == "cpu")  # before any Triton kernel is defined
     out = _protocol_stream()
 
     import kernels

@@ -1,4 +1,4 @@
-"""GPU run of the distillation entry point (issue 9): tests, C-GSPN and hybrid students, DDP.
+"""GPU run of the distillation entry point: tests, C-GSPN and hybrid students, DDP.
 
 Run from the repository root on an H100/H200 (about 5-8 minutes for everything)::
 

@@ -1,8 +1,8 @@
-"""GPU profiling pass of issue 6: where block time goes, and where the "concurrency wall" comes from.
+"""GPU profiling pass: where block time goes, and where the "concurrency wall" comes from.
 
 Run from the repository root on the GPU box (about 3-5 minutes)::
 
-    python -m suite.gpu.profile_cases --out results/h100/profiling
+    python -m suite.gpu.profile_cases --out results/h100/<date>-profile
 
 1. **Block breakdowns** -- ``cgspn``, ``attention-cudnn`` and ``attention-flash`` blocks at 1036 px
    (74 x 74 tokens), B=32, bf16, forward: timed, then profiled; their category roll-ups side by
@@ -36,9 +36,11 @@ import torch
 
 from kernels.params import Params
 from kernels.registry import get
+from suite.environment import collect_environment
 from suite.measure import TimingSettings, measure_case
 from suite.profiling.categories import CATEGORIES, PROPAGATION, short_kernel_name
 from suite.profiling.ncu import ncu_case
+from suite.profiling.trace import profile_step
 from suite.results import Row, RunDir
 
 BLOCK_IMPLEMENTATIONS = ("cgspn", "attention-cudnn", "attention-flash")
@@ -50,7 +52,7 @@ MODE = "fwd"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m suite.gpu.profile_cases", description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="output folder, e.g. results/h100/profiling")
+    parser.add_argument("--out", required=True, help="output folder, e.g. results/h100/<date>-profile")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--resolution", type=int, default=1036, help="block cases: image side in pixels")
@@ -71,7 +73,7 @@ def run_case(name: str, level: str, params: Params, args: argparse.Namespace, ru
     settings = TimingSettings(budget_ms=args.budget_ms, warmup_ms=min(50.0, args.budget_ms))
     started = time.perf_counter()
     row = measure_case(get(name, level), params, args.dtype, args.device, MODE, settings, check=not args.no_check,
-                       profile=True, run_dir=run.path, scenario="profile_cases")
+                       profile=True, profiler=profile_step, run_dir=run.path, scenario="profile_cases")
     run.append(row)
     took = time.perf_counter() - started
     median = f"{row.median_ms:.3f} ms" if row.median_ms is not None else "-"
@@ -219,10 +221,6 @@ def _print_ncu(results: dict) -> None:
 
 
 def _environment(device: str) -> dict:
-    try:
-        from suite.environment import collect_environment
-    except ImportError as exc:
-        return {"error": f"suite.environment unavailable: {exc}"}
     return collect_environment(device)
 
 

@@ -1,4 +1,4 @@
-"""``cgspn-bench ncu``: the optional Nsight Compute pass on one registered case (issue 6).
+"""``cgspn-bench ncu``: the optional Nsight Compute pass on one registered case.
 
     cgspn-bench ncu cgspn-scan sublayer --param batch=32 --param grid=74 [--kernel-name REGEX] [--out DIR]
 

@@ -43,10 +43,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from suite.results import TIMINGS, Row
+from suite.results import Row
+from suite.scenario import claim_problems
 from suite.selectors import describe, matches
 
-KINDS = ("ratio", "time", "share")
 PAPER_CARD = "A100"
 VERDICTS = ("holds", "weaker", "disagrees", "measured", "not measured", "ambiguous")
 DISAGREEMENT = ("weaker", "disagrees", "ambiguous")
@@ -118,12 +118,8 @@ def check_claim(claim: dict, scenario: str) -> None:
     for key in ("id", "kind", "numerator"):
         if key not in claim:
             raise ClaimError(f"{where}: missing field {key!r}")
-    if claim["kind"] not in KINDS:
-        raise ClaimError(f"{where}.kind: {claim['kind']!r} is not one of {', '.join(KINDS)}")
-    if claim["kind"] in ("ratio", "share") and "denominator" not in claim:
-        raise ClaimError(f"{where}: kind {claim['kind']!r} needs a denominator")
-    if claim.get("timing", "device") not in TIMINGS:
-        raise ClaimError(f"{where}.timing: {claim['timing']!r} is not one of {', '.join(TIMINGS)}")
+    for field_suffix, message in claim_problems(claim)[:1]:  # the scenario validator's own check
+        raise ClaimError(f"{where}{field_suffix}: {message}")
 
 
 def _ours(kind: str, num: Row | None, den: Row | None, timing: str) -> float | None:

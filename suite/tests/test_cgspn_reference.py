@@ -1,4 +1,4 @@
-"""The PyTorch reference itself: checked against a scalar transcription of DESIGN.md's equations.
+"""The PyTorch reference itself: checked against a scalar transcription of docs/design.md's equations.
 
 ``naive_direction`` writes each direction's recurrence literally, element by element (no flips,
 no transposes), so a mistake in the reference's flip/transpose bookkeeping or in the per-axis

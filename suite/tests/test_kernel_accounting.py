@@ -1,7 +1,7 @@
 """FLOP and ideal-byte accounting of the registry entries (what a row's tflops, gbps and
 bw_fraction are computed from), and what their fwd+bwd cases back-propagate.
 
-Shapes that match DESIGN.md's floors are built on the ``meta`` device: the accounting is read
+Shapes that match docs/design.md's floors are built on the ``meta`` device: the accounting is read
 from the workload, nothing is allocated or run.
 """
 
@@ -27,7 +27,7 @@ META = torch.device("meta")
 
 @pytest.mark.parametrize("resolution, megabytes", [(2058, 620), (1036, 157)])
 def test_cgspn_scan_ideal_bytes_are_design_floor(resolution, megabytes):
-    """DESIGN.md "Floors": read x, lam, u, 3 gates and write y once = 7 x B*C_c*H*W x 2 bytes (bf16)."""
+    """docs/design.md "Floors": read x, lam, u, 3 gates and write y once = 7 x B*C_c*H*W x 2 bytes (bf16)."""
     params = Params(batch=32, channels=1152, compression=18, resolution=resolution)
     work = registry.get("cgspn-scan", "sublayer").build(params, torch.bfloat16, META, "fwd")
     expected = 7 * 32 * 64 * (resolution // 14) ** 2 * 2

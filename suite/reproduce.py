@@ -5,18 +5,33 @@ by two figures are measured once), records the elapsed time in run.json, and ren
 The whole set is budgeted to 15 minutes on one H100/H200 (the scenarios' timing budgets are
 chosen for that; ``--budget-scale`` trades time for tighter medians). Without CUDA the paper's
 shapes cannot run, so it says so and runs the CPU smoke scenario instead.
+
+    cgspn-bench reproduce [--out DIR] [--report DIR] [--device cuda|cpu] [--budget-scale F] [--resume] [--profile]
+                          [--scenarios PATH]
+
+``suite.cli`` imports this module to build its parser (:func:`register_cli`); the runner and the
+report load when the command runs.
 """
 
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 
 from rich.console import Console
 
+from suite.errors import InputError, positive_float
+
 PAPER_SCENARIOS = Path("scenarios/paper")
 CPU_FALLBACK = Path("scenarios/smoke-cpu.yaml")
 BUDGET_S = 15 * 60  # the paper set on one H100/H200
+DESCRIPTION = ("Run the paper's efficiency figures (scenarios/paper/*.yaml, or --scenarios) "
+               "into one run directory on one device (cuda:0; for several GPUs use "
+               "'run --gpus all scenarios/paper' and then 'report'), record the elapsed "
+               "time against the 15-minute budget in run.json, and render its report. "
+               "Without CUDA (or with --device cpu) and no --scenarios it runs "
+               "scenarios/smoke-cpu.yaml instead, which checks the pipeline, not the paper.")
 
 
 def default_out() -> Path:
@@ -34,7 +49,7 @@ def reproduce(out: Path | None = None, report: Path | None = None, device: str |
 
     from suite.report.render import render_report
     from suite.results import RunDir
-    from suite.runner import RunError, RunOptions, run_scenarios
+    from suite.runner import RunOptions, refuse_scenario_errors, run_for_command
     from suite.scenario import load_scenarios
 
     source = Path(scenarios_dir) if scenarios_dir is not None else PAPER_SCENARIOS
@@ -45,23 +60,15 @@ def reproduce(out: Path | None = None, report: Path | None = None, device: str |
         console.print(f"[yellow]Running on the CPU: the paper's figures need a GPU (B=32, C=1152, up to 2058 px). "
                       f"Running {source} instead, a CPU smoke run that checks the pipeline, not the paper.[/]")
     scenarios, errors = load_scenarios([source])
-    if errors:
-        for line in errors:
-            console.print(line, markup=False, highlight=False)
-        console.print(f"{len(errors)} scenario error(s); nothing was run", style="red")
+    if refuse_scenario_errors(errors, console):
         return 2
     out = Path(out) if out is not None else default_out()
     console.print(f"reproduce: {len(scenarios)} scenario(s) from {source} on {device} -> {out}")
     options = RunOptions(out=out, device=device, resume=resume, profile=profile, budget_scale=budget_scale)
     start = time.perf_counter()
-    try:
-        summary = run_scenarios(scenarios, options, console=console)
-    except RunError as exc:
-        console.print(f"error: {exc}", style="red", markup=False)
+    if run_for_command(scenarios, options, console) is None:
         return 2
     elapsed = time.perf_counter() - start
-    for line in summary.skipped_scenarios:
-        console.print(line, markup=False, highlight=False)
 
     run = RunDir(out)
     meta = run.meta()
@@ -76,3 +83,27 @@ def reproduce(out: Path | None = None, report: Path | None = None, device: str |
                   f"{'' if not fallback else ', which applies to the GPU paper set'})[/]")
     render_report(out, report)
     return 0
+
+
+def reproduce_command(args: argparse.Namespace) -> int:
+    if args.resume and args.out is None:
+        raise InputError("reproduce --resume: give the run to finish with --out DIR (without it a new run would start)")
+    return reproduce(out=args.out, report=args.report, device=args.device, budget_scale=args.budget_scale, resume=args.resume,
+                     profile=args.profile, scenarios_dir=args.scenarios)
+
+
+def register_cli(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``reproduce`` to the ``cgspn-bench`` parser (the handler returns an exit code)."""
+    reproduce = subparsers.add_parser("reproduce", help="run every scenario in scenarios/paper/ into one run, then report",
+                                      description=DESCRIPTION)
+    reproduce.add_argument("--out", type=Path, help="run directory (default: results/runs/reproduce-<UTC stamp>)")
+    reproduce.add_argument("--report", type=Path, help="report directory (default: reports/local/<name of the --out directory>)")
+    reproduce.add_argument("--device", choices=("cuda", "cpu"), help="default: cuda if available, else cpu")
+    reproduce.add_argument("--budget-scale", type=positive_float, default=1.0, metavar="F",
+                           help="multiply every scenario's timing budget and warm-up time by F (repetition counts unchanged)")
+    reproduce.add_argument("--resume", action="store_true",
+                           help="finish an interrupted reproduce run; give its directory with --out")
+    reproduce.add_argument("--profile", action="store_true", help="profile every case, not only scenarios asking for it")
+    reproduce.add_argument("--scenarios", type=Path, default=None, metavar="PATH",
+                           help="a scenario folder or file instead of scenarios/paper (also used on CPU)")
+    reproduce.set_defaults(handler=reproduce_command)
