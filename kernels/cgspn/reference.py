@@ -2,7 +2,7 @@
 
 Layout is channels-last: ``x, lam, u`` are ``(B, H, W, C)``, raw gates are ``(B, H, W, 3, C)``
 (the logits of l, m, r). One direction, top->bottom, for every batch b and channel c
-(DESIGN.md "The propagation, exactly", paper Eq. 1)::
+(docs/design.md "The propagation, exactly", paper Eq. 1)::
 
     h[-1] = 0
     h[i][j] = l[i][j] h[i-1][j-1] + m[i][j] h[i-1][j] + r[i][j] h[i-1][j+1] + lam[i][j] x[i][j]

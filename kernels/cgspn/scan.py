@@ -43,7 +43,7 @@ __all__ = ["cgspn_scan", "cgspn_scan_head", "head_views", "propagate", "scan_bac
 
 # Variants the GPU bench compares: design (quad: four directions in one pipelined launch; pairs: one
 # launch per axis; directions: four launches + PyTorch merge) x shift method. quad-scratch is the fastest
-# Triton design on an H200 (results/h200/2026-11-27/scan-variant-ab: 0.31 vs 0.41 ms at
+# Triton design on an H200 (results/h200/2026-11-27-scan-variant-ab: 0.31 vs 0.41 ms at
 # grid 74 and 1.43 vs 1.92 ms at grid 147 for quad-gather, B=32, C_c=64, bf16, forward).
 # ``cuda-fast``: the CUDA forward of :mod:`kernels.cgspn.cuda_scan` (sm_90, CuPy) with the quad-scratch
 # Triton backward, wherever it can run (``cuda_scan.unavailable_reason``); elsewhere quad-scratch.

@@ -176,7 +176,7 @@ def run_checks(args, report) -> bool:
         record(f"gates {kind} 2x74x74x64 bf16", lambda kind=kind: check_split((2, 74, 74, 64), torch.bfloat16, kind),
                TOLERANCE[torch.bfloat16])
     record("split 2x147x147x64 fp16", lambda: check_split((2, 147, 147, 64), torch.float16), TOLERANCE[torch.float16])
-    # B=32 at the shape, fp32 reference on the GPU (float64 would take minutes)
+    # B=32 at the target shape, fp32 reference on the GPU (float64 would take minutes)
     record("split 32x147x147x64 bf16 (fp32 ref)",
            lambda: check_split((32, 147, 147, 64), torch.bfloat16, ref_dtype=torch.float32), TOLERANCE[torch.bfloat16])
     t0 = time.perf_counter()

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The runs that need a 2-GPU machine (issues 9 and 10), each part one 10-minute device command:
+# The runs that need a 2-GPU machine (distillation, sharding and variance), each part one 10-minute device command:
 #   distill  the C-GSPN and hybrid distillation runs at once (one per GPU, suite.gpu.distill_run),
 #            then the same C-GSPN run under torchrun on both GPUs (DDP) and the table that compares
 #            the DDP loss curve with the single-GPU one
