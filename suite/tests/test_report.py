@@ -252,3 +252,15 @@ def test_report_leaves_out_gate_confirmation_rows(tmp_path):
     run.append(Row(case_id="a", median_ms=1.0, **base))
     run.append(Row(case_id="a", median_ms=2.0, message=f"{CONFIRM_MARKER} 1/3", **base))
     assert [r.median_ms for r in load_run(run.path).rows] == [1.0]
+
+
+def test_reproduce_finds_the_shipped_scenarios_from_any_directory(tmp_path, monkeypatch):
+    """Started outside the repository root, the main job still finds scenarios/ in the checkout."""
+    from suite.reproduce import CPU_FALLBACK, PAPER_SCENARIOS, shipped
+
+    monkeypatch.chdir(tmp_path)
+    assert shipped(CPU_FALLBACK).is_file() and shipped(CPU_FALLBACK).is_absolute()
+    assert shipped(PAPER_SCENARIOS).is_dir() and any(shipped(PAPER_SCENARIOS).glob("*.yaml"))
+    (tmp_path / "scenarios").mkdir()
+    (tmp_path / "scenarios" / "smoke-cpu.yaml").write_text("name: mine\n")
+    assert shipped(CPU_FALLBACK) == CPU_FALLBACK  # a file of that name here wins: the user's own scenarios
