@@ -197,7 +197,7 @@ def build_sections(run: Run, other: Run | None, claims: list[dict], expected: Ex
 
     progress.update(task, description="roofline")
     roof = Section("roofline", "Roofline", "Per scenario: achieved TFLOP/s and TB/s of every ok case (FLOPs and ideal bytes "
-                   "over the median time) against the card's memory and compute ceilings.")
+                   "over the device time) against the card's memory and compute ceilings.")
     for f in roofline.run_roofline_figures(run, expected.case_ids):
         roof.items += figure(f)
     roof.items.append(table(roofline.roofline_table(run)))

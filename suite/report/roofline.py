@@ -51,8 +51,8 @@ def ceilings(env: dict[str, Any]) -> dict[str, Any]:
 
 
 def placed(rows: list[Row]) -> list[Row]:
-    """Ok rows with FLOPs, ideal bytes and a median: the ones a roofline can place."""
-    return [r for r in rows if r.status == "ok" and r.median_ms and r.flops and r.bytes_ideal]
+    """Ok rows with FLOPs, ideal bytes and a device time: the ones a roofline can place."""
+    return [r for r in rows if r.status == "ok" and r.device_ms and r.flops and r.bytes_ideal]
 
 
 def _per_second(amount: float | None, seconds: float, ceiling: float | None) -> tuple[float | None, float | None]:
@@ -68,20 +68,21 @@ def roofline_table(run: Run) -> Table:
     roof = ceilings(run.environment)
     records = []
     for row in run.case_rows:
-        if row.status != "ok" or not row.median_ms or not (row.flops or row.bytes_ideal):
+        if row.status != "ok" or not row.device_ms or not (row.flops or row.bytes_ideal):
             continue
-        seconds = row.median_ms * 1e-3
+        seconds = row.device_ms * 1e-3
         tflops, compute = _per_second(row.flops, seconds, roof["tflops"])
         tbps, bandwidth = _per_second(row.bytes_ideal, seconds, roof["tbps"])
         rec = case_columns(row)
-        rec.update({"median_ms": row.median_ms, "flops": row.flops, "bytes_ideal": row.bytes_ideal,
+        rec.update({"device_ms": row.device_ms, "flops": row.flops, "bytes_ideal": row.bytes_ideal,
                     "intensity_flop_per_byte": row.flops / row.bytes_ideal if row.flops and row.bytes_ideal else None,
                     "achieved_tflops": tflops, "achieved_tbps": tbps, "compute_fraction": compute,
                     "bandwidth_fraction": bandwidth, "case_id": row.case_id})
         records.append(rec)
-    columns = [*CASE_FIELDS, "median_ms", "flops", "bytes_ideal", "intensity_flop_per_byte", "achieved_tflops", "achieved_tbps",
+    columns = [*CASE_FIELDS, "device_ms", "flops", "bytes_ideal", "intensity_flop_per_byte", "achieved_tflops", "achieved_tbps",
                "compute_fraction", "bandwidth_fraction", "case_id"]
-    caption = ("Achieved throughput of every ok case: FLOPs and ideal bytes (the workload's own count) over the median time. "
+    caption = ("Achieved throughput of every ok case: FLOPs and ideal bytes (the workload's own count) over the device time "
+               "(median of CUDA-graph replays where captured, else of eager calls, as the rows' tflops and gbps). "
                f"Ceilings: {_describe(roof)}. compute_fraction and bandwidth_fraction are of those ceilings.")
     return Table("roofline", "Roofline: achieved throughput against the card's ceilings", make_frame(records, columns), caption)
 
@@ -103,7 +104,7 @@ def roofline_figure(name: str, rows: list[Row], roof: dict[str, Any], colors: di
         levels = sorted({r.level for r in points}, key=lambda lvl: LEVEL_ORDER.index(lvl) if lvl in LEVEL_ORDER else 99)
         intensity = [r.flops / r.bytes_ideal for r in points]
         for row, x in zip(points, intensity, strict=True):
-            ax.plot(x, row.flops / (row.median_ms * 1e-3) / 1e12, ls="none", ms=6, color=colors[row.implementation],
+            ax.plot(x, row.flops / (row.device_ms * 1e-3) / 1e12, ls="none", ms=6, color=colors[row.implementation],
                     marker=MARKERS[levels.index(row.level) % len(MARKERS)], mfc="none" if row.mode == "fwd+bwd" else None)
         lo, hi = min(intensity) / 3, max(intensity) * 3
         if roof["tbps"] and roof["tflops"]:

@@ -188,3 +188,16 @@ def test_roofline_figure_places_cases_under_the_roofs(monkeypatch):
     roof_line = max(ax.lines, key=lambda line: len(line.get_xdata()))
     assert max(roof_line.get_ydata()) == pytest.approx(700.0)
     plt.close(captured["fig"])
+
+
+def test_roofline_places_cases_by_their_device_time():
+    """Like the rows' tflops and gbps, the roofline divides by the graph-replay median where there is one."""
+    from suite.report.load import Run
+
+    row = Row(case_id="c1", implementation="cgspn-scan", family="cgspn", level="sublayer", mode="fwd", dtype="bfloat16",
+              params={"batch": 1, "grid": 4}, median_ms=2.0, graph_median_ms=0.5, graph_samples_ms=[0.5] * 5,
+              flops=1e12, bytes_ideal=1e9)
+    run = Run(path=Path("."), meta={"environment": {"copy_bandwidth_gbps": 4000.0, "gemm_tflops": 800.0}}, rows=[row])
+    rec = roofline.roofline_table(run).frame.to_dict("records")[0]
+    assert rec["device_ms"] == 0.5 and rec["achieved_tflops"] == pytest.approx(1e12 / 0.5e-3 / 1e12)
+    assert rec["achieved_tbps"] == pytest.approx(1e9 / 0.5e-3 / 1e12) and roofline.placed([row]) == [row]
