@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import math
 import os
-import statistics
 import time
 
 import torch
@@ -106,36 +105,19 @@ def prepare_hook(impl: Implementation, workload: Workload, mode: str, device: to
 
 
 def _step_ms(workload: Workload, mode: str, device: torch.device) -> float:
-    """Median device time of the step of ``mode``, in ms: CUDA-graph replays where the step can be
-    captured (so a host-bound case is slowed by a fraction of its GPU time, not of its Python
-    time), else eager calls timed with events (CPU: ``perf_counter``), after three warm-up steps."""
-    from suite.measure import capture_cuda_graph, make_step  # the gate sits above the measurement core
+    """Median device time of the step of ``mode``, in ms, by the measurement core: CUDA-graph replays
+    where the step can be captured (so a host-bound case is slowed by a fraction of its GPU time, not
+    of its Python time), else eager calls (CPU: ``perf_counter``)."""
+    from suite.measure import TimingSettings, make_step, measure, measure_cuda_graph  # the gate sits above the core
 
     step = make_step(workload, mode)
-    for _ in range(3):
-        step()
-    run = step
-    graph = None
-    if device.type == "cuda":
-        graph, _ = capture_cuda_graph(step)
-        run = graph.replay if graph is not None else step
-    times = []
-    for _ in range(10):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            run()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            run()
-            times.append((time.perf_counter() - t0) * 1e3)
-    del graph, run
+    settings = TimingSettings(budget_ms=0.0, warmup_ms=0.0, min_reps=10, max_reps=10, l2_flush=False)
+    timing = measure_cuda_graph(step, device, settings)[0] if device.type == "cuda" else None
+    if timing is None:
+        timing = measure(step, device, settings)
     for t in [*workload.inputs, *workload.parameters]:
         t.grad = None
-    return statistics.median(times)
+    return timing.median_ms
 
 
 _CYCLES_PER_MS: dict[int, float] = {}
