@@ -43,10 +43,10 @@ def _cupy():
 
 
 @functools.cache
-def _module(expression: str):
-    """One compiled template instantiation (NVRTC; CuPy caches the binary on disk across processes)."""
+def _module(expression: str, source: str = SOURCE):
+    """One compiled template instantiation of ``source`` (NVRTC; CuPy caches the binary on disk across processes)."""
     cupy = _cupy()
-    module = cupy.RawModule(code=SOURCE, options=("-std=c++17",), name_expressions=[expression])
+    module = cupy.RawModule(code=source, options=("-std=c++17",), name_expressions=[expression])
     return module.get_function(expression)
 
 

@@ -22,7 +22,8 @@ inv * (s_l h[p-1] + s_m h + s_r h[p+1]) + lam x. Every direction stores its h in
 
 from kernels.cgspn.reference import GATE_EPS
 
-_BODY = r"""
+# types, bf16/fp16 conversions, vector loads/stores, sigmoid: shared with the image design (cuda_image_source)
+HELPERS = r"""
 typedef unsigned short u16;
 typedef unsigned int u32;
 typedef long long i64;
@@ -108,6 +109,9 @@ __device__ __forceinline__ float sigmoid_tanh(float r) {
 }
 __device__ __forceinline__ float rcp_approx(float v) { float y; asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(v)); return y; }
 
+"""
+
+_ROW_KERNELS = r"""
 // round-5 first version: the input ring in registers, one 16-byte channel vector per block (kept for the A/B)
 template <int DT, int PPT, int DEPTH, bool VEC, bool FASTSIG>
 __global__ void cgspn_fwd_regs(const void* __restrict__ x, const void* __restrict__ lam, const void* __restrict__ g,
@@ -414,4 +418,5 @@ __global__ void cgspn_combine(const void* __restrict__ hs, const void* __restric
 """
 
 # the gate epsilon of Eq. 2 is reference.GATE_EPS, defined once (repr gives e.g. 1e-07: the same fp32 literal)
-SOURCE = f"#define CGSPN_GATE_EPS {GATE_EPS!r}f\n" + _BODY
+PREAMBLE = f"#define CGSPN_GATE_EPS {GATE_EPS!r}f\n"
+SOURCE = PREAMBLE + HELPERS + _ROW_KERNELS

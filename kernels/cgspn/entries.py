@@ -7,7 +7,8 @@
   x the latent grid;
 - ``cgspn-scan-<variant>`` (``cgspn-scan-quad-gather``, ``cgspn-scan-pairs-scratch``, ...): the same case with
   the scan variant fixed (:data:`kernels.cgspn.scan.SCAN_VARIANTS` other than the default), so design A/B
-  comparisons are ordinary scenario cases (``scenarios/cgspn-scan-variants.yaml``);
+  comparisons are ordinary scenario cases (``scenarios/cgspn-scan-variants.yaml``); ``cgspn-scan-cuda-image``
+  takes its inputs in the planar layer's layout (channels outermost), the one its image kernel reads;
 - ``cgspn-scan-reference``: the PyTorch reference on the same inputs (its own ground truth);
 - ``cgspn-gate-norm-eager`` / ``cgspn-gate-norm-fused``: Eq. 2 for both scan axes from one raw
   gate tensor (paper Sec. 4.1: fused normalization vs PyTorch).
@@ -25,7 +26,7 @@ import torch
 
 from kernels.cgspn.gate_norm import normalize_gates_eager_both, normalize_gates_fused
 from kernels.cgspn.reference import cgspn_scan_reference
-from kernels.cgspn.scan import DEFAULT_VARIANT, SCAN_VARIANTS, cgspn_scan_head, head_views, scan_backend
+from kernels.cgspn.scan import DEFAULT_VARIANT, IMAGE_VARIANT, SCAN_VARIANTS, cgspn_scan_head, head_views, scan_backend
 from kernels.cgspn.triton_support import runnable
 from kernels.params import ParamError, Params
 from kernels.registry import GRID_PARAMS, Workload, register
@@ -52,11 +53,18 @@ def _numel(params: Params) -> int:
     return params.batch * params.H * params.W * params.c_latent
 
 
-def _scan_inputs(params: Params, dtype: torch.dtype, device: torch.device, mode: str):
-    """x ``(B, H, W, C_c)`` and the layer's fused head output ``(B, H, W, 5, C_c)`` = [u, lam, l, m, r]."""
+def _scan_inputs(params: Params, dtype: torch.dtype, device: torch.device, mode: str, planar: bool = False):
+    """x ``(B, H, W, C_c)`` and the layer's fused head output ``(B, H, W, 5, C_c)`` = [u, lam, l, m, r]:
+    channels-last, or (``planar``) with the strides of the planar layer's GEMM outputs, ``(C_c, B, H, W)``
+    and ``(5, C_c, B, H, W)`` storage (``kernels.cgspn.layer``, ``layout="planar"``)."""
     B, H, W, C = params.batch, params.H, params.W, params.c_latent
-    x = torch.randn(B, H, W, C, device=device, dtype=dtype)
-    head = torch.randn(B, H, W, 5, C, device=device, dtype=dtype)
+    if planar:
+        x = torch.empty_strided((B, H, W, C), (H * W, W, 1, B * H * W), device=device, dtype=dtype).normal_()
+        head = torch.empty_strided((B, H, W, 5, C), (H * W, W, 1, C * B * H * W, B * H * W), device=device,
+                                   dtype=dtype).normal_()
+    else:
+        x = torch.randn(B, H, W, C, device=device, dtype=dtype)
+        head = torch.randn(B, H, W, 5, C, device=device, dtype=dtype)
     if mode == "fwd+bwd":
         x.requires_grad_(True)
         head.requires_grad_(True)
@@ -65,7 +73,7 @@ def _scan_inputs(params: Params, dtype: torch.dtype, device: torch.device, mode:
 
 def _scan_builder(variant: str):
     def build_scan(params: Params, dtype: torch.dtype, device: torch.device, mode: str) -> Workload:
-        x, head = _scan_inputs(params, dtype, device, mode)
+        x, head = _scan_inputs(params, dtype, device, mode, planar=variant == IMAGE_VARIANT)
 
         def reference() -> torch.Tensor:  # not detached: the harness differentiates it in fwd+bwd mode
             lam, u, gates = head_views(head.float())

@@ -21,10 +21,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from kernels.cgspn import cgspn_scan_head, cgspn_scan_reference, head_views, normalize_gates_eager, propagate
-from kernels.cgspn.scan import DEFAULT_VARIANT, SCAN_VARIANTS
+from kernels.cgspn import cgspn_scan_head, cgspn_scan_reference, cuda_image, head_views, normalize_gates_eager, propagate
+from kernels.cgspn.scan import DEFAULT_VARIANT, IMAGE_VARIANT, SCAN_VARIANTS
 
 SCANS = ("fused", "reference")
+LAYOUTS = ("auto", "channels-last", "planar")
 HEADS = ("u", "lam", "gate_l", "gate_m", "gate_r")  # order of the 5 C_c slices of the fused head output
 
 
@@ -57,13 +58,25 @@ class CGSPNLayer(nn.Module):
             isolate what the fused normalization buys (paper Sec. 4.1, 2.15x).
         variant: the fused scan's variant (``kernels.cgspn.scan.SCAN_VARIANTS``; default ``"auto"``), so
             registered layer/block variants compare scan designs inside the layer.
+        layout: where the latent tensors live. ``"channels-last"``: x_c ``(B, H, W, C_c)`` and the head
+            ``(B, H, W, 5 C_c)`` from ``Linear`` (the Triton and row CUDA scans read them in place).
+            ``"planar"``: x_c ``(C_c, B*H*W)`` and the head ``(5 C_c, B*H*W)`` from the same GEMMs in transposed
+            form (no copies; the P_down and head biases added inside the scan), P_up on the transposed planar
+            y: the layout the CUDA image scan reads
+            (:mod:`kernels.cgspn.cuda_image`: inputs cross DRAM once). ``"auto"`` (default): planar when the
+            image scan runs for this input (fused scan and normalization, ``variant="cuda-image"``, 16-bit,
+            sm_90 with CuPy, the image fits a block), else channels-last. Measured on an H200 (NOTES.md
+            "Round 6"), the planar layer is slower at B=32 (its batched GEMMs and the image scan), hence opt-in.
     """
 
     def __init__(self, channels: int, compression: int = 18, latent_channels: int | None = None,
-                 scan: str = "fused", fused_norm: bool = True, variant: str = DEFAULT_VARIANT):
+                 scan: str = "fused", fused_norm: bool = True, variant: str = DEFAULT_VARIANT, layout: str = "auto"):
         super().__init__()
         if scan not in SCANS:
             raise ValueError(f"scan: {scan!r} is not one of {', '.join(SCANS)}")
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout: {layout!r} is not one of {', '.join(LAYOUTS)}")
+        self.layout = layout
         if variant not in SCAN_VARIANTS:
             raise ValueError(f"variant: {variant!r} is not one of {', '.join(SCAN_VARIANTS)}")
         self.variant = variant
@@ -103,14 +116,45 @@ class CGSPNLayer(nn.Module):
                 total = h if total is None else total + h
         return u * total
 
+    def planar(self, x: torch.Tensor) -> bool:
+        """Whether :meth:`forward` runs the planar layout on ``x`` (see ``layout``)."""
+        if self.layout != "auto":
+            return self.layout == "planar"
+        if self.scan != "fused" or not self.fused_norm or self.variant != IMAGE_VARIANT:
+            return False
+        B, H, W, _ = x.shape
+        return cuda_image.plan_reason(x.device, x.dtype, B, H, W) is None
+
+    def _forward_planar(self, x: torch.Tensor) -> torch.Tensor:
+        """The three projections as whole-batch GEMMs in transposed form -- x_c = W_down X^T ``(C_c, B*N)``,
+        head = W_heads x_c ``(5 C_c, B*N)``, out = Y^T W_up^T + b_up -- so the latent tensors are planar with
+        channels outermost and no tensor is copied or transposed; the P_down and head biases are added inside
+        the scan (head bias W_heads b_down + b_heads, x bias b_down), P_up's by the GEMM."""
+        B, H, W, C = x.shape
+        N, C_c = H * W, self.latent
+        x_c = torch.mm(self.down.weight, x.reshape(B * N, C).t())  # (C_c, B*N)
+        head = torch.mm(self.heads.weight, x_c)  # (5 C_c, B*N)
+        x_v = x_c.view(C_c, B, H, W).permute(1, 2, 3, 0)  # (B, H, W, C_c) views of planar storage
+        head_v = head.view(len(HEADS), C_c, B, H, W).permute(2, 3, 4, 0, 1)
+        head_bias = torch.addmv(self.heads.bias, self.heads.weight, self.down.bias)
+        if self.scan == "fused" and self.fused_norm:
+            y = cgspn_scan_head(x_v, head_v, variant=self.variant, bias=head_bias, x_bias=self.down.bias)
+        else:
+            y = self.propagate(x_v + self.down.bias, head_v + head_bias.view(len(HEADS), C_c))
+        y_t = y.permute(3, 0, 1, 2).reshape(C_c, B * N)  # a view when y is planar with channels outermost
+        return torch.addmm(self.up.bias, y_t.t(), self.up.weight.t()).view(B, H, W, C)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[-1] != self.channels:
             raise ValueError(f"x: expected (B, H, W, {self.channels}), got {tuple(x.shape)}")
+        if self.planar(x):
+            return self._forward_planar(x)
         return self.up(self.propagate(*self.head_output(x)))
 
     def extra_repr(self) -> str:
         variant = f", variant={self.variant}" if self.variant != DEFAULT_VARIANT else ""
-        return f"channels={self.channels}, latent={self.latent}, scan={self.scan}, fused_norm={self.fused_norm}{variant}"
+        layout = f", layout={self.layout}" if self.layout != "auto" else ""
+        return f"channels={self.channels}, latent={self.latent}, scan={self.scan}, fused_norm={self.fused_norm}{variant}{layout}"
 
 
 def cgspn_layer_flops(tokens: int, channels: int, latent: int) -> float:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.cgspn import cuda_scan
+from kernels.cgspn import cuda_image, cuda_scan
 from kernels.cgspn.scan_common import SHIFT_GATHER, SHIFT_SCRATCH, _check_inputs, _unit_channel_stride
 from kernels.cgspn.scan_directions import _scan_by_directions_bwd, _scan_directions_fwd, propagate
 from kernels.cgspn.scan_pairs import _scan_pairs_fwd
@@ -49,9 +49,13 @@ __all__ = ["cgspn_scan", "cgspn_scan_head", "head_views", "propagate", "scan_bac
 # Triton backward, wherever it can run (``cuda_scan.unavailable_reason``); elsewhere quad-scratch.
 # ``auto`` (the default): cuda-fast for bfloat16/float16, quad-scratch for float32, as measured on an H200
 # (NOTES.md "Round 5", B=32: cuda-fast forward 1.16-1.6x faster in bf16, fwd+bwd 1.03-1.16x; float32 0.86-0.89x).
+# ``cuda-image``: the CUDA image forward (:mod:`kernels.cgspn.cuda_image`) where the inputs are planar and it can
+# run, else as cuda-fast; opt-in: slower than cuda-fast at B=32 on an H200 (NOTES.md "Round 6": 1.44 vs 0.84 ms
+# at 147, instruction-bound at one element per thread and step), faster at B=1 (0.094 vs 0.170 ms).
 SCAN_VARIANTS = ("auto", "quad-scratch", "quad-gather", "pairs-gather", "pairs-scratch", "directions-gather",
-                 "directions-scratch", "cuda-fast")
+                 "directions-scratch", "cuda-fast", "cuda-image")
 FAST_VARIANT = "cuda-fast"
+IMAGE_VARIANT = "cuda-image"
 DEFAULT_VARIANT = "auto"
 _FAST_DTYPES = (torch.bfloat16, torch.float16)  # where "auto" takes the fast path
 
@@ -63,23 +67,24 @@ def _variant_options(name: str, variant: str) -> tuple[str, int]:
     """(design, shift method) of a :data:`SCAN_VARIANTS` name, e.g. ``"quad-scratch"`` -> ("quad", SHIFT_SCRATCH)."""
     if variant not in SCAN_VARIANTS:
         raise ValueError(f"{name}: variant {variant!r} is not one of {', '.join(SCAN_VARIANTS)}")
-    if variant in (FAST_VARIANT, "auto"):
-        return ("cuda" if variant == FAST_VARIANT else "auto"), SHIFT_SCRATCH  # the Triton backward's (and fallback's) shift
+    if variant in (FAST_VARIANT, IMAGE_VARIANT, "auto"):  # the Triton backward's (and fallback's) shift
+        return {FAST_VARIANT: "cuda", IMAGE_VARIANT: "image", "auto": "auto"}[variant], SHIFT_SCRATCH
     design, shift_name = variant.split("-")
     return design, SHIFT_GATHER if shift_name == "gather" else SHIFT_SCRATCH
 
 
 def _fast_path_reason(design: str, x: torch.Tensor, *others: torch.Tensor) -> str | None:
-    """For the ``cuda`` and ``auto`` designs: None when the CUDA forward runs on these inputs, else why
-    not (then the quad-scratch Triton path runs). Other designs: None."""
+    """For the ``cuda``, ``image`` and ``auto`` designs: None when the row CUDA forward runs on these inputs, else
+    why not (then the quad-scratch Triton path runs). Other designs: None."""
     if design == "auto" and x.dtype not in _FAST_DTYPES:
         return f"{str(x.dtype).replace('torch.', '')}: the Triton forward measured faster (NOTES.md Round 5)"
-    return cuda_scan.unavailable_reason(x, *others) if design in ("cuda", "auto") else None
+    return cuda_scan.unavailable_reason(x, *others) if design in ("cuda", "image", "auto") else None
 
 
 def _resolve(design: str, x: torch.Tensor, *others: torch.Tensor) -> str:
-    """``cuda`` when the fast path runs these inputs, ``quad`` for a ``cuda``/``auto`` request it does not; else as given."""
-    if design in ("cuda", "auto"):
+    """``cuda`` when the row fast path runs these inputs, ``quad`` for a ``cuda``/``image``/``auto`` request it does
+    not; else as given (an ``image`` request that reaches here did not take the image kernel)."""
+    if design in ("cuda", "image", "auto"):
         return "cuda" if _fast_path_reason(design, x, *others) is None else "quad"
     return design
 
@@ -89,12 +94,16 @@ def scan_backend(variant: str, x: torch.Tensor, *others: torch.Tensor) -> str:
     (a workload's ``backend_detail``): ``"cuda-fast-path (fwd CUDA, bwd triton quad-scratch)"``, or
     ``"triton quad-scratch (fast path not used: <reason>)"``, or ``"triton <variant>"``."""
     design, _ = _variant_options("scan_backend", variant)
-    if design not in ("cuda", "auto"):
+    if design not in ("cuda", "image", "auto"):
         return f"triton {variant}"
+    if _image_path(design, x, *others):
+        return "cuda-image (fwd CUDA image kernel, planar inputs; bwd triton quad-scratch)"
     reason = _fast_path_reason(design, x, *others)
-    if reason is None:
-        return "cuda-fast-path (fwd CUDA, bwd triton quad-scratch)"
-    return f"triton quad-scratch (fast path not used: {reason})"
+    backend = ("cuda-fast-path (fwd CUDA, bwd triton quad-scratch)" if reason is None
+               else f"triton quad-scratch (fast path not used: {reason})")
+    if design == "image":
+        backend += f" (image kernel not used: {cuda_image.unavailable_reason(x, *others)})"
+    return backend
 
 
 def head_views(head: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -104,8 +113,8 @@ def head_views(head: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Te
 
 
 def _uses_quad_backward(design: str) -> bool:
-    """The quad, CUDA and auto designs store ``hs (4, B, H, W, C)`` and use the quad backward."""
-    return design in ("quad", "cuda", "auto")
+    """The quad, CUDA (row and image) and auto designs store ``hs`` and use the quad backward."""
+    return design in ("quad", "cuda", "image", "auto")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,6 +234,73 @@ def _scan_head_backward(ctx, dy, _hs_grad):
 _scan_head_op.register_autograd(_scan_head_backward, setup_context=_scan_head_setup)
 
 
+@torch.library.custom_op("cgspn::scan_head_planar", mutates_args=())
+def _scan_head_planar_op(x: torch.Tensor, head: torch.Tensor, bias: torch.Tensor | None,
+                         x_bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(y, hs) of the CUDA image forward on planar x and head (checked inputs, :func:`_image_path` true);
+    y is a ``(B, H, W, C)`` view of planar storage, hs ``(4, B, C, H, WP)`` (:func:`kernels.cgspn.cuda_image.scan_forward`)."""
+    return cuda_image.scan_forward(x, *head_views(head), bias, x_bias)
+
+
+@_scan_head_planar_op.register_fake
+def _(x, head, bias, x_bias):
+    B, H, W, C = x.shape
+    if C > 1 and B > 1 and x.stride(3) > x.stride(0):  # channels outermost, as cuda_image.scan_forward allocates y
+        y = x.new_empty(C, B, H, W).permute(1, 2, 3, 0)
+    else:
+        y = x.new_empty(B, C, H, W).permute(0, 2, 3, 1)
+    return y, x.new_empty(4, B, C, H, -(-W // 8) * 8)
+
+
+@torch.library.custom_op("cgspn::scan_head_planar_backward", mutates_args=())
+def _scan_head_planar_backward_op(x: torch.Tensor, head: torch.Tensor, bias: torch.Tensor | None, x_bias: torch.Tensor | None,
+                                  hs: torch.Tensor, dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                                              torch.Tensor]:
+    """(dx, dhead, dbias, dx_bias) by the Triton quad backward on channels-last copies of the inputs (biases
+    added) and of hs; dx and dhead come back channels-last, dbias / dx_bias (empty without a bias) sum them."""
+    B, H, W, C = x.shape
+    x_cl = torch.empty(x.shape, device=x.device, dtype=x.dtype)
+    torch.add(x, x_bias, out=x_cl) if x_bias is not None else x_cl.copy_(x)
+    head_cl = torch.empty(head.shape, device=head.device, dtype=head.dtype)
+    torch.add(head, bias.view(5, C), out=head_cl) if bias is not None else head_cl.copy_(head)
+    dhead = torch.empty_like(head_cl)
+    dx = torch.empty_like(x_cl)
+    d_lam, d_u, d_gates = head_views(dhead)
+    _scan_quad_bwd(x_cl, *head_views(head_cl), cuda_image.hs_channels_last(hs, W), _unit_channel_stride(dy),
+                   SHIFT_SCRATCH, out=(dx, d_lam, d_u, d_gates))
+
+    def total(grad, given):  # the gradient of a per-channel bias: the sum over batch and pixels
+        return grad.sum((0, 1, 2), dtype=torch.float32).to(grad.dtype).reshape(-1) if given is not None else grad.new_empty(0)
+
+    return dx, dhead, total(dhead, bias), total(dx, x_bias)
+
+
+@_scan_head_planar_backward_op.register_fake
+def _(x, head, bias, x_bias, hs, dy):
+    return (x.new_empty(x.shape), head.new_empty(head.shape), head.new_empty(0 if bias is None else bias.numel()),
+            x.new_empty(0 if x_bias is None else x_bias.numel()))
+
+
+def _scan_head_planar_setup(ctx, inputs, output):
+    ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(*inputs, output[1])
+
+
+def _scan_head_planar_backward(ctx, dy, _hs_grad):
+    x, head, bias, x_bias, hs = ctx.saved_tensors
+    dx, dhead, dbias, dx_bias = _scan_head_planar_backward_op(x, head, bias, x_bias, hs, dy)
+    return dx, dhead, (dbias if bias is not None else None), (dx_bias if x_bias is not None else None)
+
+
+_scan_head_planar_op.register_autograd(_scan_head_planar_backward, setup_context=_scan_head_planar_setup)
+
+
+def _image_path(design: str, x: torch.Tensor, *others: torch.Tensor) -> bool:
+    """True when a ``cuda-image`` request runs the CUDA image forward on these inputs (planar, 16-bit, fits)."""
+    return design == "image" and cuda_image.unavailable_reason(x, *others) is None
+
+
 # ---------------------------------------------------------------------------------------------
 # public functions
 # ---------------------------------------------------------------------------------------------
@@ -270,7 +346,8 @@ def cgspn_scan(x: torch.Tensor, lam: torch.Tensor, u: torch.Tensor, gates: torch
     return _scan_op(x, lam, u, gates, variant, store_h)[0]
 
 
-def cgspn_scan_head(x: torch.Tensor, head: torch.Tensor, *, variant: str = DEFAULT_VARIANT) -> torch.Tensor:
+def cgspn_scan_head(x: torch.Tensor, head: torch.Tensor, *, variant: str = DEFAULT_VARIANT,
+                    bias: torch.Tensor | None = None, x_bias: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`cgspn_scan` on the C-GSPN layer's fused head output, the way the layer calls it.
 
     ``head`` is ``(B, H, W, 5, C)`` holding [u, lam, l, m, r] on dim 3 (one ``Linear(C, 5C)``
@@ -281,6 +358,13 @@ def cgspn_scan_head(x: torch.Tensor, head: torch.Tensor, *, variant: str = DEFAU
     gradients that autograd zero-fills, copies and sums (see ``cgspn::scan_head_backward``). Other
     variants go through :func:`cgspn_scan`.
 
+    Planar inputs (unit stride along W, e.g. ``head`` a ``(B, 5, C, H, W)`` tensor viewed with
+    ``permute(0, 3, 4, 1, 2)``): with ``variant="cuda-image"`` in bfloat16/float16 on an sm_90 GPU, the CUDA image
+    forward (:mod:`kernels.cgspn.cuda_image`; y comes back as a view of planar storage); other paths copy
+    them to channels-last once. ``bias``: an optional ``(5 C,)`` head bias in [u, lam, l, m, r] order, added
+    to ``head``, and ``x_bias`` an optional ``(C,)`` bias added to x (inside the image kernel; elsewhere by
+    PyTorch adds), so the layer's planar GEMMs need no bias pass over their outputs.
+
     Example::
 
         head = layer.heads(x_c).unflatten(-1, (5, C))   # (B, H, W, 5, C)
@@ -290,11 +374,22 @@ def cgspn_scan_head(x: torch.Tensor, head: torch.Tensor, *, variant: str = DEFAU
     if head.dim() != 5 or tuple(head.shape) != (*x.shape[:3], 5, *x.shape[3:]):
         raise ValueError(f"cgspn_scan_head: head must be (B, H, W, 5, C) = {(*x.shape[:3], 5, *x.shape[3:])} for x of shape "
                          f"{tuple(x.shape)} ([u, lam, l, m, r] on dim 3), got {tuple(head.shape)}")
+    for name, vector, size in (("bias", bias, 5 * x.shape[-1]), ("x_bias", x_bias, x.shape[-1])):
+        if vector is not None and (tuple(vector.shape) != (size,) or vector.dtype != x.dtype or vector.device != x.device):
+            raise ValueError(f"cgspn_scan_head: {name} must be ({size},) of {x.dtype} on {x.device} like x, "
+                             f"got {tuple(vector.shape)} of {vector.dtype} on {vector.device}")
+    if (bias is not None or x_bias is not None) and not (x.numel() and _image_path(design, x, head)):
+        # the other paths take the biased tensors as inputs
+        head = head if bias is None else head + bias.view(5, x.shape[-1])
+        x = x if x_bias is None else x + x_bias
+        bias = x_bias = None
     lam, u, gates = head_views(head)
     if not _uses_quad_backward(design):
         return cgspn_scan(x, lam, u, gates, variant=variant)
     _check_inputs("cgspn_scan_head", {"x": x, "lam": lam, "u": u}, gates)
-    x, head = _unit_channel_stride(x), _unit_channel_stride(head)
     if x.numel() == 0:
         return torch.zeros_like(x)
+    if _image_path(design, x, head):
+        return _scan_head_planar_op(x, head, bias, x_bias)[0]
+    x, head = _unit_channel_stride(x), _unit_channel_stride(head)
     return _scan_head_op(x, head, variant)[0]

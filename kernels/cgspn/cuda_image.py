@@ -1,0 +1,124 @@
+"""Host side of the C-GSPN image forward (source and design: :mod:`kernels.cgspn.cuda_image_source`).
+
+Selection (:func:`unavailable_reason`): everything the row fast path needs (:func:`kernels.cgspn.cuda_scan.
+device_unavailable_reason`: CUDA on sm_90, CuPy, ``CGSPN_FAST_PATH`` not ``0``), plus bfloat16/float16 (the
+gates are held as fp16 in shared memory: too coarse for float32's tolerance), planar inputs (unit stride
+along W), an image that fits one block's shared memory (about 147 x 147) and at most 1024 threads
+(both sides <= 256). Otherwise the caller runs another path and reports why.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from kernels.cgspn import cuda_scan
+from kernels.cgspn.cuda_image_source import IMAGE_SOURCE, smem_bytes, threads
+
+__all__ = ["hs_channels_last", "is_planar", "plan_reason", "scan_forward", "unavailable_reason"]
+
+_DTYPE_CODE = {torch.bfloat16: 1, torch.float16: 2}
+_SMEM_SET: dict[int, int] = {}
+
+
+def is_planar(t: torch.Tensor) -> bool:
+    """A ``(B, H, W, C)`` or ``(B, H, W, 3, C)`` view with unit stride along W (channel-major storage)."""
+    return t.shape[2] == 1 or t.stride(2) == 1
+
+
+@functools.cache
+def _smem_limit(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).shared_memory_per_block_optin
+
+
+@functools.cache
+def _probe(device_index: int) -> str | None:
+    """Compile the image kernel once on ``device_index``: None, or why not."""
+    try:
+        with cuda_scan._cupy().cuda.Device(device_index):
+            _kernel(1)
+    except Exception as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        return f"CUDA build of the image kernel failed ({type(error).__name__}: {first[:200]})"
+    return None
+
+
+def _kernel(dt: int):
+    return cuda_scan._module(f"cgspn_image_fwd<{dt}>", IMAGE_SOURCE)
+
+
+@torch.compiler.assume_constant_result  # traced by torch.compile as a constant (it takes a lock and may compile)
+def plan_reason(device: torch.device, dtype: torch.dtype, B: int, H: int, W: int) -> str | None:
+    """None when the image kernel runs a ``(B, H, W, C)`` scan of ``dtype`` on ``device`` given planar
+    inputs, else why not (the device, the dtype, the image's threads and shared memory, the grid)."""
+    reason = cuda_scan.device_unavailable_reason(device)
+    if reason is not None:
+        return reason
+    if dtype not in _DTYPE_CODE:
+        return f"dtype {dtype}: the image kernel holds gates as fp16 (bfloat16, float16 only)"
+    if threads(H, W) > 1024:
+        return f"grid {H}x{W}: {threads(H, W)} threads > 1024"
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if smem_bytes(H, W) > _smem_limit(index):
+        return f"grid {H}x{W}: {smem_bytes(H, W)} bytes of shared memory > {_smem_limit(index)}"
+    if B > 65535:
+        return f"batch {B} > 65535 (grid dimension)"
+    return _probe(index)
+
+
+def unavailable_reason(x: torch.Tensor, *others: torch.Tensor) -> str | None:
+    """None when :func:`scan_forward` takes x ``(B, H, W, C)`` and the other inputs, else why not."""
+    for t in others:
+        if t.device != x.device:
+            return "inputs on several devices"
+    if not all(is_planar(t) for t in (x, *others)):
+        return "inputs are not planar (unit stride along W)"
+    B, H, W, _ = x.shape
+    return plan_reason(x.device, x.dtype, B, H, W)
+
+
+def scan_forward(x: torch.Tensor, lam: torch.Tensor, u: torch.Tensor, gates: torch.Tensor,
+                 bias: torch.Tensor | None = None, x_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(y, hs)``: y ``(B, H, W, C)`` as a view of planar storage, ``(C, B, H, W)`` when x's channels are
+    outermost (the layer's whole-batch GEMM layout), else ``(B, C, H, W)``; and the states
+    ``hs (4, B, C, H, WP)`` (tb, bt, lr, rl; rl with its columns in scan order, i.e. reversed; WP = W rounded up
+    to 8). ``bias``: optional ``(5 C,)`` head bias in [u, lam, l, m, r] order, ``x_bias`` optional ``(C,)``,
+    both added on load. The caller checked :func:`unavailable_reason`."""
+    import numpy as np  # noqa: PLC0415
+
+    cupy = cuda_scan._cupy()
+    B, H, W, C = x.shape
+    WP = -(-W // 8) * 8
+    hs = torch.empty((4, B, C, H, WP), device=x.device, dtype=x.dtype)
+    channels_outer = C > 1 and B > 1 and x.stride(3) > x.stride(0)
+    y = torch.empty((C, B, H, W) if channels_outer else (B, C, H, W), device=x.device, dtype=x.dtype)
+    y_view = y.permute(1, 2, 3, 0) if channels_outer else y.permute(0, 2, 3, 1)
+    index = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    kernel = _kernel(_DTYPE_CODE[x.dtype])
+    smem = smem_bytes(H, W)
+    if smem > 48 * 1024 and _SMEM_SET.get(id(kernel), 0) < smem:
+        kernel.max_dynamic_shared_size_bytes = smem
+        _SMEM_SET[id(kernel)] = smem
+    bias, x_bias = (None if t is None else t.contiguous() for t in (bias, x_bias))
+    i64, i32, ptr = np.int64, np.int32, np.uint64
+    sx, sl, su, sg, sy = x.stride(), lam.stride(), u.stride(), gates.stride(), y_view.stride()
+    with cupy.cuda.Device(index), cuda_scan._stream(cupy, index):
+        kernel((C, B), (threads(H, W), 1, 1),
+               (ptr(x.data_ptr()), ptr(lam.data_ptr()), ptr(u.data_ptr()), ptr(gates.data_ptr()),
+                ptr(0 if bias is None else bias.data_ptr()), ptr(0 if x_bias is None else x_bias.data_ptr()),
+                ptr(hs.data_ptr()), ptr(y.data_ptr()), i32(H), i32(W), i32(C), i32(WP),
+                i64(sx[0]), i64(sx[3]), i64(sx[1]), i64(sl[0]), i64(sl[3]), i64(sl[1]), i64(su[0]), i64(su[3]), i64(su[1]),
+                i64(sg[0]), i64(sg[3]), i64(sg[4]), i64(sg[1]), i64(sy[0]), i64(sy[3])),
+               shared_mem=smem)
+    return y_view, hs
+
+
+def hs_channels_last(hs: torch.Tensor, W: int) -> torch.Tensor:
+    """The image forward's ``hs (4, B, C, H, WP)`` as the Triton backward's ``(4, B, H, W, C)`` (one copy):
+    the padding cut and rl's columns put back in image order."""
+    out = torch.empty((hs.shape[0], hs.shape[1], hs.shape[3], W, hs.shape[2]), device=hs.device, dtype=hs.dtype)
+    planes = out.permute(0, 1, 4, 2, 3)  # (4, B, C, H, W) view of the channels-last result
+    planes[:3].copy_(hs[:3, ..., :W])
+    planes[3].copy_(hs[3, ..., :W].flip(-1))
+    return out

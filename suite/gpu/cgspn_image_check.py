@@ -1,0 +1,339 @@
+"""GPU check and timing of the C-GSPN image forward (planar inputs) against the row fast path and Triton.
+
+Run on an H100/H200 from the repository root::
+
+    PYTHONPATH=. python -m suite.gpu.cgspn_image_check --out $OUT
+
+1. Build: compile the image kernel, report the selection for planar and channels-last inputs.
+2. Timing first (Triton autotunes per (H, W, C), not per batch; a check at B=2 must not choose the B=32
+   configs): ``cgspn_scan_head`` as the layer calls it, B=32, C_c=64, bf16, grids 27/37/74/147, fwd and
+   fwd+bwd, three ways in one run: planar inputs (image kernel), channels-last (row CUDA forward),
+   channels-last Triton quad-scratch; then other channel counts, B=1, fp16, non-square grids; then the
+   C-GSPN layer (C=1152, C_c=64) with ``layout="planar"`` vs ``"channels-last"``. CUDA events (eager) and
+   CUDA-graph replays (``suite.measure``).
+3. Correctness, every case vs the float64 reference on the GPU (tolerances of ``suite/tests/test_cgspn_scan.py``)
+   and vs the Triton path on the same inputs: forward and every gradient (x, head, head bias), odd and
+   non-square grids, 1-pixel sides, saturated / all-equal / below-clamp gates, with and without the head bias;
+   B=32 at 147x147 against an fp32 reference; the planar layer vs the channels-last layer (same weights),
+   eager, compiled (``torch.compile``) and CUDA-graph replay.
+
+Writes ``<out>/image_check.json``; prints a table last. Exit status 1 when a check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from kernels.cgspn import cgspn_scan_reference, head_views
+from kernels.cgspn import scan as scan_module
+from kernels.cgspn.layer import CGSPNLayer
+from suite.gpu.cgspn_fast_path_check import TIMING, TOLERANCE, gates_of, rel_rms
+from suite.gpu.common import print_table
+from suite.measure import copy_bandwidth_gbps, measure_cuda, measure_cuda_graph
+
+LAYOUTS = ("planar-cb", "channels-last")
+WAYS = (("planar-cb", "cuda-image"), ("channels-last", "auto"), ("channels-last", "quad-scratch"))
+
+
+def inputs(B, H, W, C, dtype, layout, gen, gate_kind="random", device="cuda"):
+    """x ``(B, H, W, C)`` and head ``(B, H, W, 5, C)``: planar storage (B, C, H, W) / (B, 5, C, H, W) viewed,
+    or channels-last contiguous; the same values either way for one generator state."""
+    x = torch.randn(B, C, H, W, generator=gen)
+    head = torch.randn(B, 5, C, H, W, generator=gen)
+    if gate_kind != "random":
+        head[:, 2:] = gates_of(gate_kind, (B, H, W, C), gen).permute(0, 3, 4, 1, 2)
+    x, head = x.permute(0, 2, 3, 1), head.permute(0, 3, 4, 1, 2)
+    if layout == "planar-cb":  # channels outermost: (C, B, H, W) and (5, C, B, H, W) storage, the layer's layout
+        x = x.permute(3, 0, 1, 2).contiguous().permute(1, 2, 3, 0)
+        head = head.permute(3, 4, 0, 1, 2).contiguous().permute(2, 3, 4, 0, 1)
+    if layout == "channels-last":
+        x, head = x.contiguous(), head.contiguous()
+    return x.to(device=device, dtype=dtype), head.to(device=device, dtype=dtype)
+
+
+def planar_like(t: torch.Tensor, dtype) -> torch.Tensor:
+    """A copy of t in dtype with t's strides (the planar layout kept), as a leaf."""
+    return torch.empty_strided(t.shape, t.stride(), device=t.device, dtype=dtype).copy_(t).requires_grad_(True)
+
+
+def check_image(shape, dtype, gate_kind="random", bias=True, seed=0, ref_dtype=torch.float64, layout="planar"):
+    """y, dx, dhead and the two bias gradients of the image path (cuda-image) vs the reference and vs Triton on
+    the same inputs (planar ``(B, C, H, W)`` or, ``planar-cb``, channels outermost)."""
+    gen = torch.Generator().manual_seed(seed)
+    B, H, W, C = shape
+    x, head = inputs(B, H, W, C, torch.float32, layout, gen, gate_kind)
+    b = (0.5 * torch.randn(5 * C, generator=gen)).cuda() if bias else None
+    xb = (0.5 * torch.randn(C, generator=gen)).cuda() if bias else None
+    dy = torch.randn(B, H, W, C, generator=gen).cuda()
+    backend = scan_module.scan_backend("cuda-image", x.to(dtype), head.to(dtype))
+    if not backend.startswith("cuda-image"):
+        raise AssertionError(f"the image path did not run: {backend}")
+    out = {}
+    for name, variant in (("image", "cuda-image"), ("triton", "quad-scratch")):
+        xl, hl = planar_like(x, dtype), planar_like(head, dtype)
+        bl = b.detach().to(dtype).requires_grad_(True) if bias else None
+        xbl = xb.detach().to(dtype).requires_grad_(True) if bias else None
+        y = scan_module.cgspn_scan_head(xl, hl, variant=variant, bias=bl, x_bias=xbl)
+        y.backward(dy.to(dtype))
+        out[name] = [y.detach(), xl.grad, hl.grad] + ([bl.grad, xbl.grad] if bias else [])
+    xr, hr = x.to(ref_dtype).requires_grad_(True), head.to(ref_dtype).requires_grad_(True)
+    br = b.to(ref_dtype).requires_grad_(True) if bias else None
+    xbr = xb.to(ref_dtype).requires_grad_(True) if bias else None
+    yr = cgspn_scan_reference(xr + xbr if bias else xr, *head_views(hr + br.view(5, C) if bias else hr))
+    yr.backward(dy.to(ref_dtype))
+    ref = [yr.detach(), xr.grad, hr.grad] + ([br.grad, xbr.grad] if bias else [])
+    names = ("y", "dx", "dhead", "dbias", "dx_bias")
+    return {n: {"vs_ref": rel_rms(a, r), "triton_vs_ref": rel_rms(t, r), "vs_triton": rel_rms(a, t)}
+            for n, a, t, r in zip(names, out["image"], out["triton"], ref, strict=False)}
+
+
+def check_layer(B, grid, dtype, compile_too=True):
+    """The planar layer vs the channels-last layer with the same weights: eager y and gradients, compiled y,
+    and a CUDA-graph replay of the planar layer's forward."""
+    torch.manual_seed(0)
+    cl = CGSPNLayer(1152, latent_channels=64, layout="channels-last").cuda().to(dtype)
+    pl = CGSPNLayer(1152, latent_channels=64, variant="cuda-image").cuda().to(dtype)  # layout auto -> planar
+    pl.load_state_dict(cl.state_dict())
+    auto = pl
+    x = torch.randn(B, grid, grid, 1152, device="cuda", dtype=dtype)
+    res = {"auto_chooses_planar": auto.planar(x)}
+    outs = {}
+    for name, layer in (("cl", cl), ("pl", pl)):
+        xl = x.detach().clone().requires_grad_(True)
+        y = layer(xl)
+        y.float().square().mean().backward()
+        outs[name] = [y.detach(), xl.grad] + [p.grad for p in layer.parameters()]
+    names = ["y", "dx"] + [f"d{n}" for n, _ in pl.named_parameters()]
+    res.update({f"{n}_planar_vs_cl": rel_rms(a, b) for n, a, b in zip(names, outs["pl"], outs["cl"], strict=True)})
+    with torch.no_grad():
+        y_eager = pl(x)
+        graph = torch.cuda.CUDAGraph()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            pl(x)
+        torch.cuda.current_stream().wait_stream(stream)
+        with torch.cuda.graph(graph):
+            y_static = pl(x)
+        graph.replay()
+        torch.cuda.synchronize()
+        res["graph_vs_eager"] = rel_rms(y_static, y_eager)
+        if compile_too:
+            t0 = time.perf_counter()
+            compiled = torch.compile(pl, fullgraph=True)
+            res["compiled_vs_eager"] = rel_rms(compiled(x), y_eager)
+            res["compile_seconds"] = round(time.perf_counter() - t0, 1)
+    return res
+
+
+def time_scan(B, H, W, C, dtype, mode, layout, variant, copy_gbps):
+    gen = torch.Generator().manual_seed(0)
+    x, head = inputs(B, H, W, C, dtype, layout, gen)
+    if mode == "fwd":
+        def step():
+            with torch.no_grad():
+                scan_module.cgspn_scan_head(x, head, variant=variant)
+    else:
+        x.requires_grad_(True)
+        head.requires_grad_(True)
+        dy = torch.randn(B, H, W, C, device="cuda", dtype=dtype)
+
+        def step():
+            x.grad = None
+            head.grad = None
+            scan_module.cgspn_scan_head(x, head, variant=variant).backward(dy)
+    n = B * H * W * C
+    ideal = (7 if mode == "fwd" else 20) * n * (torch.finfo(dtype).bits // 8)
+    return _timed(step, ideal, copy_gbps, {"B": B, "H": H, "W": W, "C": C, "dtype": str(dtype).replace("torch.", ""),
+                                           "mode": mode, "layout": layout, "variant": variant,
+                                           "backend": scan_module.scan_backend(variant, x, head)})
+
+
+def time_layer(B, grid, dtype, mode, layout, copy_gbps):
+    torch.manual_seed(0)
+    variant = "cuda-image" if layout == "planar-cb" else "auto"
+    layer = CGSPNLayer(1152, latent_channels=64, layout="planar" if layout == "planar-cb" else layout,
+                       variant=variant).cuda().to(dtype)
+    x = torch.randn(B, grid, grid, 1152, device="cuda", dtype=dtype, requires_grad=mode != "fwd")
+    if mode == "fwd":
+        def step():
+            with torch.no_grad():
+                layer(x)
+    else:
+        dy = torch.randn(B, grid, grid, 1152, device="cuda", dtype=dtype)
+
+        def step():
+            x.grad = None
+            for p in layer.parameters():
+                p.grad = None
+            layer(x).backward(dy)
+    return _timed(step, 0, copy_gbps, {"B": B, "H": grid, "W": grid, "C": 1152, "dtype": str(dtype).replace("torch.", ""),
+                                       "mode": mode, "layout": layout, "variant": "layer"})
+
+
+def _timed(step, ideal, copy_gbps, row):
+    eager = measure_cuda(step, torch.device("cuda"), TIMING, ideal or None)
+    graph, message = measure_cuda_graph(step, torch.device("cuda"), TIMING, ideal or None)
+    row.update({"eager_ms": eager.median_ms, "eager_iqr_ms": eager.iqr_ms, "graph_ms": graph.median_ms if graph else None,
+                "graph_iqr_ms": graph.iqr_ms if graph else None, "graph_message": message, "bytes_ideal": ideal})
+    best = row["graph_ms"] or row["eager_ms"]
+    row["bw_fraction"] = ideal / (best * 1e-3) / (copy_gbps * 1e9) if ideal and copy_gbps else None
+    return row
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--skip-checks", action="store_true")
+    parser.add_argument("--skip-timings", action="store_true", help="the checks only")
+    parser.add_argument("--quick", action="store_true", help="the B=32 C_c=64 bf16 grid cases only, then the checks")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not torch.cuda.is_available():
+        print("cgspn_image_check: needs a CUDA GPU", file=sys.stderr)
+        return 2
+    report = {"device": torch.cuda.get_device_name(), "capability": torch.cuda.get_device_capability(),
+              "torch": torch.__version__, "checks": {}, "timings": []}
+    try:
+        import cupy
+        import triton
+        report["cupy"], report["triton"] = cupy.__version__, triton.__version__
+    except Exception as error:
+        report["cupy"] = f"unavailable: {error}"
+
+    def save():
+        (args.out / "image_check.json").write_text(json.dumps(report, indent=1, default=str))
+
+    t0 = time.perf_counter()
+    gen = torch.Generator().manual_seed(0)
+    probe = {lay: inputs(1, 27, 27, 64, torch.bfloat16, lay, gen) for lay in LAYOUTS}
+    report["build"] = {"seconds": None, **{lay: scan_module.scan_backend("cuda-image", *probe[lay]) for lay in LAYOUTS}}
+    report["build"]["seconds"] = round(time.perf_counter() - t0, 2)
+    print(f"[build] {report['build']}", flush=True)
+    copy_gbps = copy_bandwidth_gbps("cuda")
+    report["copy_gbps"] = copy_gbps
+    print(f"[copy] {copy_gbps:.0f} GB/s", flush=True)
+
+    bf16 = torch.bfloat16
+    cases = [] if args.skip_timings else [(32, g, g, 64, bf16, m) for g in (27, 37, 74, 147) for m in ("fwd", "fwd+bwd")]
+    if not args.quick and not args.skip_timings:
+        cases += [(32, 74, 74, 384, bf16, "fwd"), (1, 147, 147, 64, bf16, "fwd"), (1, 147, 147, 64, bf16, "fwd+bwd"),
+                  (8, 147, 147, 64, bf16, "fwd"), (32, 147, 147, 64, torch.float16, "fwd"), (32, 100, 200, 64, bf16, "fwd")]
+    for B, H, W, C, dtype, mode in cases:
+        for layout, variant in WAYS:
+            try:
+                row = time_scan(B, H, W, C, dtype, mode, layout, variant, copy_gbps)
+            except Exception as error:
+                row = {"B": B, "H": H, "W": W, "C": C, "dtype": str(dtype), "mode": mode, "layout": layout, "variant": variant,
+                       "error": f"{type(error).__name__}: {str(error)[:500]}"}
+            report["timings"].append(row)
+            print(f"[time] {json.dumps({k: v for k, v in row.items() if k != 'graph_message'}, default=str)}", flush=True)
+            save()
+    for grid, mode in () if args.skip_timings else ((74, "fwd"), (74, "fwd+bwd"), (147, "fwd")):
+        for layout in LAYOUTS:
+            try:
+                row = time_layer(32, grid, bf16, mode, layout, copy_gbps)
+            except Exception as error:
+                row = {"B": 32, "H": grid, "mode": mode, "layout": layout, "variant": "layer",
+                       "error": f"{type(error).__name__}: {str(error)[:500]}"}
+            report["timings"].append(row)
+            print(f"[time] {json.dumps({k: v for k, v in row.items() if k != 'graph_message'}, default=str)}", flush=True)
+            save()
+
+    ok = True
+    if not args.skip_checks:
+        ok = run_checks(report["checks"])
+    report["checks_pass"] = ok
+    save()
+    lines = [["case", "mode", "image ms", "row ms", "triton ms", "image eager", "image/row", "image bw", "fwd+bwd/fwd"]]
+    key = lambda r: (r.get("B"), r.get("H"), r.get("W"), r.get("C"), r.get("dtype"), r.get("mode"))  # noqa: E731
+    by = {(*key(r), r.get("layout"), r.get("variant")): r for r in report["timings"]}
+    for B, H, W, C, dtype, mode in cases:
+        d = str(dtype).replace("torch.", "")
+        im, rw, tr = (by.get((B, H, W, C, d, mode, lay, var), {}) for lay, var in WAYS)
+        fmt = lambda r, k="graph_ms": f"{r[k]:.4f}" if r.get(k) else (r.get("error", "-")[:24])  # noqa: E731
+        ratio = ""
+        if mode == "fwd+bwd":
+            fw = by.get((B, H, W, C, d, "fwd", *WAYS[0]), {}).get("graph_ms")
+            ratio = f"{im['graph_ms'] / fw:.2f}" if im.get("graph_ms") and fw else ""
+        lines.append([f"B{B} {H}x{W} C{C} {d}", mode, fmt(im), fmt(rw), fmt(tr), fmt(im, "eager_ms"),
+                      f"{im['graph_ms'] / rw['graph_ms']:.2f}" if im.get("graph_ms") and rw.get("graph_ms") else "-",
+                      f"{im['bw_fraction']:.3f}" if im.get("bw_fraction") else "-", ratio])
+    for r in report["timings"]:
+        if r.get("variant") == "layer":
+            lines.append([f"layer B32 {r['H']} {r['layout']}", r["mode"], fmt(r), "", "", fmt(r, "eager_ms"), "", "", ""])
+    print(f"\nchecks: {'ALL PASS' if ok else 'FAILURES (see above / JSON)'}")
+    print_table(lines)
+    save()
+    return 0 if ok else 1
+
+
+def run_checks(checks) -> bool:
+    ok = True
+
+    def record(name, fn, tol):
+        nonlocal ok
+        t0 = time.perf_counter()
+        try:
+            res = fn()
+            bad = [(k, v["vs_ref"]) for k, v in res.items() if not v["vs_ref"] <= tol]
+            checks[name] = {"result": res, "tolerance": tol, "pass": not bad, "seconds": round(time.perf_counter() - t0, 2)}
+            status = "ok" if not bad else f"FAIL {bad}"
+            worst = max(v["vs_ref"] for v in res.values())
+            versus = ", ".join(f"{k} {v['vs_triton']:.1e}" for k, v in res.items())
+            status += f" (worst vs ref {worst:.2e}; vs triton {versus})"
+        except Exception as error:
+            checks[name] = {"error": f"{type(error).__name__}: {error}", "trace": traceback.format_exc()[-3000:], "pass": False}
+            status, bad = f"ERROR {type(error).__name__}: {str(error)[:300]}", True
+        ok = ok and not bad
+        print(f"[check] {name}: {status} ({time.perf_counter() - t0:.1f} s)", flush=True)
+
+    bf16, fp16 = torch.bfloat16, torch.float16
+    for dtype in (bf16, fp16):
+        d = str(dtype).replace("torch.", "")
+        for bias in (True, False):
+            for layout in ("planar", "planar-cb"):
+                record(f"3x37x54x40 {d} bias={bias} {layout}", lambda dtype=dtype, bias=bias, layout=layout:
+                       check_image((3, 37, 54, 40), dtype, bias=bias, layout=layout), TOLERANCE[dtype])
+    for kind in ("all-equal", "all-very-negative", "saturated+-30"):
+        for shape in ((2, 37, 54, 16), (2, 147, 147, 4), (1, 1, 7, 3), (1, 6, 1, 3)):
+            for dtype in (bf16, fp16) if shape[1] > 1 and shape[2] > 1 else (bf16,):
+                record(f"gates {kind} {'x'.join(map(str, shape))} {str(dtype).replace('torch.', '')}",
+                       lambda kind=kind, shape=shape, dtype=dtype: check_image(shape, dtype, kind, bias=False), TOLERANCE[dtype])
+    record("32x147x147x64 bf16 (fp32 ref)", lambda: check_image((32, 147, 147, 64), bf16, ref_dtype=torch.float32),
+           TOLERANCE[bf16])
+    record("4x147x147x64 bf16 planar-cb (fp32 ref)",
+           lambda: check_image((4, 147, 147, 64), bf16, ref_dtype=torch.float32, layout="planar-cb"), TOLERANCE[bf16])
+    t0 = time.perf_counter()
+    for grid in (27, 74):
+        name = f"layer planar vs channels-last B2 {grid} bf16"
+        try:
+            res = check_layer(2, grid, bf16, compile_too=grid == 27)
+            tol = 2 * TOLERANCE[bf16]
+            bad = [k for k, v in res.items() if isinstance(v, float) and not k.endswith("seconds") and not v <= tol]
+            bad += [] if res["auto_chooses_planar"] else ["auto layout did not choose planar"]
+            checks[name] = {"result": res, "tolerance": tol, "pass": not bad}
+            ok = ok and not bad
+            print(f"[check] {name}: {'ok' if not bad else f'FAIL {bad}'} {res} ({time.perf_counter() - t0:.1f} s)", flush=True)
+        except Exception as error:
+            checks[name] = {"error": f"{type(error).__name__}: {error}", "trace": traceback.format_exc()[-3000:], "pass": False}
+            ok = False
+            print(f"[check] {name}: ERROR {type(error).__name__}: {str(error)[:300]}", flush=True)
+    odd = [(1, 1, 1, 8), (1, 1, 7, 3), (1, 6, 1, 3), (3, 5, 7, 1), (2, 20, 73, 16), (2, 27, 27, 20), (2, 147, 147, 8),
+           (1, 100, 200, 4), (2, 9, 256, 3), (1, 256, 9, 3), (2, 74, 74, 6), (1, 2, 2, 5)]
+    for shape in odd:
+        for dtype in (bf16, fp16) if shape in odd[:3] + odd[6:8] else (bf16,):
+            record(f"{'x'.join(map(str, shape))} {str(dtype).replace('torch.', '')}",
+                   lambda shape=shape, dtype=dtype: check_image(shape, dtype), TOLERANCE[dtype])
+    return ok
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""The C-GSPN image forward (``variant="cuda-image"``, :mod:`kernels.cgspn.cuda_image`) and the planar layer, on CPU.
+
+CI has no GPU and no CuPy: these tests check the selection (why the image kernel does or does not run, what
+a workload reports), the fallbacks (planar inputs and the folded biases through the Triton path give the
+reference's values and gradients), the planar layer against the channels-last layer with the same weights,
+the state-layout conversion the backward relies on, that ``torch.compile`` traces the planar layer without a
+graph break, and (where nvcc exists) that the CUDA source compiles for sm_90 without spills.
+GPU correctness and timing: ``suite/gpu/cgspn_image_check.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are defined
+
+from kernels.cgspn import cgspn_scan_reference, cuda_image, head_views  # noqa: E402
+from kernels.cgspn import scan as scan_module  # noqa: E402
+from kernels.cgspn.cuda_image_source import IMAGE_SOURCE, smem_bytes, threads  # noqa: E402
+from kernels.cgspn.layer import CGSPNLayer  # noqa: E402
+from suite.tests.helpers import relative_rms  # noqa: E402
+from suite.tests.test_cgspn_fast_path import cpu_only, fake_cuda  # noqa: E402
+
+IMAGE = scan_module.IMAGE_VARIANT
+
+
+def planar_inputs(B, H, W, C, dtype=torch.float32, requires_grad=False):
+    """x and head with the planar layer's strides: (C, B, H, W) and (5, C, B, H, W) storage."""
+    x = torch.randn(C, B, H, W, dtype=dtype).permute(1, 2, 3, 0)
+    head = torch.randn(5, C, B, H, W, dtype=dtype).permute(2, 3, 4, 0, 1)
+    if requires_grad:
+        x = torch.empty_strided(x.shape, x.stride(), dtype=dtype).copy_(x).requires_grad_(True)
+        head = torch.empty_strided(head.shape, head.stride(), dtype=dtype).copy_(head).requires_grad_(True)
+    return x, head
+
+
+def test_planar_detection():
+    x, head = planar_inputs(2, 5, 7, 3)
+    assert cuda_image.is_planar(x) and cuda_image.is_planar(head)
+    assert not cuda_image.is_planar(x.contiguous())
+    assert cuda_image.is_planar(torch.zeros(2, 5, 1, 3))  # one column: any stride
+
+
+def test_resources_of_the_target_grid():
+    """147 x 147 (2058 px) fits: 227,914 bytes of the H100/H200's 232,448 per block, 640 threads; 148 x 148 is
+    the largest square image that does, 149 x 149 does not."""
+    assert smem_bytes(147, 147) == 227914 and threads(147, 147) == 640
+    assert smem_bytes(148, 148) <= 232448 < smem_bytes(149, 149)
+    assert threads(256, 256) == 1024 and threads(257, 257) > 1024
+
+
+def test_cpu_falls_back_and_says_why():
+    x, head = planar_inputs(1, 3, 4, 8)
+    assert cuda_image.unavailable_reason(x, head) == "device cpu is not CUDA"
+    backend = scan_module.scan_backend(IMAGE, x, head)
+    assert backend == ("triton quad-scratch (fast path not used: device cpu is not CUDA) "
+                       "(image kernel not used: device cpu is not CUDA)")
+
+
+@cpu_only
+def test_selection_reasons_on_a_fake_sm90(monkeypatch):
+    monkeypatch.setattr(cuda_image, "_smem_limit", lambda index: 232448)
+    cuda_image._probe.cache_clear()
+    monkeypatch.setattr(cuda_image, "_kernel", lambda dt: None)  # the build "succeeds"
+    try:
+        with fake_cuda(monkeypatch):
+            x, head = planar_inputs(2, 3, 4, 8)
+            assert cuda_image.unavailable_reason(x.contiguous(), head) == "inputs are not planar (unit stride along W)"
+            gpu = torch.device("cuda")
+            assert cuda_image.plan_reason(gpu, torch.bfloat16, 32, 147, 147) is None
+            assert cuda_image.plan_reason(gpu, torch.float16, 2, 3, 4) is None
+            assert cuda_image.plan_reason(gpu, torch.float32, 2, 3, 4).startswith("dtype torch.float32")
+            assert cuda_image.plan_reason(gpu, torch.bfloat16, 1, 150, 150) == \
+                f"grid 150x150: {smem_bytes(150, 150)} bytes of shared memory > 232448"
+            assert cuda_image.plan_reason(gpu, torch.bfloat16, 1, 300, 300) == "grid 300x300: 1280 threads > 1024"
+            assert cuda_image.plan_reason(gpu, torch.bfloat16, 70000, 8, 8) == "batch 70000 > 65535 (grid dimension)"
+        # only the cuda-image variant takes the image kernel; auto and cuda-fast keep the row design
+        monkeypatch.setattr(cuda_image, "unavailable_reason", lambda *tensors: None)
+        assert scan_module._image_path("image", x, head)
+        assert not scan_module._image_path("auto", x, head) and not scan_module._image_path("cuda", x, head)
+    finally:
+        cuda_image._probe.cache_clear()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_planar_inputs_with_biases_through_the_fallback(dtype):
+    """cuda-image on CPU: planar inputs copied, the biases added by PyTorch; values and every gradient
+    (x, head, both biases) match the reference with the biases added."""
+    torch.manual_seed(0)
+    B, H, W, C = 2, 5, 6, 8
+    x, head = planar_inputs(B, H, W, C, dtype, requires_grad=True)
+    bias = torch.randn(5 * C, dtype=dtype, requires_grad=True)
+    x_bias = torch.randn(C, dtype=dtype, requires_grad=True)
+    dy = torch.randn(B, H, W, C, dtype=dtype)
+    y = scan_module.cgspn_scan_head(x, head, variant=IMAGE, bias=bias, x_bias=x_bias)
+    ours = [y, *torch.autograd.grad(y, (x, head, bias, x_bias), dy)]
+    leaves = [t.detach().double().requires_grad_(True) for t in (x, head, bias, x_bias)]
+    ref_y = cgspn_scan_reference(leaves[0] + leaves[3], *head_views(leaves[1] + leaves[2].view(5, C)))
+    ref = [ref_y, *torch.autograd.grad(ref_y, leaves, dy.double())]
+    tol = 1e-5 if dtype == torch.float32 else 4 * torch.finfo(dtype).eps
+    for name, a, r in zip(("y", "dx", "dhead", "dbias", "dx_bias"), ours, ref, strict=True):
+        assert relative_rms(a.double(), r) <= tol, name
+
+
+def test_bias_shape_errors_name_the_field():
+    x, head = planar_inputs(1, 3, 4, 8)
+    with pytest.raises(ValueError, match=r"bias must be \(40,\)"):
+        scan_module.cgspn_scan_head(x, head, variant=IMAGE, bias=torch.zeros(8))
+    with pytest.raises(ValueError, match=r"x_bias must be \(8,\)"):
+        scan_module.cgspn_scan_head(x, head, variant=IMAGE, x_bias=torch.zeros(8, dtype=torch.float64))
+
+
+def test_states_back_to_channels_last():
+    """hs (4, B, C, H, WP) with padding and rl's columns in scan order -> (4, B, H, W, C) in image order."""
+    B, C, H, W = 2, 3, 4, 5
+    image = torch.randn(4, B, C, H, W)
+    stored = torch.full((4, B, C, H, 8), float("nan"))
+    stored[:3, ..., :W] = image[:3]
+    stored[3, ..., :W] = image[3].flip(-1)
+    expected = image.permute(0, 1, 3, 4, 2)
+    out = cuda_image.hs_channels_last(stored, W)
+    assert out.is_contiguous() and torch.equal(out, expected)
+
+
+@pytest.mark.parametrize("scan", ["reference", "fused"])
+def test_planar_layer_matches_channels_last(scan):
+    """The transposed-GEMM layer (biases folded into the scan) is the same function as the Linear one."""
+    torch.manual_seed(0)
+    a = CGSPNLayer(48, latent_channels=8, scan=scan, layout="channels-last")
+    b = CGSPNLayer(48, latent_channels=8, scan=scan, layout="planar")
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 5, 7, 48)
+    assert not a.planar(x) and b.planar(x)
+    ya, yb = a(x), b(x)
+    assert relative_rms(yb, ya) < 1e-6
+    ga = torch.autograd.grad(ya.square().sum(), list(a.parameters()))
+    gb = torch.autograd.grad(yb.square().sum(), list(b.parameters()))
+    for (name, _), g1, g2 in zip(a.named_parameters(), ga, gb, strict=True):
+        assert relative_rms(g2, g1) < 1e-5, name
+
+
+def test_auto_layout_is_planar_only_where_the_image_kernel_runs():
+    x = torch.randn(1, 4, 4, 48)
+    assert not CGSPNLayer(48, latent_channels=8, variant=IMAGE).planar(x)  # CPU: the kernel cannot run
+    assert not CGSPNLayer(48, latent_channels=8).planar(x)
+    with pytest.raises(ValueError, match="layout: 'rows' is not one of auto, channels-last, planar"):
+        CGSPNLayer(48, latent_channels=8, layout="rows")
+
+
+def test_compiled_planar_layer_has_no_graph_break():
+    """fullgraph tracing through the layout decision (a constant for dynamo: it takes a lock)."""
+    torch.manual_seed(0)
+    layer = CGSPNLayer(48, latent_channels=8, variant=IMAGE, layout="planar")
+    x = torch.randn(1, 5, 6, 48)
+    compiled = torch.compile(layer, fullgraph=True, backend="eager")
+    assert relative_rms(compiled(x), layer(x)) < 1e-6
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc (CUDA toolkit) to compile the image kernel's source")
+def test_image_source_compiles_for_sm90_within_launch_bounds(tmp_path):
+    """Both 16-bit instantiations through ptxas for sm_90: no spills at the 64 registers 1024 threads allow."""
+    args = "(const u16*, const u16*, const u16*, const u16*, const u16*, const u16*, u16*, u16*, int, int, int, int" \
+           + ", i64" * 15 + ")"
+    path = tmp_path / "image.cu"
+    path.write_text(IMAGE_SOURCE + "".join(f"\ntemplate __global__ void cgspn_image_fwd<{dt}>{args};" for dt in (1, 2)))
+    proc = subprocess.run(["nvcc", "-arch=sm_90", "-std=c++17", "-Xptxas", "-v", "-c", str(path), "-o", str(tmp_path / "i.o")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    spills = re.findall(r"(\d+) bytes spill stores", proc.stderr)
+    registers = [int(n) for n in re.findall(r"Used (\d+) registers", proc.stderr)]
+    assert len(spills) == 2 and all(int(n) == 0 for n in spills), proc.stderr[-3000:]
+    assert registers and max(registers) <= 64, proc.stderr[-3000:]
