@@ -112,6 +112,65 @@ __device__ __forceinline__ float rcp_approx(float v) { float y; asm("rcp.approx.
 """
 
 _ROW_KERNELS = r"""
+// The neighbour exchange of one step, through buf (a parity half of the edge array): every thread publishes its
+// first position's state (and, with PPT > 1, its last one's), one barrier, then reads the last state of the
+// thread NV before it (nl) and the first state of the thread NV after it (nr); zeros beyond the block's ends.
+template <int CPT, int PPT>
+__device__ __forceinline__ void exchange(float4* buf, const float (&h)[PPT][CPT], int tid, int NT, int NV,
+                                         float (&nl)[CPT], float (&nr)[CPT]) {
+    constexpr int NV4 = CPT / 4;
+    constexpr int KINDS = PPT > 1 ? 2 : 1;
+#pragma unroll
+    for (int w = 0; w < NV4; ++w) {
+        buf[w * NT + tid] = make_float4(h[0][4 * w], h[0][4 * w + 1], h[0][4 * w + 2], h[0][4 * w + 3]);
+        if (KINDS > 1)
+            buf[(NV4 + w) * NT + tid] = make_float4(h[PPT - 1][4 * w], h[PPT - 1][4 * w + 1], h[PPT - 1][4 * w + 2],
+                                                    h[PPT - 1][4 * w + 3]);
+    }
+    __syncthreads();
+    const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int w = 0; w < NV4; ++w) {
+        const float4 a = tid >= NV ? buf[((KINDS - 1) * NV4 + w) * NT + tid - NV] : zero;
+        const float4 c = tid + NV < NT ? buf[w * NT + tid + NV] : zero;
+        nl[4 * w] = a.x; nl[4 * w + 1] = a.y; nl[4 * w + 2] = a.z; nl[4 * w + 3] = a.w;
+        nr[4 * w] = c.x; nr[4 * w + 1] = c.y; nr[4 * w + 2] = c.z; nr[4 * w + 3] = c.w;
+    }
+}
+
+// One step of Eq. 1-2 for a thread's PPT positions x CPT channels, in place on h: the raw inputs cur
+// (x, lam, l, m, r per position), the neighbours' states nl / nr at the first / last position, Eq. 2's
+// boundary masks has_l / has_r and live (0 for padded positions, which keep a zero state).
+template <int DT, int PPT, bool FASTSIG>
+__device__ __forceinline__ void row_update(const uint4 (&cur)[PPT][5], const float (&nl)[Cfg<DT>::CPT],
+                                           const float (&nr)[Cfg<DT>::CPT], const float (&has_l)[PPT],
+                                           const float (&has_r)[PPT], const float (&live)[PPT], float (&h)[PPT][Cfg<DT>::CPT]) {
+    constexpr int CPT = Cfg<DT>::CPT;
+    float hn[PPT][CPT];
+#pragma unroll
+    for (int k = 0; k < PPT; ++k) {
+        float vx[CPT], vl[CPT], gl[CPT], gm[CPT], gr[CPT];
+        unpack<DT>(cur[k][0], vx); unpack<DT>(cur[k][1], vl);
+        unpack<DT>(cur[k][2], gl); unpack<DT>(cur[k][3], gm); unpack<DT>(cur[k][4], gr);
+#pragma unroll
+        for (int e = 0; e < CPT; ++e) {
+            const float sl = FASTSIG ? sigmoid_tanh(gl[e]) : sigmoid_exact(gl[e]);
+            const float sm = FASTSIG ? sigmoid_tanh(gm[e]) : sigmoid_exact(gm[e]);
+            const float sr = FASTSIG ? sigmoid_tanh(gr[e]) : sigmoid_exact(gr[e]);
+            const float den = fmaf(has_r[k], sr, fmaf(has_l[k], sl, sm));
+            const float inv = live[k] * rcp_approx(fmaxf(den, CGSPN_GATE_EPS));
+            const float left = k > 0 ? h[k - 1][e] : nl[e];
+            const float right = k + 1 < PPT ? h[k + 1][e] : nr[e];
+            const float acc = fmaf(sr, right, fmaf(sm, h[k][e], sl * left));
+            hn[k][e] = fmaf(acc, inv, vl[e] * vx[e]);
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < PPT; ++k)
+#pragma unroll
+        for (int e = 0; e < CPT; ++e) h[k][e] = hn[k][e];
+}
+
 // round-5 first version: the input ring in registers, one 16-byte channel vector per block (kept for the A/B)
 template <int DT, int PPT, int DEPTH, bool VEC, bool FASTSIG>
 __global__ void cgspn_fwd_regs(const void* __restrict__ x, const void* __restrict__ lam, const void* __restrict__ g,
@@ -182,52 +241,14 @@ __global__ void cgspn_fwd_regs(const void* __restrict__ x, const void* __restric
 #pragma unroll
                 for (int q = 0; q < 5; ++q) cur[k][q] = ring[s][k][q];
             load_row(t + DEPTH, ring[s]);  // in flight during the DEPTH steps before its use
-            // neighbour exchange: publish the first and last position's state, read the neighbours'
-            float4* buf = edges + (long long)parity * 2 * NV4 * NT;
-#pragma unroll
-            for (int v = 0; v < NV4; ++v) {
-                buf[v * NT + tid] = make_float4(h[0][4 * v], h[0][4 * v + 1], h[0][4 * v + 2], h[0][4 * v + 3]);
-                if (PPT > 1)
-                    buf[(NV4 + v) * NT + tid] = make_float4(h[PPT - 1][4 * v], h[PPT - 1][4 * v + 1], h[PPT - 1][4 * v + 2],
-                                                            h[PPT - 1][4 * v + 3]);
-            }
-            __syncthreads();
             float nl[CPT], nr[CPT];
-            const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll
-            for (int v = 0; v < NV4; ++v) {
-                const float4 a = tid > 0 ? buf[((PPT > 1 ? NV4 : 0) + v) * NT + tid - 1] : zero;
-                const float4 c = tid + 1 < NT ? buf[v * NT + tid + 1] : zero;
-                nl[4 * v] = a.x; nl[4 * v + 1] = a.y; nl[4 * v + 2] = a.z; nl[4 * v + 3] = a.w;
-                nr[4 * v] = c.x; nr[4 * v + 1] = c.y; nr[4 * v + 2] = c.z; nr[4 * v + 3] = c.w;
-            }
+            exchange<CPT, PPT>(edges + (i64)parity * 2 * NV4 * NT, h, tid, NT, 1, nl, nr);
             parity ^= 1;
             const i64 r = reverse ? (i64)(L - 1 - t) : (i64)t;
-            float hn[PPT][CPT];
+            row_update<DT, PPT, FASTSIG>(cur, nl, nr, has_l, has_r, live, h);
 #pragma unroll
-            for (int k = 0; k < PPT; ++k) {
-                float vx[CPT], vl[CPT], gl[CPT], gm[CPT], gr[CPT];
-                unpack<DT>(cur[k][0], vx); unpack<DT>(cur[k][1], vl);
-                unpack<DT>(cur[k][2], gl); unpack<DT>(cur[k][3], gm); unpack<DT>(cur[k][4], gr);
-#pragma unroll
-                for (int e = 0; e < CPT; ++e) {
-                    const float sl = FASTSIG ? sigmoid_tanh(gl[e]) : sigmoid_exact(gl[e]);
-                    const float sm = FASTSIG ? sigmoid_tanh(gm[e]) : sigmoid_exact(gm[e]);
-                    const float sr = FASTSIG ? sigmoid_tanh(gr[e]) : sigmoid_exact(gr[e]);
-                    const float den = fmaf(has_r[k], sr, fmaf(has_l[k], sl, sm));
-                    const float inv = live[k] * rcp_approx(fmaxf(den, CGSPN_GATE_EPS));
-                    const float left = k > 0 ? h[k - 1][e] : nl[e];
-                    const float right = k + 1 < PPT ? h[k + 1][e] : nr[e];
-                    const float acc = fmaf(sr, right, fmaf(sm, h[k][e], sl * left));
-                    hn[k][e] = fmaf(acc, inv, vl[e] * vx[e]);
-                }
-            }
-#pragma unroll
-            for (int k = 0; k < PPT; ++k) {
-#pragma unroll
-                for (int e = 0; e < CPT; ++e) h[k][e] = hn[k][e];
+            for (int k = 0; k < PPT; ++k)
                 if (p0 + k < P) store_vec<DT, VEC>(hs, bh + r * hs_ + k * hp, nc, h[k]);
-            }
         }
     }
 }
@@ -335,51 +356,14 @@ cgspn_fwd(const void* __restrict__ x, const void* __restrict__ lam, const void* 
             for (int k = 0; k < PPT; ++k)
 #pragma unroll
                 for (int q = 0; q < 5; ++q) cur[k][q] = ring[((i64)(s * 5 + q) * PPT + k) * NT + tid];
-            float4* buf = edges + (i64)parity * KINDS * NV4 * NT;
-#pragma unroll
-            for (int w = 0; w < NV4; ++w) {
-                buf[w * NT + tid] = make_float4(h[0][4 * w], h[0][4 * w + 1], h[0][4 * w + 2], h[0][4 * w + 3]);
-                if (KINDS > 1)
-                    buf[(NV4 + w) * NT + tid] = make_float4(h[PPT - 1][4 * w], h[PPT - 1][4 * w + 1], h[PPT - 1][4 * w + 2],
-                                                            h[PPT - 1][4 * w + 3]);
-            }
-            __syncthreads();
             float nl[CPT], nr[CPT];
-            const float4 zero = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll
-            for (int w = 0; w < NV4; ++w) {
-                const float4 a = tid >= NV ? buf[((KINDS - 1) * NV4 + w) * NT + tid - NV] : zero;
-                const float4 c = tid + NV < NT ? buf[w * NT + tid + NV] : zero;
-                nl[4 * w] = a.x; nl[4 * w + 1] = a.y; nl[4 * w + 2] = a.z; nl[4 * w + 3] = a.w;
-                nr[4 * w] = c.x; nr[4 * w + 1] = c.y; nr[4 * w + 2] = c.z; nr[4 * w + 3] = c.w;
-            }
+            exchange<CPT, PPT>(edges + (i64)parity * KINDS * NV4 * NT, h, tid, NT, NV, nl, nr);
             parity ^= 1;
             const i64 r = reverse ? (i64)(L - 1 - t) : (i64)t;
-            float hn[PPT][CPT];
+            row_update<DT, PPT, FASTSIG>(cur, nl, nr, has_l, has_r, live, h);
 #pragma unroll
-            for (int k = 0; k < PPT; ++k) {
-                float vx[CPT], vl[CPT], gl[CPT], gm[CPT], gr[CPT];
-                unpack<DT>(cur[k][0], vx); unpack<DT>(cur[k][1], vl);
-                unpack<DT>(cur[k][2], gl); unpack<DT>(cur[k][3], gm); unpack<DT>(cur[k][4], gr);
-#pragma unroll
-                for (int e = 0; e < CPT; ++e) {
-                    const float sl = FASTSIG ? sigmoid_tanh(gl[e]) : sigmoid_exact(gl[e]);
-                    const float sm = FASTSIG ? sigmoid_tanh(gm[e]) : sigmoid_exact(gm[e]);
-                    const float sr = FASTSIG ? sigmoid_tanh(gr[e]) : sigmoid_exact(gr[e]);
-                    const float den = fmaf(has_r[k], sr, fmaf(has_l[k], sl, sm));
-                    const float inv = live[k] * rcp_approx(fmaxf(den, CGSPN_GATE_EPS));
-                    const float left = k > 0 ? h[k - 1][e] : nl[e];
-                    const float right = k + 1 < PPT ? h[k + 1][e] : nr[e];
-                    const float acc = fmaf(sr, right, fmaf(sm, h[k][e], sl * left));
-                    hn[k][e] = fmaf(acc, inv, vl[e] * vx[e]);
-                }
-            }
-#pragma unroll
-            for (int k = 0; k < PPT; ++k) {
-#pragma unroll
-                for (int e = 0; e < CPT; ++e) h[k][e] = hn[k][e];
+            for (int k = 0; k < PPT; ++k)
                 if (p0 + k < P && nc > 0) store_vec<DT, VEC>(hs, bh + r * hs_ + k * hp, nc, h[k]);
-            }
             issue_row(t + DEPTH, s);  // the slot just read (its values are in registers and consumed)
         }
     }
