@@ -16,10 +16,9 @@ import torch
 from kernels.cgspn import cuda_scan
 from kernels.cgspn.cuda_image_source import IMAGE_SOURCE, smem_bytes, threads
 
-__all__ = ["hs_channels_last", "is_planar", "plan_reason", "scan_forward", "unavailable_reason"]
+__all__ = ["empty_outputs", "hs_channels_last", "is_planar", "plan_reason", "scan_forward", "unavailable_reason"]
 
 _DTYPE_CODE = {torch.bfloat16: 1, torch.float16: 2}
-_SMEM_SET: dict[int, int] = {}
 
 
 def is_planar(t: torch.Tensor) -> bool:
@@ -39,8 +38,7 @@ def _probe(device_index: int) -> str | None:
         with cuda_scan._cupy().cuda.Device(device_index):
             _kernel(1)
     except Exception as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        return f"CUDA build of the image kernel failed ({type(error).__name__}: {first[:200]})"
+        return f"CUDA build of the image kernel failed ({type(error).__name__}: {cuda_scan.first_line(error)[:200]})"
     return None
 
 
@@ -59,7 +57,7 @@ def plan_reason(device: torch.device, dtype: torch.dtype, B: int, H: int, W: int
         return f"dtype {dtype}: the image kernel holds gates as fp16 (bfloat16, float16 only)"
     if threads(H, W) > 1024:
         return f"grid {H}x{W}: {threads(H, W)} threads > 1024"
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    index = cuda_scan.device_index(device)
     if smem_bytes(H, W) > _smem_limit(index):
         return f"grid {H}x{W}: {smem_bytes(H, W)} bytes of shared memory > {_smem_limit(index)}"
     if B > 65535:
@@ -78,6 +76,23 @@ def unavailable_reason(x: torch.Tensor, *others: torch.Tensor) -> str | None:
     return plan_reason(x.device, x.dtype, B, H, W)
 
 
+def _channels_outer(x: torch.Tensor) -> bool:
+    """Whether x's channels are its outermost dimension (the planar layer's whole-batch GEMM layout)."""
+    return x.shape[3] > 1 and x.shape[0] > 1 and x.stride(3) > x.stride(0)
+
+
+def empty_outputs(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The image forward's outputs for x ``(B, H, W, C)``, uninitialized (the custom op's fake builds its
+    outputs here too, so both agree on strides): y as a ``(B, H, W, C)`` view of ``(C, B, H, W)`` storage when
+    x's channels are outermost, else of ``(B, C, H, W)``; ``hs (4, B, C, H, WP)``, WP = W rounded up to 8."""
+    B, H, W, C = x.shape
+    if _channels_outer(x):
+        y = x.new_empty(C, B, H, W).permute(1, 2, 3, 0)
+    else:
+        y = x.new_empty(B, C, H, W).permute(0, 2, 3, 1)
+    return y, x.new_empty(4, B, C, H, -(-W // 8) * 8)
+
+
 def scan_forward(x: torch.Tensor, lam: torch.Tensor, u: torch.Tensor, gates: torch.Tensor,
                  bias: torch.Tensor | None = None, x_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(y, hs)``: y ``(B, H, W, C)`` as a view of planar storage, ``(C, B, H, W)`` when x's channels are
@@ -89,29 +104,23 @@ def scan_forward(x: torch.Tensor, lam: torch.Tensor, u: torch.Tensor, gates: tor
 
     cupy = cuda_scan._cupy()
     B, H, W, C = x.shape
-    WP = -(-W // 8) * 8
-    hs = torch.empty((4, B, C, H, WP), device=x.device, dtype=x.dtype)
-    channels_outer = C > 1 and B > 1 and x.stride(3) > x.stride(0)
-    y = torch.empty((C, B, H, W) if channels_outer else (B, C, H, W), device=x.device, dtype=x.dtype)
-    y_view = y.permute(1, 2, 3, 0) if channels_outer else y.permute(0, 2, 3, 1)
-    index = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    y, hs = empty_outputs(x)
+    index = cuda_scan.device_index(x.device)
     kernel = _kernel(_DTYPE_CODE[x.dtype])
     smem = smem_bytes(H, W)
-    if smem > 48 * 1024 and _SMEM_SET.get(id(kernel), 0) < smem:
-        kernel.max_dynamic_shared_size_bytes = smem
-        _SMEM_SET[id(kernel)] = smem
+    cuda_scan.allow_shared_memory(kernel, smem)
     bias, x_bias = (None if t is None else t.contiguous() for t in (bias, x_bias))
     i64, i32, ptr = np.int64, np.int32, np.uint64
-    sx, sl, su, sg, sy = x.stride(), lam.stride(), u.stride(), gates.stride(), y_view.stride()
+    sx, sl, su, sg, sy = x.stride(), lam.stride(), u.stride(), gates.stride(), y.stride()
     with cupy.cuda.Device(index), cuda_scan._stream(cupy, index):
         kernel((C, B), (threads(H, W), 1, 1),
                (ptr(x.data_ptr()), ptr(lam.data_ptr()), ptr(u.data_ptr()), ptr(gates.data_ptr()),
                 ptr(0 if bias is None else bias.data_ptr()), ptr(0 if x_bias is None else x_bias.data_ptr()),
-                ptr(hs.data_ptr()), ptr(y.data_ptr()), i32(H), i32(W), i32(C), i32(WP),
+                ptr(hs.data_ptr()), ptr(y.data_ptr()), i32(H), i32(W), i32(C), i32(hs.shape[-1]),
                 i64(sx[0]), i64(sx[3]), i64(sx[1]), i64(sl[0]), i64(sl[3]), i64(sl[1]), i64(su[0]), i64(su[3]), i64(su[1]),
                 i64(sg[0]), i64(sg[3]), i64(sg[4]), i64(sg[1]), i64(sy[0]), i64(sy[3])),
                shared_mem=smem)
-    return y_view, hs
+    return y, hs
 
 
 def hs_channels_last(hs: torch.Tensor, W: int) -> torch.Tensor:

@@ -25,7 +25,8 @@ import torch
 
 from kernels.cgspn.cuda_scan_source import SOURCE
 
-__all__ = ["FastConfig", "device_unavailable_reason", "pick_config", "scan_forward", "unavailable_reason", "write_source"]
+__all__ = ["FastConfig", "allow_shared_memory", "device_index", "device_unavailable_reason", "first_line", "pick_config",
+           "scan_forward", "unavailable_reason", "write_source"]
 
 ENV_SWITCH = "CGSPN_FAST_PATH"  # "0" disables the fast path (the Triton path runs)
 SUPPORTED_CAPABILITIES = ((9, 0),)
@@ -62,9 +63,27 @@ def _probe(device_index: int) -> str | None:
             _module(_fwd_expression(1, FastConfig()))  # the bf16 default (smem ring, two vectors per block)
             _module(_combine_expression(1, True))
     except Exception as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        return f"CUDA build failed ({type(error).__name__}: {first[:200]})"
+        return f"CUDA build failed ({type(error).__name__}: {first_line(error)[:200]})"
     return None
+
+
+def first_line(error: Exception) -> str:
+    """The first line of an exception's message ("" when it has none), for a one-line fallback reason."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def device_index(device: torch.device) -> int:
+    """The CUDA device index of ``device``: its own, or the current device when it names none."""
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def allow_shared_memory(kernel, nbytes: int) -> None:
+    """Raise ``kernel``'s dynamic shared-memory limit to ``nbytes`` when that is above the default 48 KB
+    (the opt-in), once per kernel and size."""
+    if nbytes > 48 * 1024 and _SMEM_SET.get(id(kernel), 0) < nbytes:
+        kernel.max_dynamic_shared_size_bytes = nbytes
+        _SMEM_SET[id(kernel)] = nbytes
 
 
 def device_unavailable_reason(device: torch.device | str) -> str | None:
@@ -76,7 +95,7 @@ def device_unavailable_reason(device: torch.device | str) -> str | None:
         return f"device {device.type} is not CUDA"
     if not torch.cuda.is_available():
         return "torch has no CUDA"
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    index = device_index(device)
     capability = torch.cuda.get_device_capability(index)
     if capability not in SUPPORTED_CAPABILITIES:
         return f"sm_{capability[0]}{capability[1]} is not a verified architecture (sm_90 only)"
@@ -170,7 +189,7 @@ def scan_forward(x: torch.Tensor, lam: torch.Tensor, u: torch.Tensor, gates: tor
     config = config or pick_config(H, W, C, cpt)
     hs = torch.empty((4, B, H, W, C), device=x.device, dtype=x.dtype)
     y = torch.empty((B, H, W, C), device=x.device, dtype=x.dtype)
-    index = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    index = device_index(x.device)
     vec = _vector_ok([x, lam, gates, hs], cpt)
     fwd = _module(_fwd_expression(dt, config, vec))
     positions = -(-max(H, W) // config.ppt)  # threads per block: vectors x the longer side's positions / PPT, whole warps
@@ -182,9 +201,7 @@ def scan_forward(x: torch.Tensor, lam: torch.Tensor, u: torch.Tensor, gates: tor
         smem_bytes = 2 * 2 * (cpt // 4) * nt * 16
     else:
         smem_bytes = (2 * kinds * (cpt // 4) + config.depth * 5 * config.ppt) * nt * 16
-        if smem_bytes > 48 * 1024 and _SMEM_SET.get(id(fwd), 0) < smem_bytes:  # the opt-in above 48 KB, once per size
-            fwd.max_dynamic_shared_size_bytes = smem_bytes
-            _SMEM_SET[id(fwd)] = smem_bytes
+        allow_shared_memory(fwd, smem_bytes)
     i64, i32, ptr = np.int64, np.int32, np.uint64
     sx, sl, sg, sh = x.stride(), lam.stride(), gates.stride(), hs.stride()
     with cupy.cuda.Device(index), _stream(cupy, index):

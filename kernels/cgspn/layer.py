@@ -66,7 +66,7 @@ class CGSPNLayer(nn.Module):
             (:mod:`kernels.cgspn.cuda_image`: inputs cross DRAM once). ``"auto"`` (default): planar when the
             image scan runs for this input (fused scan and normalization, ``variant="cuda-image"``, 16-bit,
             sm_90 with CuPy, the image fits a block), else channels-last. Measured on an H200 (NOTES.md
-            "Round 6"), the planar layer is slower at B=32 (its batched GEMMs and the image scan), hence opt-in.
+            "Round 6"), the planar layer is slower at B=32 (by what its image scan costs over the row scan), hence opt-in.
     """
 
     def __init__(self, channels: int, compression: int = 18, latent_channels: int | None = None,

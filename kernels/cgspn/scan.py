@@ -50,8 +50,8 @@ __all__ = ["cgspn_scan", "cgspn_scan_head", "head_views", "propagate", "scan_bac
 # ``auto`` (the default): cuda-fast for bfloat16/float16, quad-scratch for float32, as measured on an H200
 # (NOTES.md "Round 5", B=32: cuda-fast forward 1.16-1.6x faster in bf16, fwd+bwd 1.03-1.16x; float32 0.86-0.89x).
 # ``cuda-image``: the CUDA image forward (:mod:`kernels.cgspn.cuda_image`) where the inputs are planar and it can
-# run, else as cuda-fast; opt-in: slower than cuda-fast at B=32 on an H200 (NOTES.md "Round 6": 1.44 vs 0.84 ms
-# at 147, instruction-bound at one element per thread and step), faster at B=1 (0.094 vs 0.170 ms).
+# run, else as cuda-fast; opt-in: slower than cuda-fast at B=32 on an H200 (NOTES.md "Round 6": 1.35 vs 0.84 ms
+# at 147, instruction-bound at one element per thread and step), faster at B=1 (0.088 vs 0.170 ms).
 SCAN_VARIANTS = ("auto", "quad-scratch", "quad-gather", "pairs-gather", "pairs-scratch", "directions-gather",
                  "directions-scratch", "cuda-fast", "cuda-image")
 FAST_VARIANT = "cuda-fast"
@@ -96,14 +96,13 @@ def scan_backend(variant: str, x: torch.Tensor, *others: torch.Tensor) -> str:
     design, _ = _variant_options("scan_backend", variant)
     if design not in ("cuda", "image", "auto"):
         return f"triton {variant}"
-    if _image_path(design, x, *others):
+    image_reason = cuda_image.unavailable_reason(x, *others) if design == "image" else None
+    if design == "image" and image_reason is None:
         return "cuda-image (fwd CUDA image kernel, planar inputs; bwd triton quad-scratch)"
     reason = _fast_path_reason(design, x, *others)
     backend = ("cuda-fast-path (fwd CUDA, bwd triton quad-scratch)" if reason is None
                else f"triton quad-scratch (fast path not used: {reason})")
-    if design == "image":
-        backend += f" (image kernel not used: {cuda_image.unavailable_reason(x, *others)})"
-    return backend
+    return backend + (f" (image kernel not used: {image_reason})" if design == "image" else "")
 
 
 def head_views(head: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -244,12 +243,7 @@ def _scan_head_planar_op(x: torch.Tensor, head: torch.Tensor, bias: torch.Tensor
 
 @_scan_head_planar_op.register_fake
 def _(x, head, bias, x_bias):
-    B, H, W, C = x.shape
-    if C > 1 and B > 1 and x.stride(3) > x.stride(0):  # channels outermost, as cuda_image.scan_forward allocates y
-        y = x.new_empty(C, B, H, W).permute(1, 2, 3, 0)
-    else:
-        y = x.new_empty(B, C, H, W).permute(0, 2, 3, 1)
-    return y, x.new_empty(4, B, C, H, -(-W // 8) * 8)
+    return cuda_image.empty_outputs(x)
 
 
 @torch.library.custom_op("cgspn::scan_head_planar_backward", mutates_args=())
@@ -259,10 +253,12 @@ def _scan_head_planar_backward_op(x: torch.Tensor, head: torch.Tensor, bias: tor
     """(dx, dhead, dbias, dx_bias) by the Triton quad backward on channels-last copies of the inputs (biases
     added) and of hs; dx and dhead come back channels-last, dbias / dx_bias (empty without a bias) sum them."""
     B, H, W, C = x.shape
-    x_cl = torch.empty(x.shape, device=x.device, dtype=x.dtype)
-    torch.add(x, x_bias, out=x_cl) if x_bias is not None else x_cl.copy_(x)
-    head_cl = torch.empty(head.shape, device=head.device, dtype=head.dtype)
-    torch.add(head, bias.view(5, C), out=head_cl) if bias is not None else head_cl.copy_(head)
+
+    def channels_last(t, vector, shape):  # one pass: the contiguous copy, with the bias added when given
+        out = torch.empty(t.shape, device=t.device, dtype=t.dtype)
+        return out.copy_(t) if vector is None else torch.add(t, vector.view(shape), out=out)
+
+    x_cl, head_cl = channels_last(x, x_bias, (C,)), channels_last(head, bias, (5, C))
     dhead = torch.empty_like(head_cl)
     dx = torch.empty_like(x_cl)
     d_lam, d_u, d_gates = head_views(dhead)
@@ -378,7 +374,8 @@ def cgspn_scan_head(x: torch.Tensor, head: torch.Tensor, *, variant: str = DEFAU
         if vector is not None and (tuple(vector.shape) != (size,) or vector.dtype != x.dtype or vector.device != x.device):
             raise ValueError(f"cgspn_scan_head: {name} must be ({size},) of {x.dtype} on {x.device} like x, "
                              f"got {tuple(vector.shape)} of {vector.dtype} on {vector.device}")
-    if (bias is not None or x_bias is not None) and not (x.numel() and _image_path(design, x, head)):
+    image = x.numel() > 0 and _image_path(design, x, head)
+    if (bias is not None or x_bias is not None) and not image:
         # the other paths take the biased tensors as inputs
         head = head if bias is None else head + bias.view(5, x.shape[-1])
         x = x if x_bias is None else x + x_bias
@@ -389,7 +386,7 @@ def cgspn_scan_head(x: torch.Tensor, head: torch.Tensor, *, variant: str = DEFAU
     _check_inputs("cgspn_scan_head", {"x": x, "lam": lam, "u": u}, gates)
     if x.numel() == 0:
         return torch.zeros_like(x)
-    if _image_path(design, x, head):
+    if image:
         return _scan_head_planar_op(x, head, bias, x_bias)[0]
     x, head = _unit_channel_stride(x), _unit_channel_stride(head)
     return _scan_head_op(x, head, variant)[0]

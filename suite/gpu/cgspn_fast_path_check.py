@@ -24,14 +24,13 @@ import argparse
 import json
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import torch
 
 from kernels.cgspn import cgspn_scan, cgspn_scan_reference, cuda_scan, head_views
 from kernels.cgspn import scan as scan_module
-from suite.gpu.common import print_table
+from suite.gpu.common import CheckLog, print_table
 from suite.measure import TimingSettings, copy_bandwidth_gbps, measure_cuda, measure_cuda_graph
 
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 4 * torch.finfo(torch.float16).eps,
@@ -136,23 +135,8 @@ def check_configs(shape, dtype):
 
 
 def run_checks(args, report) -> bool:
-    ok = True
-    checks = report["checks"]
-
-    def record(name, fn, tol_of):
-        nonlocal ok
-        t0 = time.perf_counter()
-        try:
-            res = fn()
-            bad = [(k, v["vs_ref"]) for k, v in res.items() if not v["vs_ref"] <= tol_of]
-            checks[name] = {"result": res, "tolerance": tol_of, "pass": not bad, "seconds": round(time.perf_counter() - t0, 2)}
-            status = "ok" if not bad else f"FAIL {bad}"
-        except Exception as error:  # record and go on: one run must report everything
-            checks[name] = {"error": f"{type(error).__name__}: {error}", "trace": traceback.format_exc()[-3000:], "pass": False}
-            status = f"ERROR {type(error).__name__}: {str(error)[:300]}"
-            bad = True
-        ok = ok and not bad
-        print(f"[check] {name}: {status} ({time.perf_counter() - t0:.1f} s)", flush=True)
+    log = CheckLog(report["checks"])
+    record, checks = log.record, report["checks"]
 
     for dname, dtype in DTYPES.items():
         record(f"split 3x37x54x40 {dname}", lambda dtype=dtype: check_split((3, 37, 54, 40), dtype), TOLERANCE[dtype])
@@ -187,7 +171,7 @@ def run_checks(args, report) -> bool:
         bad = [(k, n, v) for k, rows in cfg.items() for n, v in rows.items()
                if "skipped" not in v and not (v["y_vs_ref"] <= (1e-5 if "fp32" in k else TOLERANCE[torch.bfloat16]))]
         checks["configs"]["pass"] = not bad
-        ok = ok and not bad
+        log.ok = log.ok and not bad
         print(f"[check] configs: {'ok' if not bad else f'FAIL {bad}'} ({time.perf_counter() - t0:.1f} s)", flush=True)
         for k, rows in cfg.items():
             if isinstance(rows, dict):
@@ -197,9 +181,9 @@ def run_checks(args, report) -> bool:
                               f"{v['hs_vs_default']:.2e}")
     except Exception as error:
         checks["configs"] = {"error": f"{type(error).__name__}: {error}", "pass": False}
-        ok = False
+        log.ok = False
         print(f"[check] configs: ERROR {error}", flush=True)
-    return ok
+    return log.ok
 
 
 def run_big_check(args, report) -> bool:
@@ -252,14 +236,21 @@ def time_case(B, grid, C, dtype, mode, variant, copy_gbps, W=None):
     n = B * H * W * C
     elem = torch.finfo(dtype).bits // 8
     ideal = (7 if mode == "fwd" else 20) * n * elem
-    eager = measure_cuda(step, torch.device("cuda"), TIMING, ideal)
-    graph, message = measure_cuda_graph(step, torch.device("cuda"), TIMING, ideal)
-    row = {"B": B, "H": H, "W": W, "C": C, "dtype": str(dtype).replace("torch.", ""), "mode": mode, "variant": variant,
-           "backend": scan_module.scan_backend(variant, x, head), "eager_ms": eager.median_ms, "eager_iqr_ms": eager.iqr_ms,
-           "graph_ms": graph.median_ms if graph else None, "graph_iqr_ms": graph.iqr_ms if graph else None,
-           "graph_message": message, "bytes_ideal": ideal}
+    return timed_row(step, ideal, copy_gbps, {"B": B, "H": H, "W": W, "C": C, "dtype": str(dtype).replace("torch.", ""),
+                                              "mode": mode, "variant": variant,
+                                              "backend": scan_module.scan_backend(variant, x, head)})
+
+
+def timed_row(step, ideal: float, copy_gbps: float | None, row: dict) -> dict:
+    """``row`` with ``step`` timed eagerly and as CUDA-graph replays (:data:`TIMING`): medians, IQRs, why no
+    graph (if none), the ideal bytes and their fraction of the copy bandwidth at the graph time (eager
+    without a graph; None without ideal bytes)."""
+    eager = measure_cuda(step, torch.device("cuda"), TIMING, ideal or None)
+    graph, message = measure_cuda_graph(step, torch.device("cuda"), TIMING, ideal or None)
+    row.update({"eager_ms": eager.median_ms, "eager_iqr_ms": eager.iqr_ms, "graph_ms": graph.median_ms if graph else None,
+                "graph_iqr_ms": graph.iqr_ms if graph else None, "graph_message": message, "bytes_ideal": ideal})
     best = row["graph_ms"] or row["eager_ms"]
-    row["bw_fraction"] = ideal / (best * 1e-3) / (copy_gbps * 1e9) if copy_gbps else None
+    row["bw_fraction"] = ideal / (best * 1e-3) / (copy_gbps * 1e9) if ideal and copy_gbps else None
     return row
 
 

@@ -26,7 +26,6 @@ import argparse
 import json
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import torch
@@ -34,9 +33,9 @@ import torch
 from kernels.cgspn import cgspn_scan_reference, head_views
 from kernels.cgspn import scan as scan_module
 from kernels.cgspn.layer import CGSPNLayer
-from suite.gpu.cgspn_fast_path_check import TIMING, TOLERANCE, gates_of, rel_rms
-from suite.gpu.common import print_table
-from suite.measure import copy_bandwidth_gbps, measure_cuda, measure_cuda_graph
+from suite.gpu.cgspn_fast_path_check import TOLERANCE, gates_of, rel_rms, timed_row
+from suite.gpu.common import CheckLog, print_table
+from suite.measure import copy_bandwidth_gbps
 
 LAYOUTS = ("planar-cb", "channels-last")
 WAYS = (("planar-cb", "cuda-image"), ("channels-last", "auto"), ("channels-last", "quad-scratch"))
@@ -151,7 +150,7 @@ def time_scan(B, H, W, C, dtype, mode, layout, variant, copy_gbps):
             scan_module.cgspn_scan_head(x, head, variant=variant).backward(dy)
     n = B * H * W * C
     ideal = (7 if mode == "fwd" else 20) * n * (torch.finfo(dtype).bits // 8)
-    return _timed(step, ideal, copy_gbps, {"B": B, "H": H, "W": W, "C": C, "dtype": str(dtype).replace("torch.", ""),
+    return timed_row(step, ideal, copy_gbps, {"B": B, "H": H, "W": W, "C": C, "dtype": str(dtype).replace("torch.", ""),
                                            "mode": mode, "layout": layout, "variant": variant,
                                            "backend": scan_module.scan_backend(variant, x, head)})
 
@@ -174,18 +173,8 @@ def time_layer(B, grid, dtype, mode, layout, copy_gbps):
             for p in layer.parameters():
                 p.grad = None
             layer(x).backward(dy)
-    return _timed(step, 0, copy_gbps, {"B": B, "H": grid, "W": grid, "C": 1152, "dtype": str(dtype).replace("torch.", ""),
+    return timed_row(step, 0, copy_gbps, {"B": B, "H": grid, "W": grid, "C": 1152, "dtype": str(dtype).replace("torch.", ""),
                                        "mode": mode, "layout": layout, "variant": "layer"})
-
-
-def _timed(step, ideal, copy_gbps, row):
-    eager = measure_cuda(step, torch.device("cuda"), TIMING, ideal or None)
-    graph, message = measure_cuda_graph(step, torch.device("cuda"), TIMING, ideal or None)
-    row.update({"eager_ms": eager.median_ms, "eager_iqr_ms": eager.iqr_ms, "graph_ms": graph.median_ms if graph else None,
-                "graph_iqr_ms": graph.iqr_ms if graph else None, "graph_message": message, "bytes_ideal": ideal})
-    best = row["graph_ms"] or row["eager_ms"]
-    row["bw_fraction"] = ideal / (best * 1e-3) / (copy_gbps * 1e9) if ideal and copy_gbps else None
-    return row
 
 
 def main(argv=None) -> int:
@@ -276,24 +265,14 @@ def main(argv=None) -> int:
 
 
 def run_checks(checks) -> bool:
-    ok = True
+    log = CheckLog(checks)
+
+    def versus(res):
+        worst = max(v["vs_ref"] for v in res.values())
+        return f"(worst vs ref {worst:.2e}; vs triton " + ", ".join(f"{k} {v['vs_triton']:.1e}" for k, v in res.items()) + ")"
 
     def record(name, fn, tol):
-        nonlocal ok
-        t0 = time.perf_counter()
-        try:
-            res = fn()
-            bad = [(k, v["vs_ref"]) for k, v in res.items() if not v["vs_ref"] <= tol]
-            checks[name] = {"result": res, "tolerance": tol, "pass": not bad, "seconds": round(time.perf_counter() - t0, 2)}
-            status = "ok" if not bad else f"FAIL {bad}"
-            worst = max(v["vs_ref"] for v in res.values())
-            versus = ", ".join(f"{k} {v['vs_triton']:.1e}" for k, v in res.items())
-            status += f" (worst vs ref {worst:.2e}; vs triton {versus})"
-        except Exception as error:
-            checks[name] = {"error": f"{type(error).__name__}: {error}", "trace": traceback.format_exc()[-3000:], "pass": False}
-            status, bad = f"ERROR {type(error).__name__}: {str(error)[:300]}", True
-        ok = ok and not bad
-        print(f"[check] {name}: {status} ({time.perf_counter() - t0:.1f} s)", flush=True)
+        log.record(name, fn, tol, describe=versus)
 
     bf16, fp16 = torch.bfloat16, torch.float16
     for dtype in (bf16, fp16):
@@ -311,28 +290,22 @@ def run_checks(checks) -> bool:
            TOLERANCE[bf16])
     record("4x147x147x64 bf16 planar-cb (fp32 ref)",
            lambda: check_image((4, 147, 147, 64), bf16, ref_dtype=torch.float32, layout="planar-cb"), TOLERANCE[bf16])
-    t0 = time.perf_counter()
+
+    def layer_failures(res, tol):
+        bad = [k for k, v in res.items() if isinstance(v, float) and not k.endswith("seconds") and not v <= tol]
+        return bad + ([] if res["auto_chooses_planar"] else ["auto layout did not choose planar"])
+
     for grid in (27, 74):
-        name = f"layer planar vs channels-last B2 {grid} bf16"
-        try:
-            res = check_layer(2, grid, bf16, compile_too=grid == 27)
-            tol = 2 * TOLERANCE[bf16]
-            bad = [k for k, v in res.items() if isinstance(v, float) and not k.endswith("seconds") and not v <= tol]
-            bad += [] if res["auto_chooses_planar"] else ["auto layout did not choose planar"]
-            checks[name] = {"result": res, "tolerance": tol, "pass": not bad}
-            ok = ok and not bad
-            print(f"[check] {name}: {'ok' if not bad else f'FAIL {bad}'} {res} ({time.perf_counter() - t0:.1f} s)", flush=True)
-        except Exception as error:
-            checks[name] = {"error": f"{type(error).__name__}: {error}", "trace": traceback.format_exc()[-3000:], "pass": False}
-            ok = False
-            print(f"[check] {name}: ERROR {type(error).__name__}: {str(error)[:300]}", flush=True)
+        log.record(f"layer planar vs channels-last B2 {grid} bf16",
+                   lambda grid=grid: check_layer(2, grid, bf16, compile_too=grid == 27), 2 * TOLERANCE[bf16],
+                   failures=layer_failures, describe=str)
     odd = [(1, 1, 1, 8), (1, 1, 7, 3), (1, 6, 1, 3), (3, 5, 7, 1), (2, 20, 73, 16), (2, 27, 27, 20), (2, 147, 147, 8),
            (1, 100, 200, 4), (2, 9, 256, 3), (1, 256, 9, 3), (2, 74, 74, 6), (1, 2, 2, 5)]
     for shape in odd:
         for dtype in (bf16, fp16) if shape in odd[:3] + odd[6:8] else (bf16,):
             record(f"{'x'.join(map(str, shape))} {str(dtype).replace('torch.', '')}",
                    lambda shape=shape, dtype=dtype: check_image(shape, dtype), TOLERANCE[dtype])
-    return ok
+    return log.ok
 
 
 if __name__ == "__main__":

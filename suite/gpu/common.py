@@ -1,5 +1,5 @@
-"""What the GPU check scripts share: the device a run may use, the test subprocess and the
-plain-text table they print last.
+"""What the GPU check scripts share: the device a run may use, the test subprocess, the log of named
+correctness checks and the plain-text table they print last.
 """
 
 from __future__ import annotations
@@ -7,6 +7,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -21,6 +23,38 @@ def check_device(script: str, tiny: bool, hint: str = "") -> str | None:
         return "cpu"
     print(f"{script}: needs a CUDA GPU (torch.cuda.is_available() is False); --tiny runs it on CPU{hint}", file=sys.stderr)
     return None
+
+
+def _vs_ref_failures(result: dict, tolerance: float) -> list:
+    """The ``(output, error)`` pairs of a ``{output: {"vs_ref": error, ...}}`` result above ``tolerance``."""
+    return [(k, v["vs_ref"]) for k, v in result.items() if not v["vs_ref"] <= tolerance]
+
+
+class CheckLog:
+    """Runs named correctness checks, keeps each result (or its error and traceback) in ``checks`` and prints
+    one ``[check]`` line per check; a failing or crashing check never stops the others (one run must report
+    everything). ``ok``: every check so far passed."""
+
+    def __init__(self, checks: dict):
+        self.checks, self.ok = checks, True
+
+    def record(self, name: str, fn: Callable[[], dict], tolerance: float,
+               failures: Callable[[dict, float], list] = _vs_ref_failures, describe: Callable[[dict], str] | None = None):
+        """``fn()`` gives the result; ``failures(result, tolerance)`` what exceeds the tolerance (default: the
+        outputs whose ``vs_ref`` error does); ``describe(result)`` text printed after the status."""
+        t0 = time.perf_counter()
+        try:
+            result = fn()
+            bad = failures(result, tolerance)
+            self.checks[name] = {"result": result, "tolerance": tolerance, "pass": not bad,
+                                 "seconds": round(time.perf_counter() - t0, 2)}
+            status = ("ok" if not bad else f"FAIL {bad}") + (f" {describe(result)}" if describe else "")
+        except Exception as error:
+            self.checks[name] = {"error": f"{type(error).__name__}: {error}", "trace": traceback.format_exc()[-3000:],
+                                 "pass": False}
+            status, bad = f"ERROR {type(error).__name__}: {str(error)[:300]}", True
+        self.ok = self.ok and not bad
+        print(f"[check] {name}: {status} ({time.perf_counter() - t0:.1f} s)", flush=True)
 
 
 def run_pytest(selection: list[str] | tuple[str, ...], out: Path, timeout_s: float | None = None) -> dict:
