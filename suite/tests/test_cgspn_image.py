@@ -177,3 +177,20 @@ def test_image_source_compiles_for_sm90_within_launch_bounds(tmp_path):
     registers = [int(n) for n in re.findall(r"Used (\d+) registers", proc.stderr)]
     assert len(spills) == 2 and all(int(n) == 0 for n in spills), proc.stderr[-3000:]
     assert registers and max(registers) <= 64, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("layout", ["planar-bc", "planar-cb"])
+def test_outputs_are_allocated_as_the_op_declares(layout):
+    """The image op's real outputs and its fake (for torch.compile) come from ``empty_outputs``: y is stored
+    (C, B, H, W) when x's channels are outermost, else (B, C, H, W); hs is (4, B, C, H, W rounded up to 8)."""
+    B, H, W, C = 2, 3, 5, 4
+    if layout == "planar-cb":
+        x, _ = planar_inputs(B, H, W, C)
+        storage = (C, B, H, W)
+    else:
+        x = torch.randn(B, C, H, W).permute(0, 2, 3, 1)
+        storage = (B, C, H, W)
+    y, hs = cuda_image.empty_outputs(x)
+    assert y.shape == (B, H, W, C) and hs.shape == (4, B, C, H, 8) and hs.is_contiguous()
+    order = (3, 0, 1, 2) if layout == "planar-cb" else (0, 3, 1, 2)
+    assert y.permute(*order).shape == storage and y.permute(*order).is_contiguous()
