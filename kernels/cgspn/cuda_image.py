@@ -36,14 +36,14 @@ def _probe(device_index: int) -> str | None:
     """Compile the image kernel once on ``device_index``: None, or why not."""
     try:
         with cuda_scan._cupy().cuda.Device(device_index):
-            _kernel(1)
+            cuda_scan._module(_expression(1), IMAGE_SOURCE)
     except Exception as error:
         return f"CUDA build of the image kernel failed ({type(error).__name__}: {cuda_scan.first_line(error)[:200]})"
     return None
 
 
-def _kernel(dt: int):
-    return cuda_scan._module(f"cgspn_image_fwd<{dt}>", IMAGE_SOURCE)
+def _expression(dt: int) -> str:
+    return f"cgspn_image_fwd<{dt}>"
 
 
 @torch.compiler.assume_constant_result  # traced by torch.compile as a constant (it takes a lock and may compile)
@@ -100,26 +100,16 @@ def scan_forward(x: torch.Tensor, lam: torch.Tensor, u: torch.Tensor, gates: tor
     ``hs (4, B, C, H, WP)`` (tb, bt, lr, rl; rl with its columns in scan order, i.e. reversed; WP = W rounded up
     to 8). ``bias``: optional ``(5 C,)`` head bias in [u, lam, l, m, r] order, ``x_bias`` optional ``(C,)``,
     both added on load. The caller checked :func:`unavailable_reason`."""
-    import numpy as np  # noqa: PLC0415
-
-    cupy = cuda_scan._cupy()
     B, H, W, C = x.shape
     y, hs = empty_outputs(x)
-    index = cuda_scan.device_index(x.device)
-    kernel = _kernel(_DTYPE_CODE[x.dtype])
-    smem = smem_bytes(H, W)
-    cuda_scan.allow_shared_memory(kernel, smem)
     bias, x_bias = (None if t is None else t.contiguous() for t in (bias, x_bias))
-    i64, i32, ptr = np.int64, np.int32, np.uint64
     sx, sl, su, sg, sy = x.stride(), lam.stride(), u.stride(), gates.stride(), y.stride()
-    with cupy.cuda.Device(index), cuda_scan._stream(cupy, index):
-        kernel((C, B), (threads(H, W), 1, 1),
-               (ptr(x.data_ptr()), ptr(lam.data_ptr()), ptr(u.data_ptr()), ptr(gates.data_ptr()),
-                ptr(0 if bias is None else bias.data_ptr()), ptr(0 if x_bias is None else x_bias.data_ptr()),
-                ptr(hs.data_ptr()), ptr(y.data_ptr()), i32(H), i32(W), i32(C), i32(hs.shape[-1]),
-                i64(sx[0]), i64(sx[3]), i64(sx[1]), i64(sl[0]), i64(sl[3]), i64(sl[1]), i64(su[0]), i64(su[3]), i64(su[1]),
-                i64(sg[0]), i64(sg[3]), i64(sg[4]), i64(sg[1]), i64(sy[0]), i64(sy[3])),
-               shared_mem=smem)
+    cuda_scan.launch(_expression(_DTYPE_CODE[x.dtype]), (C, B, 1), threads(H, W), smem_bytes(H, W),
+                     cuda_scan.device_index(x.device),
+                     (x.data_ptr(), lam.data_ptr(), u.data_ptr(), gates.data_ptr(), 0 if bias is None else bias.data_ptr(),
+                      0 if x_bias is None else x_bias.data_ptr(), hs.data_ptr(), y.data_ptr(), H, W, C, hs.shape[-1],
+                      sx[0], sx[3], sx[1], sl[0], sl[3], sl[1], su[0], su[3], su[1], sg[0], sg[3], sg[4], sg[1], sy[0], sy[3]),
+                     IMAGE_SOURCE)
     return y, hs
 
 

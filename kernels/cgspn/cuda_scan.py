@@ -1,4 +1,4 @@
-"""The C-GSPN scan's GPU fast path: a CUDA C++ forward compiled at first use (NVRTC through CuPy).
+"""The C-GSPN scan's GPU fast path: CUDA C++ forward and backward compiled at first use (NVRTC through CuPy).
 
 What it is for: the Triton quad forward spends its time on a global scratch tile for the neighbour
 shift, on 43% padding lanes (P=147 -> 256) and on registers (NOTES.md, Round 4). This forward
@@ -6,8 +6,14 @@ shift, on 43% padding lanes (P=147 -> 256) and on registers (NOTES.md, Round 4).
 contract -- one program per (channel vector, batch element, direction), each direction's h stored in
 the input dtype as ``hs (4, B, H, W, C)``, then ``y = u * sum_d h_d`` -- but exchanges neighbours in
 shared memory, pads to a warp instead of a power of two, and keeps DEPTH rows of loads in flight.
-Because ``hs`` is the Triton quad backward's input, the backward stays the Triton one
-(:func:`kernels.cgspn.scan_quad._scan_quad_bwd`).
+The backward (:func:`scan_backward`) runs the same row skeleton in reverse (the adjoint of every direction,
+``cgspn_rows<..., ADJ=true>``) and one elementwise pass that forms every input gradient; ``hs`` is also what
+the Triton quad backward (:func:`kernels.cgspn.scan_quad._scan_quad_bwd`) reads, so either backward follows
+either forward.
+
+Launches go to the driver directly (:class:`_Launch`: ``cuLaunchKernel`` with the arguments packed into a
+reusable buffer), not through CuPy's kernel call, which type-checks and packs every argument on every call:
+the fast path exists for small grids too, where the host's time per call is the cost.
 
 Selection (:func:`unavailable_reason`): CUDA tensors on an sm_90 device (the only architecture it has
 been verified on), CuPy importable, the module compiled, ``CGSPN_FAST_PATH`` not ``0``, float32/
@@ -17,23 +23,24 @@ Triton path and report the reason. Nothing here imports CuPy or touches CUDA unt
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import os
+import struct
 import threading
 
 import torch
 
 from kernels.cgspn.cuda_scan_source import SOURCE
 
-__all__ = ["FastConfig", "allow_shared_memory", "device_index", "device_unavailable_reason", "first_line", "pick_config",
-           "scan_forward", "unavailable_reason", "write_source"]
+__all__ = ["FastConfig", "device_index", "device_unavailable_reason", "first_line", "launch",
+           "pick_config", "scan_backward", "scan_forward", "unavailable_reason", "write_source"]
 
 ENV_SWITCH = "CGSPN_FAST_PATH"  # "0" disables the fast path (the Triton path runs)
 SUPPORTED_CAPABILITIES = ((9, 0),)
 MAX_SIDE = 512  # PPT=1 up to 256 positions per row, PPT=2 up to 512 (<= 256 threads per block)
 _DTYPE_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 _lock = threading.Lock()
-_SMEM_SET: dict[int, int] = {}  # id(kernel) -> dynamic shared memory limit already raised to
 
 
 @functools.cache
@@ -60,8 +67,10 @@ def _probe(device_index: int) -> str | None:
         return f"cupy not importable ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
     try:
         with cupy.cuda.Device(device_index):
-            _module(_fwd_expression(1, FastConfig()))  # the bf16 default (smem ring, two vectors per block)
+            _module(_fwd_expression(1, FastConfig()))  # the bf16 defaults (smem ring, two vectors per block)
             _module(_combine_expression(1, True))
+            _module(_fwd_expression(1, FastConfig(), adjoint=True))
+            _module(_epilogue_expression(1, True))
     except Exception as error:
         return f"CUDA build failed ({type(error).__name__}: {first_line(error)[:200]})"
     return None
@@ -78,24 +87,23 @@ def device_index(device: torch.device) -> int:
     return device.index if device.index is not None else torch.cuda.current_device()
 
 
-def allow_shared_memory(kernel, nbytes: int) -> None:
-    """Raise ``kernel``'s dynamic shared-memory limit to ``nbytes`` when that is above the default 48 KB
-    (the opt-in), once per kernel and size."""
-    if nbytes > 48 * 1024 and _SMEM_SET.get(id(kernel), 0) < nbytes:
-        kernel.max_dynamic_shared_size_bytes = nbytes
-        _SMEM_SET[id(kernel)] = nbytes
-
 
 def device_unavailable_reason(device: torch.device | str) -> str | None:
     """None when the fast path can run on ``device``, else the reason (no exception is raised)."""
-    device = torch.device(device)
     if os.environ.get(ENV_SWITCH, "1") == "0":
         return f"disabled by {ENV_SWITCH}=0"
+    if not isinstance(device, torch.device):
+        device = torch.device(device)
     if device.type != "cuda":
         return f"device {device.type} is not CUDA"
     if not torch.cuda.is_available():
         return "torch has no CUDA"
-    index = device_index(device)
+    return _cuda_device_reason(device_index(device))
+
+
+@functools.cache
+def _cuda_device_reason(index: int) -> str | None:
+    """The architecture and build verdict for CUDA device ``index``, once per device and process."""
     capability = torch.cuda.get_device_capability(index)
     if capability not in SUPPORTED_CAPABILITIES:
         return f"sm_{capability[0]}{capability[1]} is not a verified architecture (sm_90 only)"
@@ -145,24 +153,33 @@ class FastConfig:
         return f"FastConfig({self.ring}, nv={self.nv}, ppt={self.ppt}, depth={self.depth}, fast_sigmoid={self.fast_sigmoid})"
 
 
-def pick_config(H: int, W: int, C: int, cpt: int) -> FastConfig:
+@functools.lru_cache(maxsize=256)
+def pick_config(H: int, W: int, C: int, cpt: int, adjoint: bool = False) -> FastConfig:
     """One thread per state position while a row fits (<= 256), two vectors per block (a 32-byte sector
     per pixel) when C has two; rows up to 512 take two positions per thread and one vector (registers and
-    shared memory of a 256-thread block)."""
-    if max(H, W) <= 256:
-        return FastConfig(nv=2 if C > cpt else 1, ppt=1)
+    shared memory of a 256-thread block). The adjoint keeps two blocks per SM (at most 320 threads, 96
+    registers), so it takes two vectors only up to 160 positions."""
+    side = max(H, W)
+    if side <= 256:
+        return FastConfig(nv=2 if C > cpt and (not adjoint or side <= 160) else 1, ppt=1)
     return FastConfig(nv=1, ppt=2)
 
 
-def _fwd_expression(dt: int, config: FastConfig, vec: bool = True) -> str:
+def _fwd_expression(dt: int, config: FastConfig, vec: bool = True, adjoint: bool = False) -> str:
     flags = f"{config.ppt}, {config.depth}, {str(vec).lower()}, {str(config.fast_sigmoid).lower()}"
     if config.ring == "regs":
+        if adjoint:
+            raise ValueError("cuda_scan: the adjoint runs on the smem ring only")
         return f"cgspn_fwd_regs<{dt}, {flags}>"
-    return f"cgspn_fwd<{dt}, {config.nv}, {flags}>"
+    return f"cgspn_rows<{dt}, {config.nv}, {flags}, {str(adjoint).lower()}>"
 
 
 def _combine_expression(dt: int, vec: bool) -> str:
     return f"cgspn_combine<{dt}, {str(vec).lower()}>"
+
+
+def _epilogue_expression(dt: int, vec: bool) -> str:
+    return f"cgspn_bwd_epilogue<{dt}, {str(vec).lower()}>"
 
 
 def _vector_ok(tensors: list[torch.Tensor], cpt: int) -> bool:
@@ -171,18 +188,103 @@ def _vector_ok(tensors: list[torch.Tensor], cpt: int) -> bool:
                for t in tensors)
 
 
-def _stream(cupy, device_index: int):
-    return cupy.cuda.ExternalStream(torch.cuda.current_stream(device_index).cuda_stream, device_index)
+_MAX_DYNAMIC_SHARED_SIZE_BYTES = 8  # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+
+
+class _Launch:
+    """One kernel's launches through ``cuLaunchKernel`` with its arguments written into one reusable buffer:
+    8 bytes per argument (signed; the kernel reads 4 of an int's, little-endian), an array of pointers to them.
+    The driver copies the arguments at launch, so the buffer is free again on return; a lock keeps two
+    threads from filling it at once. ``smem``: the dynamic shared-memory limit already raised to (the opt-in
+    above 48 KB, a function attribute on the device)."""
+
+    __slots__ = ("function", "pointer", "packer", "slots", "params", "lock", "smem")
+
+    def __init__(self, function, pointer: int, nargs: int):
+        self.function = function  # the CuPy RawKernel: keeps the module (and the function pointer) alive
+        self.pointer = pointer  # its CUfunction on one device
+        self.packer = struct.Struct("<" + "q" * nargs)
+        self.slots = (ctypes.c_uint64 * nargs)()
+        base = ctypes.addressof(self.slots)
+        self.params = (ctypes.c_void_p * nargs)(*(base + 8 * i for i in range(nargs)))
+        self.lock = threading.Lock()
+        self.smem = 48 * 1024
+
+    def __call__(self, grid: tuple[int, int, int], block: int, smem: int, stream: int, args: tuple[int, ...]) -> None:
+        driver = _cupy().cuda.driver
+        with self.lock:
+            self.packer.pack_into(self.slots, 0, *args)
+            driver.launchKernel(self.pointer, grid[0], grid[1], grid[2], block, 1, 1, smem, stream,
+                                ctypes.addressof(self.params), 0)
+
+
+@functools.cache
+def _launcher(expression: str, nargs: int, source: str, device: int) -> _Launch:
+    """The launcher of one instantiation on one device (CuPy loads the module per device)."""
+    function = _module(expression, source)
+    with _cupy().cuda.Device(device):
+        return _Launch(function, function.kernel.ptr, nargs)
+
+
+def launch(expression: str, grid: tuple[int, int, int], block: int, smem: int, device: int, args: tuple[int, ...],
+           source: str = SOURCE, stream: int | None = None) -> None:
+    """Launch ``expression`` (a template instantiation of ``source``) on ``stream`` (default: torch's current
+    stream of CUDA device ``device``); ``args`` are Python ints (pointers, int32 and int64 values alike). Raises
+    the dynamic shared-memory limit first when ``smem`` needs the opt-in."""
+    kernel = _launcher(expression, len(args), source, device)
+    if smem > kernel.smem:
+        _cupy().cuda.driver.funcSetAttribute(kernel.pointer, _MAX_DYNAMIC_SHARED_SIZE_BYTES, smem)
+        kernel.smem = smem
+    if stream is None:
+        stream = torch.cuda.current_stream(device).cuda_stream
+    if device == torch.cuda.current_device():
+        kernel(grid, block, smem, stream, args)
+    else:  # the module lives in that device's context
+        with torch.cuda.device(device):
+            kernel(grid, block, smem, stream, args)
+
+
+def _threads(config: FastConfig, H: int, W: int) -> int:
+    """Threads per block: vectors x the longer side's positions / PPT, whole warps."""
+    positions = -(-max(H, W) // config.ppt)
+    return -(-(config.nv * positions) // 32) * 32
+
+
+def _rows_smem(config: FastConfig, cpt: int, nt: int, adjoint: bool) -> int:
+    """Dynamic shared memory of ``cgspn_rows`` / ``cgspn_fwd_regs``: the edge array (and the smem ring)."""
+    if config.ring == "regs":
+        return 2 * 2 * (cpt // 4) * nt * 16
+    kinds = 2 if config.ppt > 1 or adjoint else 1
+    return (2 * kinds * (cpt // 4) + config.depth * 5 * config.ppt) * nt * 16
+
+
+def _scan_rows(dt: int, config: FastConfig, adjoint: bool, in0: torch.Tensor, in1: torch.Tensor, gates: torch.Tensor,
+               out: torch.Tensor, index: int, stream: int) -> None:
+    """One launch of the row skeleton: forward (x, lam, gates -> hs) or adjoint (dy, u, gates -> adj)."""
+    B, H, W, C = in0.shape
+    cpt = 16 // in0.element_size()
+    nt = _threads(config, H, W)
+    limit = 256 if config.ppt > 1 else (320 if adjoint else 512)
+    if nt > limit:  # the kernel's launch bounds
+        raise ValueError(f"cuda_scan: {nt} threads per block for {config} at {H}x{W} (at most {limit})")
+    vec = _vector_ok([in0, in1, gates, out], cpt)
+    s0, s1, sg, so = in0.stride(), in1.stride(), gates.stride(), out.stride()
+    launch(_fwd_expression(dt, config, vec, adjoint), (-(-C // (cpt * config.nv)), B, 4), nt,
+           _rows_smem(config, cpt, nt, adjoint), index,
+           (in0.data_ptr(), in1.data_ptr(), gates.data_ptr(), out.data_ptr(), H, W, C, *s0[:3], *s1[:3], *sg[:4],
+            *so[:4]), stream=stream)
+
+
+def _elementwise_blocks(npix: int, C: int, cpt: int) -> int:
+    """Blocks of 256 threads for one thread per (pixel, cpt channels), capped at 16 per SM of an H100/H200 (grid-stride)."""
+    return max(1, min(-(-(npix * -(-C // cpt)) // 256), 132 * 16))
 
 
 def scan_forward(x: torch.Tensor, lam: torch.Tensor, u: torch.Tensor, gates: torch.Tensor,
                  config: FastConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(y, hs)``: y ``(B, H, W, C)`` contiguous and the four directions' states ``hs (4, B, H, W, C)``
-    (tb, bt, lr, rl) in x's dtype, the layout the Triton quad backward reads. Inputs: any strides with
-    unit stride on C (views of the layer's head); the caller checked :func:`unavailable_reason`."""
-    import numpy as np  # noqa: PLC0415
-
-    cupy = _cupy()
+    (tb, bt, lr, rl) in x's dtype, the layout both backwards read. Inputs: any strides with unit stride on
+    C (views of the layer's head); the caller checked :func:`unavailable_reason`."""
     B, H, W, C = x.shape
     dt = _DTYPE_CODE[x.dtype]
     cpt = 16 // x.element_size()
@@ -190,40 +292,57 @@ def scan_forward(x: torch.Tensor, lam: torch.Tensor, u: torch.Tensor, gates: tor
     hs = torch.empty((4, B, H, W, C), device=x.device, dtype=x.dtype)
     y = torch.empty((B, H, W, C), device=x.device, dtype=x.dtype)
     index = device_index(x.device)
-    vec = _vector_ok([x, lam, gates, hs], cpt)
-    fwd = _module(_fwd_expression(dt, config, vec))
-    positions = -(-max(H, W) // config.ppt)  # threads per block: vectors x the longer side's positions / PPT, whole warps
-    nt = -(-(config.nv * positions) // 32) * 32
-    if nt > (256 if config.ppt > 1 else 512):  # the kernel's launch bounds
-        raise ValueError(f"cuda_scan: {nt} threads per block for {config} at {H}x{W}")
-    kinds = 2 if config.ppt > 1 else 1
+    stream = torch.cuda.current_stream(index).cuda_stream
     if config.ring == "regs":
-        smem_bytes = 2 * 2 * (cpt // 4) * nt * 16
+        nt = _threads(config, H, W)
+        vec = _vector_ok([x, lam, gates, hs], cpt)
+        sx, sl, sg, sh = x.stride(), lam.stride(), gates.stride(), hs.stride()
+        launch(_fwd_expression(dt, config, vec), (-(-C // cpt), B, 4), nt, _rows_smem(config, cpt, nt, False), index,
+               (x.data_ptr(), lam.data_ptr(), gates.data_ptr(), hs.data_ptr(), H, W, C, *sx[:3], *sl[:3], *sg[:4],
+                *sh[:4]), stream=stream)
     else:
-        smem_bytes = (2 * kinds * (cpt // 4) + config.depth * 5 * config.ppt) * nt * 16
-        allow_shared_memory(fwd, smem_bytes)
-    i64, i32, ptr = np.int64, np.int32, np.uint64
-    sx, sl, sg, sh = x.stride(), lam.stride(), gates.stride(), hs.stride()
-    with cupy.cuda.Device(index), _stream(cupy, index):
-        fwd((-(-C // (cpt * config.nv)), B, 4), (nt, 1, 1),
-            (ptr(x.data_ptr()), ptr(lam.data_ptr()), ptr(gates.data_ptr()), ptr(hs.data_ptr()), i32(H), i32(W), i32(C),
-             i64(sx[0]), i64(sx[1]), i64(sx[2]), i64(sl[0]), i64(sl[1]), i64(sl[2]),
-             i64(sg[0]), i64(sg[1]), i64(sg[2]), i64(sg[3]), i64(sh[0]), i64(sh[1]), i64(sh[2]), i64(sh[3])),
-            shared_mem=smem_bytes)
-        cvec = _vector_ok([hs, u, y], cpt)
-        combine = _module(_combine_expression(dt, cvec))
-        npix = B * H * W
-        work = npix * -(-C // cpt)
-        blocks = max(1, min(-(-work // 256), 132 * 16))
-        su = u.stride()
-        combine((blocks,), (256,), (ptr(hs.data_ptr()), ptr(u.data_ptr()), ptr(y.data_ptr()), i32(npix), i32(H), i32(W),
-                                    i32(C), i64(sh[0]), i64(su[0]), i64(su[1]), i64(su[2])))
+        _scan_rows(dt, config, False, x, lam, gates, hs, index, stream)
+    npix = B * H * W
+    su, sh = u.stride(), hs.stride()
+    launch(_combine_expression(dt, _vector_ok([hs, u, y], cpt)), (_elementwise_blocks(npix, C, cpt), 1, 1), 256, 0,
+           index, (hs.data_ptr(), u.data_ptr(), y.data_ptr(), npix, H, W, C, sh[0], *su[:3]), stream=stream)
     return y, hs
+
+
+def scan_backward(x: torch.Tensor, lam: torch.Tensor, u: torch.Tensor, gates: torch.Tensor, hs: torch.Tensor,
+                  dy: torch.Tensor, out: tuple[torch.Tensor, ...] | None = None,
+                  config: FastConfig | None = None) -> tuple[torch.Tensor, ...]:
+    """``(dx, dlam, du, dgates)`` of :func:`scan_forward` from its inputs, its ``hs`` and ``dy`` (unit stride on
+    C), written into ``out`` (the same four, any strides with unit stride on C, e.g. slices of the head
+    gradient) when given. Two launches: the adjoint of every direction (``adj (4, B, H, W, C)`` in x's
+    dtype) on the forward's row skeleton, then one elementwise pass: dx = lam sum_d a_d, dlam = x sum_d a_d,
+    du = dy sum_d h_d and the raw-gate gradient from a_d times the previous row's h (per direction pair,
+    through Eq. 2). 12 + 2 + 8 + 14 bytes per (b, pixel, channel) and direction-sum (NOTES.md Round 7)."""
+    B, H, W, C = x.shape
+    dt = _DTYPE_CODE[x.dtype]
+    cpt = 16 // x.element_size()
+    config = config or pick_config(H, W, C, cpt, adjoint=True)
+    if out is None:
+        out = tuple(torch.empty_like(t, memory_format=torch.contiguous_format) for t in (x, lam, u, gates))
+    dx, dlam, du, dg = out
+    adj = torch.empty((4, B, H, W, C), device=x.device, dtype=x.dtype)
+    index = device_index(x.device)
+    stream = torch.cuda.current_stream(index).cuda_stream
+    _scan_rows(dt, config, True, dy, u, gates, adj, index, stream)
+    npix = B * H * W
+    tensors = [adj, hs, gates, x, lam, dy, dx, dlam, du, dg]
+    vec = _vector_ok(tensors, cpt)
+    strides = (*gates.stride()[:4], *x.stride()[:3], *lam.stride()[:3], *dy.stride()[:3], *dx.stride()[:3],
+               *dlam.stride()[:3], *du.stride()[:3], *dg.stride()[:4])
+    launch(_epilogue_expression(dt, vec), (_elementwise_blocks(npix, C, cpt // 2), 1, 1), 256, 0, index,
+           (*(t.data_ptr() for t in tensors), npix, H, W, C, adj.stride(0), *strides), stream=stream)
+    return dx, dlam, du, dg
 
 
 def write_source(path: str, configs: list[FastConfig] | None = None) -> None:
     """The source with explicit instantiations (default: every configuration the host can launch, each
-    dtype, vector and element loads), for ``nvcc -arch=sm_90 -Xptxas -v -c`` (registers, spills)."""
+    dtype, vector and element loads; the adjoint on the smem ring), for ``nvcc -arch=sm_90 -Xptxas -v -c``
+    (registers, spills)."""
     lines = [SOURCE]
     args = "(const void*, const void*, const void*, void*, int, int, int" + ", i64" * 14 + ")"
     if configs is None:
@@ -234,9 +353,14 @@ def write_source(path: str, configs: list[FastConfig] | None = None) -> None:
         for config in configs:
             for vec in (True, False):
                 lines.append(f"template __global__ void {_fwd_expression(dt, config, vec)}{args};")
+                if config.ring == "smem":
+                    lines.append(f"template __global__ void {_fwd_expression(dt, config, vec, adjoint=True)}{args};")
         for vec in (True, False):
             lines.append(f"template __global__ void {_combine_expression(dt, vec)}"
                          "(const void*, const void*, void*, int, int, int, int, i64, i64, i64, i64);")
+            lines.append(f"template __global__ void {_epilogue_expression(dt, vec)}(const void*, const void*, const void*, "
+                         "const void*, const void*, const void*, void*, void*, void*, void*, int, int, int, int"
+                         + ", i64" * 27 + ");")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 

@@ -12,8 +12,8 @@ One design per file:
 
 - :mod:`kernels.cgspn.scan_quad` - the Triton quad scan (default Triton design): four directions in one
   pipelined launch + combine; its three-launch backward;
-- :mod:`kernels.cgspn.cuda_scan` (+ ``cuda_scan_source``) - the CUDA fast-path forward (sm_90, CuPy), same
-  ``hs`` contract, so the same Triton backward;
+- :mod:`kernels.cgspn.cuda_scan` (+ ``cuda_scan_source``) - the CUDA fast path (sm_90, CuPy): the row forward
+  and its backward (adjoint rows + one elementwise pass), the same ``hs`` contract as the quad scan;
 - :mod:`kernels.cgspn.scan_directions` - one direction per launch (``propagate``; the ``directions-*`` variants);
 - :mod:`kernels.cgspn.scan_pairs` - one launch per axis (``pairs-*``, round 1's design, kept for A/B);
 - :mod:`kernels.cgspn.scan_common` - the neighbour shift, Eq. 2's raw-gate gradient, input checks.
@@ -23,7 +23,9 @@ without graph breaks and CUDA graphs capture it: ``cgspn::scan`` (x, lam, u, gat
 (x and the layer's fused head output), each with a fake (meta) implementation and an autograd formula that
 calls ``cgspn::scan_backward`` / ``cgspn::scan_head_backward``. The variant name is an operator argument;
 the backend (CUDA fast path or the Triton quad-scratch fallback, for ``auto`` / ``cuda-fast``) is resolved
-inside the operator at run time, so a compiled graph keeps the same run-time choice as eager code.
+inside the operator at run time, so a compiled graph keeps the same run-time choice as eager code. An eager
+call that records no autograd (inference) calls the operator's implementation directly (:func:`_forward`):
+the operator's own dispatch costs more host time than the scan takes at small grids.
 Outputs: y, and the per-direction states ``hs`` the backward reads (plus, for the pairs/directions designs,
 their fp32 four-direction sum); only y is differentiable. Design notes: NOTES.md; docs/design.md.
 """
@@ -31,12 +33,14 @@ their fp32 four-direction sum); only y is differentiable. Design notes: NOTES.md
 from __future__ import annotations
 
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode as _current_dispatch_mode
 
 from kernels.cgspn import cuda_image, cuda_scan
-from kernels.cgspn.scan_common import SHIFT_GATHER, SHIFT_SCRATCH, _check_inputs, _unit_channel_stride
+from kernels.cgspn.scan_common import _FLOAT_DTYPES, SHIFT_GATHER, SHIFT_SCRATCH, _check_inputs, _unit_channel_stride
 from kernels.cgspn.scan_directions import _scan_by_directions_bwd, _scan_directions_fwd, propagate
 from kernels.cgspn.scan_pairs import _scan_pairs_fwd
 from kernels.cgspn.scan_quad import _scan_quad_bwd, _scan_quad_fwd
+from kernels.cgspn.triton_support import check_runnable
 
 __all__ = ["cgspn_scan", "cgspn_scan_head", "head_views", "propagate", "scan_backend", "SCAN_VARIANTS",
            "DEFAULT_VARIANT", "FAST_VARIANT", "SHIFT_GATHER", "SHIFT_SCRATCH"]
@@ -45,16 +49,18 @@ __all__ = ["cgspn_scan", "cgspn_scan_head", "head_views", "propagate", "scan_bac
 # launch per axis; directions: four launches + PyTorch merge) x shift method. quad-scratch is the fastest
 # Triton design on an H200 (results/h200/2026-11-27-scan-variant-ab: 0.31 vs 0.41 ms at
 # grid 74 and 1.43 vs 1.92 ms at grid 147 for quad-gather, B=32, C_c=64, bf16, forward).
-# ``cuda-fast``: the CUDA forward of :mod:`kernels.cgspn.cuda_scan` (sm_90, CuPy) with the quad-scratch
-# Triton backward, wherever it can run (``cuda_scan.unavailable_reason``); elsewhere quad-scratch.
+# ``cuda-fast``: the CUDA forward and backward of :mod:`kernels.cgspn.cuda_scan` (sm_90, CuPy) wherever they can
+# run (``cuda_scan.unavailable_reason``); elsewhere quad-scratch. ``cuda-fwd-triton-bwd``: the CUDA forward with
+# the quad-scratch Triton backward (round 5's fast path), kept for the backward A/B.
 # ``auto`` (the default): cuda-fast for bfloat16/float16, quad-scratch for float32, as measured on an H200
-# (NOTES.md "Round 5", B=32: cuda-fast forward 1.16-1.6x faster in bf16, fwd+bwd 1.03-1.16x; float32 0.86-0.89x).
+# (NOTES.md "Round 5", B=32: the CUDA forward 1.16-1.6x faster in bf16; float32 0.86-0.89x; Round 7: the backward).
 # ``cuda-image``: the CUDA image forward (:mod:`kernels.cgspn.cuda_image`) where the inputs are planar and it can
 # run, else as cuda-fast; opt-in: slower than cuda-fast at B=32 on an H200 (NOTES.md "Round 6": 1.35 vs 0.84 ms
 # at 147, instruction-bound at one element per thread and step), faster at B=1 (0.088 vs 0.170 ms).
 SCAN_VARIANTS = ("auto", "quad-scratch", "quad-gather", "pairs-gather", "pairs-scratch", "directions-gather",
-                 "directions-scratch", "cuda-fast", "cuda-image")
+                 "directions-scratch", "cuda-fast", "cuda-fwd-triton-bwd", "cuda-image")
 FAST_VARIANT = "cuda-fast"
+FAST_FWD_VARIANT = "cuda-fwd-triton-bwd"
 IMAGE_VARIANT = "cuda-image"
 DEFAULT_VARIANT = "auto"
 _FAST_DTYPES = (torch.bfloat16, torch.float16)  # where "auto" takes the fast path
@@ -67,40 +73,52 @@ def _variant_options(name: str, variant: str) -> tuple[str, int]:
     """(design, shift method) of a :data:`SCAN_VARIANTS` name, e.g. ``"quad-scratch"`` -> ("quad", SHIFT_SCRATCH)."""
     if variant not in SCAN_VARIANTS:
         raise ValueError(f"{name}: variant {variant!r} is not one of {', '.join(SCAN_VARIANTS)}")
-    if variant in (FAST_VARIANT, IMAGE_VARIANT, "auto"):  # the Triton backward's (and fallback's) shift
-        return {FAST_VARIANT: "cuda", IMAGE_VARIANT: "image", "auto": "auto"}[variant], SHIFT_SCRATCH
+    if variant in _CUDA_DESIGNS:  # the Triton backward's (and fallback's) shift
+        return _CUDA_DESIGNS[variant], SHIFT_SCRATCH
     design, shift_name = variant.split("-")
     return design, SHIFT_GATHER if shift_name == "gather" else SHIFT_SCRATCH
 
 
+# variant name -> design of the CUDA-capable variants: cuda (CUDA forward and backward), cuda-fwd (CUDA forward,
+# Triton backward), image (the image forward on planar inputs, else as cuda), auto (cuda for 16-bit inputs)
+_CUDA_DESIGNS = {FAST_VARIANT: "cuda", FAST_FWD_VARIANT: "cuda-fwd", IMAGE_VARIANT: "image", "auto": "auto"}
+
+
 def _fast_path_reason(design: str, x: torch.Tensor, *others: torch.Tensor) -> str | None:
-    """For the ``cuda``, ``image`` and ``auto`` designs: None when the row CUDA forward runs on these inputs, else
-    why not (then the quad-scratch Triton path runs). Other designs: None."""
+    """For the CUDA-capable designs: None when the row CUDA path runs on these inputs, else why not (then the
+    quad-scratch Triton path runs). Other designs: None."""
     if design == "auto" and x.dtype not in _FAST_DTYPES:
         return f"{str(x.dtype).replace('torch.', '')}: the Triton forward measured faster (NOTES.md Round 5)"
-    return cuda_scan.unavailable_reason(x, *others) if design in ("cuda", "image", "auto") else None
+    return cuda_scan.unavailable_reason(x, *others) if design in _CUDA_DESIGNS.values() else None
 
 
 def _resolve(design: str, x: torch.Tensor, *others: torch.Tensor) -> str:
-    """``cuda`` when the row fast path runs these inputs, ``quad`` for a ``cuda``/``image``/``auto`` request it does
-    not; else as given (an ``image`` request that reaches here did not take the image kernel)."""
-    if design in ("cuda", "image", "auto"):
+    """``cuda`` when the row fast path runs these inputs, ``quad`` for a CUDA-capable request it does not; else as
+    given (an ``image`` request that reaches here did not take the image kernel)."""
+    if design in _CUDA_DESIGNS.values():
         return "cuda" if _fast_path_reason(design, x, *others) is None else "quad"
     return design
 
 
+def _cuda_backward(design: str, x: torch.Tensor, *others: torch.Tensor) -> bool:
+    """Whether the CUDA backward runs (the ``cuda`` and ``auto`` designs where the fast path runs); it reads the
+    same ``hs`` as the Triton one, so it does not depend on which forward stored it."""
+    return design in ("cuda", "auto") and _fast_path_reason(design, x, *others) is None
+
+
 def scan_backend(variant: str, x: torch.Tensor, *others: torch.Tensor) -> str:
     """What :func:`cgspn_scan` / :func:`cgspn_scan_head` run for ``variant`` on these inputs, in words
-    (a workload's ``backend_detail``): ``"cuda-fast-path (fwd CUDA, bwd triton quad-scratch)"``, or
-    ``"triton quad-scratch (fast path not used: <reason>)"``, or ``"triton <variant>"``."""
+    (a workload's ``backend_detail``): ``"cuda-fast-path (fwd CUDA, bwd CUDA)"``, ``"cuda-fast-path (fwd CUDA,
+    bwd triton quad-scratch)"``, or ``"triton quad-scratch (fast path not used: <reason>)"``, or ``"triton <variant>"``."""
     design, _ = _variant_options("scan_backend", variant)
-    if design not in ("cuda", "image", "auto"):
+    if design not in _CUDA_DESIGNS.values():
         return f"triton {variant}"
     image_reason = cuda_image.unavailable_reason(x, *others) if design == "image" else None
     if design == "image" and image_reason is None:
         return "cuda-image (fwd CUDA image kernel, planar inputs; bwd triton quad-scratch)"
     reason = _fast_path_reason(design, x, *others)
-    backend = ("cuda-fast-path (fwd CUDA, bwd triton quad-scratch)" if reason is None
+    backward = "CUDA" if design in ("cuda", "auto") else "triton quad-scratch"
+    backend = (f"cuda-fast-path (fwd CUDA, bwd {backward})" if reason is None
                else f"triton quad-scratch (fast path not used: {reason})")
     return backend + (f" (image kernel not used: {image_reason})" if design == "image" else "")
 
@@ -108,20 +126,19 @@ def scan_backend(variant: str, x: torch.Tensor, *others: torch.Tensor) -> str:
 def head_views(head: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(lam, u, gates) of the C-GSPN layer's fused head output ``(B, H, W, 5, C)`` = [u, lam, l, m, r]
     (``kernels.cgspn.layer.HEADS``), as strided views."""
-    return head[..., 1, :], head[..., 0, :], head[..., 2:5, :]
+    return head.select(3, 1), head.select(3, 0), head.narrow(3, 2, 3)
 
 
 def _uses_quad_backward(design: str) -> bool:
-    """The quad, CUDA (row and image) and auto designs store ``hs`` and use the quad backward."""
-    return design in ("quad", "cuda", "image", "auto")
+    """The quad, CUDA (row and image) and auto designs store ``hs`` and use the quad backward or its CUDA twin."""
+    return design in ("quad", *_CUDA_DESIGNS.values())
 
 
 # ---------------------------------------------------------------------------------------------
 # custom operators: cgspn::scan (x, lam, u, gates) and cgspn::scan_head (x, fused head output)
 # ---------------------------------------------------------------------------------------------
-@torch.library.custom_op("cgspn::scan", mutates_args=())
-def _scan_op(x: torch.Tensor, lam: torch.Tensor, u: torch.Tensor, gates: torch.Tensor, variant: str,
-             store_h: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _scan_forward(x: torch.Tensor, lam: torch.Tensor, u: torch.Tensor, gates: torch.Tensor, variant: str,
+                  store_h: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(y, total, hs) of :func:`cgspn_scan` on checked inputs with unit channel stride. ``total`` is the fp32
     four-direction sum of the pairs/directions designs (empty for the others, whose backward sums ``hs``);
     ``hs`` holds each direction's h (the pairs design stores it only with ``store_h``)."""
@@ -134,6 +151,9 @@ def _scan_op(x: torch.Tensor, lam: torch.Tensor, u: torch.Tensor, gates: torch.T
         return _scan_pairs_fwd(x, lam, u, gates, store_h, shift)
     y, total, hs = _scan_directions_fwd(x, lam, u, gates, shift)
     return y.contiguous(), total, hs
+
+
+_scan_op = torch.library.custom_op("cgspn::scan", _scan_forward, mutates_args=())
 
 
 @_scan_op.register_fake
@@ -154,8 +174,11 @@ def _scan_backward_op(x: torch.Tensor, lam: torch.Tensor, u: torch.Tensor, gates
     """(dx, dlam, du, dgates) of ``cgspn::scan`` from its saved inputs and outputs."""
     design, shift = _variant_options("cgspn_scan", variant)
     if _uses_quad_backward(design):  # the fast path stores hs exactly like the quad forward
+        dy = _unit_channel_stride(dy)
+        if _cuda_backward(design, x, lam, u, gates, dy):
+            return cuda_scan.scan_backward(x, lam, u, gates, hs, dy)
         # dh in the input dtype (one rounding, read by four directions); every sum in fp32 registers
-        return _scan_quad_bwd(x, lam, u, gates, hs, _unit_channel_stride(dy), shift)
+        return _scan_quad_bwd(x, lam, u, gates, hs, dy, shift)
     dx, dlam, du, dg = _scan_by_directions_bwd(x, lam, u, gates, total, hs, dy, shift)
     return dx, dlam, du.contiguous(), dg
 
@@ -182,14 +205,16 @@ def _scan_backward(ctx, dy, _total_grad, _hs_grad):
 _scan_op.register_autograd(_scan_backward, setup_context=_scan_setup)
 
 
-@torch.library.custom_op("cgspn::scan_head", mutates_args=())
-def _scan_head_op(x: torch.Tensor, head: torch.Tensor, variant: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _scan_head_forward(x: torch.Tensor, head: torch.Tensor, variant: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(y, hs) of :func:`cgspn_scan_head` for the quad, cuda-fast and auto variants (checked inputs)."""
     design, shift = _variant_options("cgspn_scan_head", variant)
     lam, u, gates = head_views(head)
     if _resolve(design, x, head) == "cuda":
         return cuda_scan.scan_forward(x, lam, u, gates)
     return _scan_quad_fwd(x, lam, u, gates, shift)
+
+
+_scan_head_op = torch.library.custom_op("cgspn::scan_head", _scan_head_forward, mutates_args=())
 
 
 @_scan_head_op.register_fake
@@ -200,16 +225,23 @@ def _(x, head, variant):
 @torch.library.custom_op("cgspn::scan_head_backward", mutates_args=())
 def _scan_head_backward_op(x: torch.Tensor, head: torch.Tensor, hs: torch.Tensor, dy: torch.Tensor,
                            variant: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(dx, dhead): the quad backward writing du, dlam and dgates straight into their slices of one head
-    gradient. With three view inputs instead, autograd builds each view's gradient as a zero-filled
+    """(dx, dhead): the quad backward (or its CUDA twin) writing du, dlam and dgates straight into their slices
+    of one head gradient. With three view inputs instead, autograd builds each view's gradient as a zero-filled
     head-sized tensor, copies into it and sums the three (~1.9 ms of a 6.1 ms fwd+bwd at B=32,
     147x147, C_c=64, H200)."""
-    _, shift = _variant_options("cgspn_scan_head", variant)
+    design, shift = _variant_options("cgspn_scan_head", variant)
     dhead = torch.empty(head.shape, device=head.device, dtype=head.dtype)
     dx = torch.empty(x.shape, device=x.device, dtype=x.dtype)
     d_lam, d_u, d_gates = head_views(dhead)
-    _scan_quad_bwd(x, *head_views(head), hs, _unit_channel_stride(dy), shift, out=(dx, d_lam, d_u, d_gates))
+    dy = _unit_channel_stride(dy)
+    backward = cuda_scan.scan_backward if _cuda_backward(design, x, head, dy) else _quad_backward(shift)
+    backward(x, *head_views(head), hs, dy, out=(dx, d_lam, d_u, d_gates))
     return dx, dhead
+
+
+def _quad_backward(shift: int):
+    """The Triton quad backward with the variant's shift, in :func:`kernels.cgspn.cuda_scan.scan_backward`'s signature."""
+    return lambda x, lam, u, gates, hs, dy, out: _scan_quad_bwd(x, lam, u, gates, hs, dy, shift, out=out)
 
 
 @_scan_head_backward_op.register_fake
@@ -233,12 +265,14 @@ def _scan_head_backward(ctx, dy, _hs_grad):
 _scan_head_op.register_autograd(_scan_head_backward, setup_context=_scan_head_setup)
 
 
-@torch.library.custom_op("cgspn::scan_head_planar", mutates_args=())
-def _scan_head_planar_op(x: torch.Tensor, head: torch.Tensor, bias: torch.Tensor | None,
-                         x_bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _scan_head_planar_forward(x: torch.Tensor, head: torch.Tensor, bias: torch.Tensor | None,
+                              x_bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """(y, hs) of the CUDA image forward on planar x and head (checked inputs, :func:`_image_path` true);
     y is a ``(B, H, W, C)`` view of planar storage, hs ``(4, B, C, H, WP)`` (:func:`kernels.cgspn.cuda_image.scan_forward`)."""
     return cuda_image.scan_forward(x, *head_views(head), bias, x_bias)
+
+
+_scan_head_planar_op = torch.library.custom_op("cgspn::scan_head_planar", _scan_head_planar_forward, mutates_args=())
 
 
 @_scan_head_planar_op.register_fake
@@ -297,6 +331,32 @@ def _image_path(design: str, x: torch.Tensor, *others: torch.Tensor) -> bool:
     return design == "image" and cuda_image.unavailable_reason(x, *others) is None
 
 
+def _check_head(name: str, x: torch.Tensor, head: torch.Tensor) -> None:
+    """:func:`kernels.cgspn.scan_common._check_inputs` for x and a head already known to be ``(B, H, W, 5, C)``."""
+    if head.dtype != x.dtype:
+        raise ValueError(f"{name}: head has dtype {head.dtype}, expected {x.dtype} like x")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"{name}: dtype {x.dtype} not supported; allowed: {', '.join(_FLOAT_DTYPES.values())} "
+                         "(float64: use the reference)")
+    check_runnable(name, x, head)
+
+
+def _forward(op, implementation, *tensors: torch.Tensor | None):
+    """The custom operator ``op``, or its ``implementation`` called directly for an eager call that records no
+    autograd: plain tensors, no dispatch mode (FakeTensor, FlopCounter...), not traced by ``torch.compile``,
+    no gradient needed. The operator's dispatch (autograd wrapper, redispatch, a check that outputs do not
+    alias inputs) costs ~50 us of host time per call on an H200 machine (NOTES.md Round 7): more than the
+    whole scan at small grids, and nothing an inference call uses."""
+    if torch.compiler.is_compiling() or _current_dispatch_mode() is not None:
+        return op
+    tensors = [t for t in tensors if t is not None]
+    if any(type(t) is not torch.Tensor for t in tensors):
+        return op
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return op
+    return implementation
+
+
 # ---------------------------------------------------------------------------------------------
 # public functions
 # ---------------------------------------------------------------------------------------------
@@ -317,13 +377,14 @@ def cgspn_scan(x: torch.Tensor, lam: torch.Tensor, u: torch.Tensor, gates: torch
             neighbour shift through a per-program scratch tile, then a combine kernel),
             ``"quad-gather"`` (the shift by ``tl.gather``), ``"pairs-gather"``, ``"pairs-scratch"`` (two
             launches, one per axis, both directions per program), ``"directions-gather"``,
-            ``"directions-scratch"`` (four single-direction launches), ``"cuda-fast"`` (the CUDA forward
-            of :mod:`kernels.cgspn.cuda_scan` with the quad-scratch backward, on sm_90 with CuPy; elsewhere
-            quad-scratch runs, :func:`scan_backend` says which and why); see :data:`SCAN_VARIANTS`.
+            ``"directions-scratch"`` (four single-direction launches), ``"cuda-fast"`` (the CUDA forward and
+            backward of :mod:`kernels.cgspn.cuda_scan`, on sm_90 with CuPy; elsewhere quad-scratch runs,
+            :func:`scan_backend` says which and why), ``"cuda-fwd-triton-bwd"`` (its forward with the
+            quad-scratch backward); see :data:`SCAN_VARIANTS`.
 
     Returns:
         y ``(B, H, W, C)`` in the dtype of x; fp32 state and accumulation. Differentiable
-        w.r.t. all four inputs (Triton backward; the forward stores each direction's h).
+        w.r.t. all four inputs (Triton or CUDA backward; the forward stores each direction's h).
 
     Example::
 
@@ -339,7 +400,7 @@ def cgspn_scan(x: torch.Tensor, lam: torch.Tensor, u: torch.Tensor, gates: torch
         return torch.zeros_like(x)
     # the forward stores each direction's h only when a backward will need it (the pairs design skips it otherwise)
     store_h = torch.is_grad_enabled() and any(t.requires_grad for t in (x, lam, u, gates))
-    return _scan_op(x, lam, u, gates, variant, store_h)[0]
+    return _forward(_scan_op, _scan_forward, x, lam, u, gates)(x, lam, u, gates, variant, store_h)[0]
 
 
 def cgspn_scan_head(x: torch.Tensor, head: torch.Tensor, *, variant: str = DEFAULT_VARIANT,
@@ -380,13 +441,12 @@ def cgspn_scan_head(x: torch.Tensor, head: torch.Tensor, *, variant: str = DEFAU
         head = head if bias is None else head + bias.view(5, x.shape[-1])
         x = x if x_bias is None else x + x_bias
         bias = x_bias = None
-    lam, u, gates = head_views(head)
     if not _uses_quad_backward(design):
-        return cgspn_scan(x, lam, u, gates, variant=variant)
-    _check_inputs("cgspn_scan_head", {"x": x, "lam": lam, "u": u}, gates)
+        return cgspn_scan(x, *head_views(head), variant=variant)
+    _check_head("cgspn_scan_head", x, head)
     if x.numel() == 0:
         return torch.zeros_like(x)
     if image:
-        return _scan_head_planar_op(x, head, bias, x_bias)[0]
+        return _forward(_scan_head_planar_op, _scan_head_planar_forward, x, head, bias, x_bias)(x, head, bias, x_bias)[0]
     x, head = _unit_channel_stride(x), _unit_channel_stride(head)
-    return _scan_head_op(x, head, variant)[0]
+    return _forward(_scan_head_op, _scan_head_forward, x, head)(x, head, variant)[0]

@@ -11,9 +11,13 @@ Run on an H100/H200 from the repository root::
    saturated and below-clamp gates, both positions-per-thread layouts, every prefetch depth), B=32 at
    147x147 in bf16 fwd+bwd against an fp32 reference, and (``--big``) the > 2^31-element index case.
 3. Timing (first, before any check touches a shape: Triton autotunes per (H, W, C), not per batch),
-   ``cgspn_scan_head`` as the layer calls it, Triton quad-scratch vs cuda-fast, CUDA events
-   (eager) and CUDA-graph replays (``suite.measure``): B=32, C_c=64, bf16, grids 27/37/74/147, fwd and
-   fwd+bwd; C_c 32 and 384, B=1, fp32; then the fast path's launch configurations at 74 and 147.
+   ``cgspn_scan_head`` as the layer calls it, Triton quad-scratch vs cuda-fast (and, for fwd+bwd, the CUDA
+   forward with the Triton backward, ``cuda-fwd-triton-bwd``), CUDA events (eager) and CUDA-graph replays
+   (``suite.measure``): B=32, C_c=64, bf16, grids 27/37/74/147, fwd and fwd+bwd; C_c 32 and 384, B=1, fp32;
+   then the fast path's launch configurations at 74 and 147.
+4. Host time of one eager forward at grid 27 (B=32, C_c=64, bf16), taken apart: the public call, the custom
+   operator, ``scan_forward`` itself, one bare launch, the two output allocations (``perf_counter`` over
+   back-to-back calls, synchronized once), and a cProfile of the public call.
 
 Writes ``<out>/fast_path_check.json`` and prints a table last. Exit status 1 when a check fails.
 """
@@ -36,7 +40,7 @@ from suite.measure import TimingSettings, copy_bandwidth_gbps, measure_cuda, mea
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 4 * torch.finfo(torch.float16).eps,
              torch.bfloat16: 4 * torch.finfo(torch.bfloat16).eps}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-FAST, TRITON = "cuda-fast", "quad-scratch"
+FAST, TRITON, FAST_FWD = "cuda-fast", "quad-scratch", "cuda-fwd-triton-bwd"
 TIMING = TimingSettings(budget_ms=80, warmup_ms=15, min_reps=5, max_reps=200, l2_flush="auto", cuda_graph=True)
 
 
@@ -146,10 +150,12 @@ def run_checks(args, report) -> bool:
             record(f"head 2x37x54x40 {layout} {dname}",
                    lambda dtype=dtype, layout=layout: check_head((2, 37, 54, 40), dtype, layout), TOLERANCE[dtype])
     odd = [(1, 1, 1, 8), (1, 1, 7, 3), (1, 6, 1, 3), (3, 5, 7, 1), (2, 20, 73, 64), (2, 27, 27, 20), (1, 300, 17, 24),
-           (1, 9, 512, 16), (2, 64, 64, 8)]
+           (1, 9, 512, 16), (2, 64, 64, 8), (1, 13, 200, 64)]  # 200: the adjoint's one-vector blocks
     fp32 = torch.float32
     for shape in odd:
         record(f"split {'x'.join(map(str, shape))} fp32", lambda shape=shape: check_split(shape, fp32, triton=False), 1e-5)
+    record("split 1x13x200x64 bf16 (adjoint: one vector per block)",
+           lambda: check_split((1, 13, 200, 64), torch.bfloat16), TOLERANCE[torch.bfloat16])
     for dname in ("bf16", "fp16"):  # 20 channels: element loads (not a whole 16-byte vector), one dead vector
         dtype = DTYPES[dname]
         record(f"split 2x27x27x20 {dname}", lambda d=dtype: check_split((2, 27, 27, 20), d, triton=False), TOLERANCE[dtype])
@@ -266,12 +272,74 @@ def time_config(B, grid, C, dtype, cfg, copy_gbps):
             "message": message, "bw_fraction": ideal / (ms * 1e-3) / (copy_gbps * 1e9) if ms and copy_gbps else None}
 
 
+def _host_us(fn, calls: int = 300) -> float:
+    """Median over 5 rounds of the host microseconds per call of ``fn``, ``calls`` back-to-back calls per round
+    (the device may lag behind; it is synchronized after each round)."""
+    import statistics  # noqa: PLC0415
+
+    for _ in range(20):
+        fn()
+    torch.cuda.synchronize()
+    rounds = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        rounds.append((time.perf_counter() - t0) / calls * 1e6)
+        torch.cuda.synchronize()
+    return statistics.median(rounds)
+
+
+def host_breakdown(B: int = 32, grid: int = 27, C: int = 64, dtype=torch.bfloat16) -> dict:
+    """Host microseconds per eager forward call at one small grid, from the public call down to one launch."""
+    import cProfile  # noqa: PLC0415
+    import io  # noqa: PLC0415
+    import pstats  # noqa: PLC0415
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(B, grid, grid, C, device="cuda", dtype=dtype, generator=gen)
+    head = torch.randn(B, grid, grid, 5, C, device="cuda", dtype=dtype, generator=gen)
+    lam, u, gates = head_views(head)
+    hs = torch.empty((4, B, grid, grid, C), device="cuda", dtype=dtype)
+    y = torch.empty((B, grid, grid, C), device="cuda", dtype=dtype)
+    cpt = 16 // x.element_size()
+    npix = B * grid * grid
+    sh, su = hs.stride(), u.stride()
+    combine = cuda_scan._combine_expression(1 if dtype == torch.bfloat16 else 2, True)
+    blocks = cuda_scan._elementwise_blocks(npix, C, cpt)
+    parts = {}
+    with torch.no_grad():
+        parts["cgspn_scan_head (public)"] = _host_us(lambda: scan_module.cgspn_scan_head(x, head))
+        parts["cgspn::scan_head (custom op)"] = _host_us(lambda: scan_module._scan_head_op(x, head, "auto"))
+        parts["cuda_scan.scan_forward"] = _host_us(lambda: cuda_scan.scan_forward(x, lam, u, gates))
+        parts["cuda_scan.unavailable_reason"] = _host_us(lambda: cuda_scan.unavailable_reason(x, head))
+        parts["one launch (combine)"] = _host_us(lambda: cuda_scan.launch(
+            combine, (blocks, 1, 1), 256, 0, 0, (hs.data_ptr(), u.data_ptr(), y.data_ptr(), npix, grid, grid, C, sh[0], *su[:3])))
+        parts["two torch.empty"] = _host_us(lambda: (torch.empty((4, B, grid, grid, C), device="cuda", dtype=dtype),
+                                                     torch.empty((B, grid, grid, C), device="cuda", dtype=dtype)))
+        parts["triton quad-scratch (public)"] = _host_us(lambda: scan_module.cgspn_scan_head(x, head, variant=TRITON))
+        profile = cProfile.Profile()
+        profile.enable()
+        for _ in range(500):
+            scan_module.cgspn_scan_head(x, head)
+        profile.disable()
+        torch.cuda.synchronize()
+    text = io.StringIO()
+    pstats.Stats(profile, stream=text).sort_stats("tottime").print_stats(25)
+    for name, us in parts.items():
+        print(f"[host] {name}: {us:.1f} us", flush=True)
+    print(text.getvalue()[:6000], flush=True)
+    return {"shape": [B, grid, grid, C], "dtype": str(dtype), "us_per_call": parts, "cprofile_tottime": text.getvalue()[:20000]}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--big", action="store_true", help="also the > 2^31-element index check (~50 GB of GPU memory)")
     parser.add_argument("--skip-checks", action="store_true")
     parser.add_argument("--skip-configs", action="store_true")
+    parser.add_argument("--skip-host", action="store_true", help="no host-time breakdown of the eager forward")
+    parser.add_argument("--only-host", action="store_true", help="the host-time breakdown only (no timings, checks)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if not torch.cuda.is_available():
@@ -296,12 +364,19 @@ def main(argv=None) -> int:
     def save():
         (args.out / "fast_path_check.json").write_text(json.dumps(report, indent=1, default=str))
 
+    if args.only_host:
+        report["host"] = host_breakdown()
+        save()
+        return 0
     cases = [(32, g, 64, torch.bfloat16, m) for g in (27, 37, 74, 147) for m in ("fwd", "fwd+bwd")]
     cases += [(32, 74, 32, torch.bfloat16, "fwd"), (32, 74, 384, torch.bfloat16, "fwd"), (32, 147, 384, torch.bfloat16, "fwd"),
               (1, 147, 64, torch.bfloat16, "fwd"), (1, 147, 64, torch.bfloat16, "fwd+bwd"), (32, 74, 64, torch.float32, "fwd"),
               (32, 147, 64, torch.float32, "fwd"), (32, 147, 64, torch.float16, "fwd"), (32, 147, 32, torch.bfloat16, "fwd+bwd")]
+    if not args.skip_host:
+        report["host"] = host_breakdown()
+        save()
     for B, g, C, dtype, mode in cases:
-        for variant in (TRITON, FAST):
+        for variant in (TRITON, FAST) if mode == "fwd" else (TRITON, FAST_FWD, FAST):
             try:
                 row = time_case(B, g, C, dtype, mode, variant, copy_gbps)
             except Exception as error:
@@ -328,11 +403,13 @@ def main(argv=None) -> int:
         report["checks_pass"] = ok = run_big_check(args, report) and ok
         save()
     # the table: Triton vs fast per case
-    lines = [["case", "mode", "triton ms (graph)", "fast ms (graph)", "fast eager", "speedup", "fast bw frac", "fwd+bwd/fwd"]]
+    lines = [["case", "mode", "triton ms (graph)", "fast ms (graph)", "fast eager", "speedup", "fast bw frac", "fwd+bwd/fwd",
+              "fwd-only fast ms"]]
     by = {(r.get("B"), r.get("H"), r.get("C"), r.get("dtype"), r.get("mode"), r.get("variant")): r for r in report["timings"]}
     for B, g, C, dtype, mode in cases:
         d = str(dtype).replace("torch.", "")
         t, f = by.get((B, g, C, d, mode, TRITON), {}), by.get((B, g, C, d, mode, FAST), {})
+        h = by.get((B, g, C, d, mode, FAST_FWD), {}).get("graph_ms")
         tg, fg = t.get("graph_ms"), f.get("graph_ms")
         ratio = ""
         if mode == "fwd+bwd":
@@ -340,7 +417,7 @@ def main(argv=None) -> int:
             ratio = f"{fg / fw:.2f}" if fg and fw else ""
         lines.append([f"B{B} {g}x{g} C{C} {d}", mode, f"{tg:.4f}" if tg else "-", f"{fg:.4f}" if fg else f.get("error", "-")[:30],
                       f"{f['eager_ms']:.4f}" if f.get("eager_ms") else "-", f"{tg / fg:.2f}x" if tg and fg else "-",
-                      f"{f['bw_fraction']:.3f}" if f.get("bw_fraction") else "-", ratio])
+                      f"{f['bw_fraction']:.3f}" if f.get("bw_fraction") else "-", ratio, f"{h:.4f}" if h else "-"])
     print(f"\nchecks: {'ALL PASS' if ok else 'FAILURES (see above / JSON)'}; backend at bf16 147: "
           f"{next((r.get('backend') for r in report['timings'] if r.get('variant') == FAST), '?')}")
     print_table(lines)

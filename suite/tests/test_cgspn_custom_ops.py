@@ -177,3 +177,26 @@ def test_cuda_graph_capture_of_layer_fwd_bwd():
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(y, eager_y) and torch.equal(x.grad, eager_dx)
+
+
+def test_eager_inference_skips_the_operator_dispatch():
+    """An eager call that records no autograd runs the operator's implementation directly (host time); a call
+    that needs a gradient, one under a dispatch mode (fake tensors) or on a tensor subclass goes through the
+    operator. Both give the same output."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from kernels.cgspn import scan as scan_module
+
+    op, implementation = scan_module._scan_head_op, scan_module._scan_head_forward
+    x, head = tensors((1, 3, 4, 8), head=True, grad=False)
+    assert scan_module._forward(op, implementation, x, head) is implementation
+    assert scan_module._forward(op, implementation, x, head.detach().requires_grad_(True)) is op
+    with torch.no_grad():
+        assert scan_module._forward(op, implementation, x, head.detach().requires_grad_(True)) is implementation
+    with FakeTensorMode() as mode:
+        fake = mode.from_tensor(x)
+        assert scan_module._forward(op, implementation, fake, mode.from_tensor(head)) is op
+    assert scan_module._forward(op, implementation, x.as_subclass(torch.nn.Parameter), head) is op
+    direct = cgspn_scan_head(x, head)
+    through_op = torch.ops.cgspn.scan_head(x, head, "auto")[0]
+    torch.testing.assert_close(direct, through_op, rtol=0, atol=0)

@@ -3,9 +3,11 @@
 CI has no GPU and no CuPy, so these tests check what decides the path and what the caller sees:
 the reasons the fast path is not used (device, architecture, missing CuPy, failed build, switch,
 dtype and shape limits), the backend string a workload reports, that ``auto`` picks the fast path only
-for 16-bit inputs, and that the fast forward pairs with the Triton backward through the shared ``hs``
-layout (a stand-in forward that returns the Triton quad forward's ``(y, hs)``, under the interpreter).
-The CUDA source is compiled with ``nvcc -arch=sm_90`` where nvcc exists (registers, no spills).
+for 16-bit inputs, which backward each variant runs, and that forward and backward pair through the shared
+``hs`` layout (stand-ins that run the Triton quad forward / backward, under the interpreter). The CUDA
+backward's decomposition (adjoint rows, then one pass forming every gradient from a_d and the previous
+row's h) is mirrored in float64 PyTorch against autograd of the reference. The CUDA source is compiled
+with ``nvcc -arch=sm_90`` where nvcc exists (registers, no spills).
 GPU correctness and timing: ``suite/gpu/cgspn_fast_path_check.py`` (needs an sm_90 GPU).
 """
 
@@ -61,7 +63,7 @@ def fake_cuda(monkeypatch, capability=(9, 0), cupy_error: Exception | None = Non
             raise cupy_error
         return FakeCupy
 
-    def fake_module(expression):
+    def fake_module(expression, source=None):
         if build_error is not None:
             raise build_error
         return expression
@@ -69,10 +71,12 @@ def fake_cuda(monkeypatch, capability=(9, 0), cupy_error: Exception | None = Non
     monkeypatch.setattr(cuda_scan, "_cupy", fake_cupy)
     monkeypatch.setattr(cuda_scan, "_module", fake_module)
     cuda_scan._probe.cache_clear()
+    cuda_scan._cuda_device_reason.cache_clear()
     try:
         yield
     finally:
         cuda_scan._probe.cache_clear()
+        cuda_scan._cuda_device_reason.cache_clear()
 
 
 def test_cpu_tensors_never_take_the_fast_path():
@@ -122,6 +126,11 @@ def test_launch_configuration_choice():
     assert cuda_scan.pick_config(27, 27, 8, 8).nv == 1  # one vector of channels: nothing to pair
     wide = cuda_scan.pick_config(17, 300, 64, 8)
     assert (wide.nv, wide.ppt) == (1, 2)
+    # the adjoint's two blocks per SM allow 320 threads: two vectors up to 160 positions
+    assert cuda_scan.pick_config(147, 147, 64, 8, adjoint=True).nv == 2
+    assert cuda_scan.pick_config(161, 20, 64, 8, adjoint=True).nv == 1
+    with pytest.raises(ValueError, match="adjoint"):
+        cuda_scan._fwd_expression(1, cuda_scan.FastConfig("regs", nv=1), adjoint=True)
     with pytest.raises(ValueError, match="FastConfig"):
         cuda_scan.FastConfig("regs", nv=2)
 
@@ -136,8 +145,13 @@ def fast_forward_stand_in(monkeypatch):
         calls.append(x.dtype)
         return scan_module._scan_quad_fwd(x, lam, u, gates, scan_module.SHIFT_SCRATCH)
 
+    def backward(x, lam, u, gates, hs, dy, out=None, config=None):
+        calls.append("cuda backward")
+        return scan_module._scan_quad_bwd(x, lam, u, gates, hs, dy, scan_module.SHIFT_SCRATCH, out=out)
+
     monkeypatch.setattr(cuda_scan, "unavailable_reason", lambda x, *others: None)
     monkeypatch.setattr(cuda_scan, "scan_forward", forward)
+    monkeypatch.setattr(cuda_scan, "scan_backward", backward)
     return calls
 
 
@@ -148,10 +162,12 @@ def _grads(fn, inputs, dy):
     return [out] + [t.grad for t in leaves]
 
 
+@pytest.mark.parametrize("variant", ["cuda-fast", "cuda-fwd-triton-bwd"])
 @pytest.mark.parametrize("head", [False, True], ids=["split", "head"])
-def test_fast_forward_pairs_with_triton_backward(fast_forward_stand_in, head):
-    """cuda-fast routes the forward to cuda_scan.scan_forward and back-propagates through the Triton
-    quad backward on the hs it returns: y and every gradient match the float64 reference."""
+def test_fast_forward_pairs_with_either_backward(fast_forward_stand_in, head, variant):
+    """cuda-fast routes the forward to cuda_scan.scan_forward and the backward to cuda_scan.scan_backward;
+    cuda-fwd-triton-bwd back-propagates through the Triton quad backward on the hs the fast forward returns.
+    y and every gradient match the float64 reference."""
     gen = torch.Generator().manual_seed(0)
     B, H, W, C = 2, 4, 5, 8
     x = torch.randn(B, H, W, C, generator=gen)
@@ -161,11 +177,12 @@ def test_fast_forward_pairs_with_triton_backward(fast_forward_stand_in, head):
     def split(fn):
         return lambda x, hd: fn(x, hd[..., 1, :], hd[..., 0, :], hd[..., 2:5, :])
 
-    fast = (lambda x, hd: scan_module.cgspn_scan_head(x, hd, variant="cuda-fast")) if head else \
-        split(lambda *a: cgspn_scan(*a, variant="cuda-fast"))
+    fast = (lambda x, hd: scan_module.cgspn_scan_head(x, hd, variant=variant)) if head else \
+        split(lambda *a: cgspn_scan(*a, variant=variant))
     ours = _grads(fast, [x.to(DEVICE), hd.to(DEVICE)], dy.to(DEVICE))
     ref = _grads(split(cgspn_scan_reference), [x.double(), hd.double()], dy.double())
-    assert fast_forward_stand_in, "the fast forward was not called"
+    assert fast_forward_stand_in[0] == torch.float32, "the fast forward was not called"
+    assert ("cuda backward" in fast_forward_stand_in) == (variant == "cuda-fast")
     for name, a, b in zip(("y", "dx", "dhead"), ours, ref, strict=True):
         assert relative_rms(a.cpu(), b) <= 1e-5, name
 
@@ -182,7 +199,8 @@ def test_auto_takes_the_fast_path_for_16_bit_only(fast_forward_stand_in):
         assert fast_forward_stand_in == [torch.bfloat16, torch.float32]
     x32 = inputs[0].to(DEVICE)
     assert scan_module.scan_backend("auto", x32).startswith("triton quad-scratch (fast path not used: float32: the Triton")
-    assert scan_module.scan_backend("auto", x32.bfloat16()) == "cuda-fast-path (fwd CUDA, bwd triton quad-scratch)"
+    assert scan_module.scan_backend("auto", x32.bfloat16()) == "cuda-fast-path (fwd CUDA, bwd CUDA)"
+    assert scan_module.scan_backend("cuda-fwd-triton-bwd", x32) == "cuda-fast-path (fwd CUDA, bwd triton quad-scratch)"
 
 
 def test_default_variant_is_auto():
@@ -210,4 +228,76 @@ def test_source_writer_cli(tmp_path):
                           capture_output=True, text=True, cwd=root)
     assert proc.returncode == 0, proc.stderr
     text = path.read_text()
-    assert "template __global__ void cgspn_fwd<1, 2, 1, 3, true, false>" in text
+    assert "template __global__ void cgspn_rows<1, 2, 1, 3, true, false, false>" in text  # forward
+    assert "template __global__ void cgspn_rows<1, 2, 1, 3, true, false, true>" in text  # adjoint
+    assert "template __global__ void cgspn_bwd_epilogue<1, true>" in text
+
+
+# ---- the CUDA backward's decomposition, mirrored in float64 ------------------------------------------------------
+def _mirror_adjoint(weights: torch.Tensor, dh: torch.Tensor) -> torch.Tensor:
+    """``cgspn_rows<..., ADJ=true>`` in scan layout: weights ``(B, L, P, 3, C)`` (normalized), dh ``(B, L, P, C)``;
+    rows in reverse, a = dh + c_m + c_r[p-1] + c_l[p+1] with the products c = w a of the row after."""
+    B, L, P, C = dh.shape
+    zero = dh.new_zeros(B, 1, C)
+    c_l = c_m = c_r = dh.new_zeros(B, P, C)
+    rows = []
+    for s in reversed(range(L)):
+        a = dh[:, s] + c_m + torch.cat([zero, c_r[:, :-1]], 1) + torch.cat([c_l[:, 1:], zero], 1)
+        w = weights[:, s]
+        c_l, c_m, c_r = w[:, :, 0] * a, w[:, :, 1] * a, w[:, :, 2] * a
+        rows.append(a)
+    return torch.stack(rows[::-1], dim=1)
+
+
+def _shifted(t: torch.Tensor, di: int, dj: int) -> torch.Tensor:
+    """t at pixel (i + di, j + dj) of a (B, H, W, C) tensor, 0 off the grid."""
+    H, W = t.shape[1:3]
+    out = torch.zeros_like(t)
+    out[:, max(0, -di):H - max(0, di), max(0, -dj):W - max(0, dj)] = t[:, max(0, di):H + min(0, di), max(0, dj):W + min(0, dj)]
+    return out
+
+
+def _mirror_backward(x, lam, u, gates, dy):
+    """``cuda_scan.scan_backward`` step by step: the four adjoints, then ``cgspn_bwd_epilogue``'s formulas."""
+    from kernels.cgspn.reference import _from_scan_layout, _to_scan_layout, normalize_gates_eager, propagate_reference
+
+    H, W = x.shape[1:3]
+    hs, adj = [], []
+    for axis, pair in (("vertical", ("tb", "bt")), ("horizontal", ("lr", "rl"))):
+        weights = normalize_gates_eager(gates, axis)
+        for d in pair:
+            hs.append(propagate_reference(x, lam, weights, d))
+            adj.append(_from_scan_layout(_mirror_adjoint(_to_scan_layout(weights, d), _to_scan_layout(u * dy, d)), d))
+    a = sum(adj)
+    s = torch.sigmoid(gates)
+    sl, sm, sr = s[..., 0, :], s[..., 1, :], s[..., 2, :]
+    i = torch.arange(H).view(1, H, 1, 1)
+    j = torch.arange(W).view(1, 1, W, 1)
+    dg = torch.zeros_like(gates)
+    for pair in range(2):
+        if pair == 0:  # tb reads row i-1, bt row i+1; the state axis is j
+            dw = [adj[0] * _shifted(hs[0], -1, k - 1) + adj[1] * _shifted(hs[1], 1, k - 1) for k in range(3)]
+            has_l, has_r = (j > 0).double(), (j < W - 1).double()
+        else:  # lr reads column j-1, rl column j+1; the state axis is i
+            dw = [adj[2] * _shifted(hs[2], k - 1, -1) + adj[3] * _shifted(hs[3], k - 1, 1) for k in range(3)]
+            has_l, has_r = (i > 0).double(), (i < H - 1).double()
+        den = sm + has_l * sl + has_r * sr
+        w_l, w_m, w_r = sl / den, sm / den, sr / den
+        dot = dw[0] * w_l + dw[1] * w_m + dw[2] * w_r
+        dg[..., 0, :] += (dw[0] - has_l * dot) / den * sl * (1 - sl)
+        dg[..., 1, :] += (dw[1] - dot) / den * sm * (1 - sm)
+        dg[..., 2, :] += (dw[2] - has_r * dot) / den * sr * (1 - sr)
+    return lam * a, x * a, dy * sum(hs), dg
+
+
+def test_cuda_backward_decomposition_matches_autograd():
+    """The adjoint rows and the elementwise pass of the CUDA backward (float64 mirror) give autograd's
+    gradients of the reference, on an odd non-square grid with one-pixel neighbours at every edge."""
+    gen = torch.Generator().manual_seed(3)
+    B, H, W, C = 2, 5, 7, 3
+    x, lam, u, dy = (torch.randn(B, H, W, C, generator=gen, dtype=torch.float64) for _ in range(4))
+    gates = 2 * torch.randn(B, H, W, 3, C, generator=gen, dtype=torch.float64)
+    leaves = [t.clone().requires_grad_(True) for t in (x, lam, u, gates)]
+    cgspn_scan_reference(*leaves).backward(dy)
+    for name, ours, ref in zip(("dx", "dlam", "du", "dgates"), _mirror_backward(x, lam, u, gates, dy), leaves, strict=True):
+        torch.testing.assert_close(ours, ref.grad, rtol=1e-10, atol=1e-12, msg=name)
