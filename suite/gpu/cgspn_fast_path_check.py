@@ -193,31 +193,40 @@ def run_checks(args, report) -> bool:
 
 
 def run_big_check(args, report) -> bool:
-    """The > 2^31-element index case, run last so that a crash there cannot cost the timings."""
+    """The > 2^31-element index case, forward and backward, run last so that a crash there cannot cost the
+    timings: y and every gradient of the last batch element vs an fp32 reference of that element alone."""
     ok = True
     checks = report["checks"]
     if args.big:
         t0 = time.perf_counter()
+        name = "index past 2^31 (32x147x147x3200 bf16 fwd+bwd, last batch)"
         try:
             B, H, W, C = 32, 147, 147, 3200
             gen = torch.Generator(device="cuda").manual_seed(0)
-            x, lam, u = (torch.randn(B, H, W, C, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(3))
-            gates = torch.randn(B, H, W, 3, C, device="cuda", dtype=torch.bfloat16, generator=gen)
-            with torch.no_grad():
-                y = cgspn_scan(x, lam, u, gates, variant=FAST)
-                last = slice(B - 1, B)
-                ref = cgspn_scan_reference(*(t[last].float() for t in (x, lam, u, gates)))
-            err = rel_rms(y[last], ref)
-            checks["index past 2^31 (32x147x147x3200 bf16, last batch)"] = {"vs_ref": err,
-                                                                             "pass": err <= TOLERANCE[torch.bfloat16]}
-            ok = ok and err <= TOLERANCE[torch.bfloat16]
-            print(f"[check] index past 2^31: {err:.2e} ({time.perf_counter() - t0:.1f} s)", flush=True)
-            del x, lam, u, gates, y
-            torch.cuda.empty_cache()
+            leaves = [torch.randn(B, H, W, C, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(3)]
+            leaves.append(torch.randn(B, H, W, 3, C, device="cuda", dtype=torch.bfloat16, generator=gen))
+            dy = torch.randn(B, H, W, C, device="cuda", dtype=torch.bfloat16, generator=gen)
+            for t in leaves:
+                t.requires_grad_(True)
+            y = cgspn_scan(*leaves, variant=FAST)
+            y.backward(dy)
+            last = slice(B - 1, B)
+            ours = [y.detach()[last]] + [t.grad[last] for t in leaves]
+            del y
+            ref_leaves = [t.detach()[last].float().requires_grad_(True) for t in leaves]
+            ref_y = cgspn_scan_reference(*ref_leaves)
+            ref_y.backward(dy[last].float())
+            refs = [ref_y.detach()] + [t.grad for t in ref_leaves]
+            errors = {n: rel_rms(a, r) for n, a, r in zip(("y", "dx", "dlam", "du", "dgates"), ours, refs, strict=True)}
+            passed = all(e <= TOLERANCE[torch.bfloat16] for e in errors.values())
+            checks[name] = {**{n: {"vs_ref": e} for n, e in errors.items()}, "pass": passed}
+            ok = passed
+            print(f"[check] {name}: {'ok' if passed else 'FAIL'} {errors} ({time.perf_counter() - t0:.1f} s)", flush=True)
         except Exception as error:
-            checks["index past 2^31"] = {"error": f"{type(error).__name__}: {error}", "pass": False}
+            checks[name] = {"error": f"{type(error).__name__}: {error}", "pass": False}
             ok = False
-            print(f"[check] index past 2^31: ERROR {error}", flush=True)
+            print(f"[check] {name}: ERROR {error}", flush=True)
+        torch.cuda.empty_cache()
     return ok
 
 
@@ -335,11 +344,12 @@ def host_breakdown(B: int = 32, grid: int = 27, C: int = 64, dtype=torch.bfloat1
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--big", action="store_true", help="also the > 2^31-element index check (~50 GB of GPU memory)")
+    parser.add_argument("--big", action="store_true", help="also the > 2^31-element index check, forward and backward (~100 GB of GPU memory)")
     parser.add_argument("--skip-checks", action="store_true")
     parser.add_argument("--skip-configs", action="store_true")
     parser.add_argument("--skip-host", action="store_true", help="no host-time breakdown of the eager forward")
     parser.add_argument("--only-host", action="store_true", help="the host-time breakdown only (no timings, checks)")
+    parser.add_argument("--only-big", action="store_true", help="the > 2^31-element check only (implies --big)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if not torch.cuda.is_available():
@@ -368,6 +378,11 @@ def main(argv=None) -> int:
         report["host"] = host_breakdown()
         save()
         return 0
+    if args.only_big:
+        args.big = True
+        report["checks_pass"] = ok = run_big_check(args, report)
+        save()
+        return 0 if ok else 1
     cases = [(32, g, 64, torch.bfloat16, m) for g in (27, 37, 74, 147) for m in ("fwd", "fwd+bwd")]
     cases += [(32, 74, 32, torch.bfloat16, "fwd"), (32, 74, 384, torch.bfloat16, "fwd"), (32, 147, 384, torch.bfloat16, "fwd"),
               (1, 147, 64, torch.bfloat16, "fwd"), (1, 147, 64, torch.bfloat16, "fwd+bwd"), (32, 74, 64, torch.float32, "fwd"),
