@@ -344,7 +344,8 @@ def host_breakdown(B: int = 32, grid: int = 27, C: int = 64, dtype=torch.bfloat1
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--big", action="store_true", help="also the > 2^31-element index check, forward and backward (~100 GB of GPU memory)")
+    parser.add_argument("--big", action="store_true",
+                        help="also the > 2^31-element index check, forward and backward (~100 GB of GPU memory)")
     parser.add_argument("--skip-checks", action="store_true")
     parser.add_argument("--skip-configs", action="store_true")
     parser.add_argument("--skip-host", action="store_true", help="no host-time breakdown of the eager forward")
