@@ -301,3 +301,31 @@ def test_cuda_backward_decomposition_matches_autograd():
     cgspn_scan_reference(*leaves).backward(dy)
     for name, ours, ref in zip(("dx", "dlam", "du", "dgates"), _mirror_backward(x, lam, u, gates, dy), leaves, strict=True):
         torch.testing.assert_close(ours, ref.grad, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_launcher_packs_every_argument_into_its_own_slot(monkeypatch):
+    """cuLaunchKernel reads each argument through its own pointer: pointers and int64 values whole, an int32
+    from the low 4 bytes of its slot (little-endian), negative values in two's complement."""
+    import ctypes
+
+    seen = {}
+
+    class Driver:
+        @staticmethod
+        def launchKernel(f, gx, gy, gz, bx, by, bz, smem, stream, params, extra):  # noqa: N802 - CuPy's name
+            pointers = (ctypes.c_void_p * 3).from_address(params)
+            seen["int64"] = [ctypes.c_int64.from_address(p).value for p in pointers]
+            seen["int32"] = ctypes.c_int32.from_address(pointers[1]).value
+            seen["launch"] = (f, gx, gy, gz, bx, by, bz, smem, stream, extra)
+
+    class FakeCupy:
+        class cuda:  # noqa: N801 - mirrors cupy.cuda
+            driver = Driver
+
+    monkeypatch.setattr(cuda_scan, "_cupy", lambda: FakeCupy)
+    launcher = cuda_scan._Launch(function=None, pointer=1234, nargs=3)
+    for args in ((0x7F00_0000_1000, 147, -5), (16, 2**31 - 1, 2**40)):
+        launcher((2, 3, 4), 64, 1024, 99, args)
+        assert seen["int64"] == list(args)
+        assert seen["int32"] == args[1]
+        assert seen["launch"] == (1234, 2, 3, 4, 64, 1, 1, 1024, 99, 0)
