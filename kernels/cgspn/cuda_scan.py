@@ -64,7 +64,7 @@ def _probe(device_index: int) -> str | None:
     try:
         cupy = _cupy()
     except Exception as error:  # ImportError, or a CuPy that finds no CUDA
-        return f"cupy not importable ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})"
+        return f"cupy not importable ({type(error).__name__}: {first_line(error)})"
     try:
         with cupy.cuda.Device(device_index):
             _module(_fwd_expression(1, FastConfig()))  # the bf16 defaults (smem ring, two vectors per block)
@@ -85,7 +85,6 @@ def first_line(error: Exception) -> str:
 def device_index(device: torch.device) -> int:
     """The CUDA device index of ``device``: its own, or the current device when it names none."""
     return device.index if device.index is not None else torch.cuda.current_device()
-
 
 
 def device_unavailable_reason(device: torch.device | str) -> str | None:
@@ -198,11 +197,12 @@ class _Launch:
     threads from filling it at once. ``smem``: the dynamic shared-memory limit already raised to (the opt-in
     above 48 KB, a function attribute on the device)."""
 
-    __slots__ = ("function", "pointer", "packer", "slots", "params", "lock", "smem")
+    __slots__ = ("function", "pointer", "launch_kernel", "packer", "slots", "params", "lock", "smem")
 
     def __init__(self, function, pointer: int, nargs: int):
         self.function = function  # the CuPy RawKernel: keeps the module (and the function pointer) alive
         self.pointer = pointer  # its CUfunction on one device
+        self.launch_kernel = _cupy().cuda.driver.launchKernel
         self.packer = struct.Struct("<" + "q" * nargs)
         self.slots = (ctypes.c_uint64 * nargs)()
         base = ctypes.addressof(self.slots)
@@ -211,10 +211,9 @@ class _Launch:
         self.smem = 48 * 1024
 
     def __call__(self, grid: tuple[int, int, int], block: int, smem: int, stream: int, args: tuple[int, ...]) -> None:
-        driver = _cupy().cuda.driver
         with self.lock:
             self.packer.pack_into(self.slots, 0, *args)
-            driver.launchKernel(self.pointer, grid[0], grid[1], grid[2], block, 1, 1, smem, stream,
+            self.launch_kernel(self.pointer, grid[0], grid[1], grid[2], block, 1, 1, smem, stream,
                                 ctypes.addressof(self.params), 0)
 
 
@@ -260,7 +259,7 @@ def _rows_smem(config: FastConfig, cpt: int, nt: int, adjoint: bool) -> int:
 
 def _scan_rows(dt: int, config: FastConfig, adjoint: bool, in0: torch.Tensor, in1: torch.Tensor, gates: torch.Tensor,
                out: torch.Tensor, index: int, stream: int) -> None:
-    """One launch of the row skeleton: forward (x, lam, gates -> hs) or adjoint (dy, u, gates -> adj)."""
+    """One launch of the row skeleton (either ring): forward (x, lam, gates -> hs) or adjoint (dy, u, gates -> adj)."""
     B, H, W, C = in0.shape
     cpt = 16 // in0.element_size()
     nt = _threads(config, H, W)
@@ -293,15 +292,7 @@ def scan_forward(x: torch.Tensor, lam: torch.Tensor, u: torch.Tensor, gates: tor
     y = torch.empty((B, H, W, C), device=x.device, dtype=x.dtype)
     index = device_index(x.device)
     stream = torch.cuda.current_stream(index).cuda_stream
-    if config.ring == "regs":
-        nt = _threads(config, H, W)
-        vec = _vector_ok([x, lam, gates, hs], cpt)
-        sx, sl, sg, sh = x.stride(), lam.stride(), gates.stride(), hs.stride()
-        launch(_fwd_expression(dt, config, vec), (-(-C // cpt), B, 4), nt, _rows_smem(config, cpt, nt, False), index,
-               (x.data_ptr(), lam.data_ptr(), gates.data_ptr(), hs.data_ptr(), H, W, C, *sx[:3], *sl[:3], *sg[:4],
-                *sh[:4]), stream=stream)
-    else:
-        _scan_rows(dt, config, False, x, lam, gates, hs, index, stream)
+    _scan_rows(dt, config, False, x, lam, gates, hs, index, stream)
     npix = B * H * W
     su, sh = u.stride(), hs.stride()
     launch(_combine_expression(dt, _vector_ok([hs, u, y], cpt)), (_elementwise_blocks(npix, C, cpt), 1, 1), 256, 0,

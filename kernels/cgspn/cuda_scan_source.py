@@ -444,24 +444,19 @@ cgspn_rows(const void* __restrict__ in0, const void* __restrict__ in1, const voi
                 for (int q = 0; q < 5; ++q) cur[k][q] = ring[((i64)(s * 5 + q) * PPT + k) * NT + tid];
             float nl[CPT], nr[CPT];
             float4* buf = edges + (i64)parity * KINDS * NV4 * NT;
-            if constexpr (ADJ) {  // h holds c_m between steps and the new a after adjoint_update
-                float a[PPT][CPT];
+            float a[PPT][CPT];  // the adjoint's new a (the forward's new state is h)
+            if constexpr (ADJ) {  // h holds the products c_m between steps
                 exchange<CPT, KINDS>(buf, cl[0], cr[PPT - 1], tid, NT, NV, nl, nr);
-                parity ^= 1;
                 adjoint_update<DT, PPT, FASTSIG>(cur, nl, nr, has_l, has_r, live, cl, h, cr, a);
-                const i64 orow = bh + (reverse ? (i64)(L - 1 - t) : (i64)t) * hs_;
-#pragma unroll
-                for (int k = 0; k < PPT; ++k)
-                    if (p0 + k < P && nc > 0) store_vec<DT, VEC>(out, orow + k * hp, nc, a[k]);
             } else {
                 exchange<CPT, KINDS>(buf, h[0], h[PPT - 1], tid, NT, NV, nl, nr);
-                parity ^= 1;
                 row_update<DT, PPT, FASTSIG>(cur, nl, nr, has_l, has_r, live, h);
-                const i64 orow = bh + (reverse ? (i64)(L - 1 - t) : (i64)t) * hs_;
-#pragma unroll
-                for (int k = 0; k < PPT; ++k)
-                    if (p0 + k < P && nc > 0) store_vec<DT, VEC>(out, orow + k * hp, nc, h[k]);
             }
+            parity ^= 1;
+            const i64 orow = bh + (reverse ? (i64)(L - 1 - t) : (i64)t) * hs_;
+#pragma unroll
+            for (int k = 0; k < PPT; ++k)
+                if (p0 + k < P && nc > 0) store_vec<DT, VEC>(out, orow + k * hp, nc, ADJ ? a[k] : h[k]);
             issue_row(t + DEPTH, s);  // the slot just read (its values are in registers and consumed)
         }
     }

@@ -36,11 +36,10 @@ import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode as _current_dispatch_mode
 
 from kernels.cgspn import cuda_image, cuda_scan
-from kernels.cgspn.scan_common import _FLOAT_DTYPES, SHIFT_GATHER, SHIFT_SCRATCH, _check_inputs, _unit_channel_stride
+from kernels.cgspn.scan_common import SHIFT_GATHER, SHIFT_SCRATCH, _check_head, _check_inputs, _unit_channel_stride
 from kernels.cgspn.scan_directions import _scan_by_directions_bwd, _scan_directions_fwd, propagate
 from kernels.cgspn.scan_pairs import _scan_pairs_fwd
 from kernels.cgspn.scan_quad import _scan_quad_bwd, _scan_quad_fwd
-from kernels.cgspn.triton_support import check_runnable
 
 __all__ = ["cgspn_scan", "cgspn_scan_head", "head_views", "propagate", "scan_backend", "SCAN_VARIANTS",
            "DEFAULT_VARIANT", "FAST_VARIANT", "SHIFT_GATHER", "SHIFT_SCRATCH"]
@@ -82,6 +81,7 @@ def _variant_options(name: str, variant: str) -> tuple[str, int]:
 # variant name -> design of the CUDA-capable variants: cuda (CUDA forward and backward), cuda-fwd (CUDA forward,
 # Triton backward), image (the image forward on planar inputs, else as cuda), auto (cuda for 16-bit inputs)
 _CUDA_DESIGNS = {FAST_VARIANT: "cuda", FAST_FWD_VARIANT: "cuda-fwd", IMAGE_VARIANT: "image", "auto": "auto"}
+_CUDA_BACKWARD_DESIGNS = ("cuda", "auto")  # the designs whose backward is CUDA where the fast path runs
 
 
 def _fast_path_reason(design: str, x: torch.Tensor, *others: torch.Tensor) -> str | None:
@@ -103,7 +103,7 @@ def _resolve(design: str, x: torch.Tensor, *others: torch.Tensor) -> str:
 def _cuda_backward(design: str, x: torch.Tensor, *others: torch.Tensor) -> bool:
     """Whether the CUDA backward runs (the ``cuda`` and ``auto`` designs where the fast path runs); it reads the
     same ``hs`` as the Triton one, so it does not depend on which forward stored it."""
-    return design in ("cuda", "auto") and _fast_path_reason(design, x, *others) is None
+    return design in _CUDA_BACKWARD_DESIGNS and _fast_path_reason(design, x, *others) is None
 
 
 def scan_backend(variant: str, x: torch.Tensor, *others: torch.Tensor) -> str:
@@ -117,7 +117,7 @@ def scan_backend(variant: str, x: torch.Tensor, *others: torch.Tensor) -> str:
     if design == "image" and image_reason is None:
         return "cuda-image (fwd CUDA image kernel, planar inputs; bwd triton quad-scratch)"
     reason = _fast_path_reason(design, x, *others)
-    backward = "CUDA" if design in ("cuda", "auto") else "triton quad-scratch"
+    backward = "CUDA" if design in _CUDA_BACKWARD_DESIGNS else "triton quad-scratch"
     backend = (f"cuda-fast-path (fwd CUDA, bwd {backward})" if reason is None
                else f"triton quad-scratch (fast path not used: {reason})")
     return backend + (f" (image kernel not used: {image_reason})" if design == "image" else "")
@@ -233,15 +233,12 @@ def _scan_head_backward_op(x: torch.Tensor, head: torch.Tensor, hs: torch.Tensor
     dhead = torch.empty(head.shape, device=head.device, dtype=head.dtype)
     dx = torch.empty(x.shape, device=x.device, dtype=x.dtype)
     d_lam, d_u, d_gates = head_views(dhead)
-    dy = _unit_channel_stride(dy)
-    backward = cuda_scan.scan_backward if _cuda_backward(design, x, head, dy) else _quad_backward(shift)
-    backward(x, *head_views(head), hs, dy, out=(dx, d_lam, d_u, d_gates))
+    dy, out = _unit_channel_stride(dy), (dx, d_lam, d_u, d_gates)
+    if _cuda_backward(design, x, head, dy):
+        cuda_scan.scan_backward(x, *head_views(head), hs, dy, out=out)
+    else:
+        _scan_quad_bwd(x, *head_views(head), hs, dy, shift, out=out)
     return dx, dhead
-
-
-def _quad_backward(shift: int):
-    """The Triton quad backward with the variant's shift, in :func:`kernels.cgspn.cuda_scan.scan_backward`'s signature."""
-    return lambda x, lam, u, gates, hs, dy, out: _scan_quad_bwd(x, lam, u, gates, hs, dy, shift, out=out)
 
 
 @_scan_head_backward_op.register_fake
@@ -329,16 +326,6 @@ _scan_head_planar_op.register_autograd(_scan_head_planar_backward, setup_context
 def _image_path(design: str, x: torch.Tensor, *others: torch.Tensor) -> bool:
     """True when a ``cuda-image`` request runs the CUDA image forward on these inputs (planar, 16-bit, fits)."""
     return design == "image" and cuda_image.unavailable_reason(x, *others) is None
-
-
-def _check_head(name: str, x: torch.Tensor, head: torch.Tensor) -> None:
-    """:func:`kernels.cgspn.scan_common._check_inputs` for x and a head already known to be ``(B, H, W, 5, C)``."""
-    if head.dtype != x.dtype:
-        raise ValueError(f"{name}: head has dtype {head.dtype}, expected {x.dtype} like x")
-    if x.dtype not in _FLOAT_DTYPES:
-        raise ValueError(f"{name}: dtype {x.dtype} not supported; allowed: {', '.join(_FLOAT_DTYPES.values())} "
-                         "(float64: use the reference)")
-    check_runnable(name, x, head)
 
 
 def _forward(op, implementation, *tensors: torch.Tensor | None):

@@ -98,10 +98,22 @@ def _check_inputs(name: str, grids: dict[str, torch.Tensor], gates: torch.Tensor
         raise ValueError(f"{name}: gates has shape {tuple(gates.shape)}, expected (B, H, W, 3, C) = {expected}")
     if gates.dtype != first.dtype:
         raise ValueError(f"{name}: gates has dtype {gates.dtype}, expected {first.dtype} like x")
-    if first.dtype not in _FLOAT_DTYPES:
-        raise ValueError(f"{name}: dtype {first.dtype} not supported; allowed: {', '.join(_FLOAT_DTYPES.values())} "
-                         "(float64: use the reference)")
+    _check_dtype(name, first.dtype)
     check_runnable(name, *grids.values(), gates)
+
+
+def _check_head(name: str, x: torch.Tensor, head: torch.Tensor) -> None:
+    """:func:`_check_inputs` for x and a fused head already known to be ``(B, H, W, 5, C)``."""
+    if head.dtype != x.dtype:
+        raise ValueError(f"{name}: head has dtype {head.dtype}, expected {x.dtype} like x")
+    _check_dtype(name, x.dtype)
+    check_runnable(name, x, head)
+
+
+def _check_dtype(name: str, dtype: torch.dtype) -> None:
+    if dtype not in _FLOAT_DTYPES:
+        raise ValueError(f"{name}: dtype {dtype} not supported; allowed: {', '.join(_FLOAT_DTYPES.values())} "
+                         "(float64: use the reference)")
 
 
 def _unit_channel_stride(t: torch.Tensor) -> torch.Tensor:

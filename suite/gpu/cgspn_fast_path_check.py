@@ -34,8 +34,8 @@ import torch
 
 from kernels.cgspn import cgspn_scan, cgspn_scan_reference, cuda_scan, head_views
 from kernels.cgspn import scan as scan_module
-from suite.gpu.common import CheckLog, print_table
-from suite.measure import TimingSettings, copy_bandwidth_gbps, measure_cuda, measure_cuda_graph
+from suite.gpu.common import CheckLog, gpu_report, measure_copy_bandwidth, print_table
+from suite.measure import TimingSettings, measure_cuda, measure_cuda_graph
 
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 4 * torch.finfo(torch.float16).eps,
              torch.bfloat16: 4 * torch.finfo(torch.bfloat16).eps}
@@ -356,21 +356,12 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("cgspn_fast_path_check: needs a CUDA GPU", file=sys.stderr)
         return 2
-    report = {"device": torch.cuda.get_device_name(), "capability": torch.cuda.get_device_capability(),
-              "torch": torch.__version__, "checks": {}, "timings": [], "configs": []}
-    try:
-        import cupy
-        import triton
-        report["cupy"], report["triton"] = cupy.__version__, triton.__version__
-    except Exception as error:
-        report["cupy"] = f"unavailable: {error}"
+    report = gpu_report(checks={}, timings=[], configs=[])
     t0 = time.perf_counter()
     reason = cuda_scan.device_unavailable_reason("cuda")
     report["build"] = {"seconds": round(time.perf_counter() - t0, 2), "unavailable_reason": reason}
     print(f"[build] fast path: {'available' if reason is None else reason} ({report['build']['seconds']} s)", flush=True)
-    copy_gbps = copy_bandwidth_gbps("cuda")
-    report["copy_gbps"] = copy_gbps
-    print(f"[copy] {copy_gbps:.0f} GB/s", flush=True)
+    copy_gbps = measure_copy_bandwidth(report)
 
     def save():
         (args.out / "fast_path_check.json").write_text(json.dumps(report, indent=1, default=str))

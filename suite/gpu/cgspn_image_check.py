@@ -34,8 +34,7 @@ from kernels.cgspn import cgspn_scan_reference, head_views
 from kernels.cgspn import scan as scan_module
 from kernels.cgspn.layer import CGSPNLayer
 from suite.gpu.cgspn_fast_path_check import TOLERANCE, gates_of, rel_rms, timed_row
-from suite.gpu.common import CheckLog, print_table
-from suite.measure import copy_bandwidth_gbps
+from suite.gpu.common import CheckLog, gpu_report, measure_copy_bandwidth, print_table
 
 LAYOUTS = ("planar-cb", "channels-last")
 WAYS = (("planar-cb", "cuda-image"), ("channels-last", "auto"), ("channels-last", "quad-scratch"))
@@ -188,14 +187,7 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("cgspn_image_check: needs a CUDA GPU", file=sys.stderr)
         return 2
-    report = {"device": torch.cuda.get_device_name(), "capability": torch.cuda.get_device_capability(),
-              "torch": torch.__version__, "checks": {}, "timings": []}
-    try:
-        import cupy
-        import triton
-        report["cupy"], report["triton"] = cupy.__version__, triton.__version__
-    except Exception as error:
-        report["cupy"] = f"unavailable: {error}"
+    report = gpu_report(checks={}, timings=[])
 
     def save():
         (args.out / "image_check.json").write_text(json.dumps(report, indent=1, default=str))
@@ -206,9 +198,7 @@ def main(argv=None) -> int:
     report["build"] = {"seconds": None, **{lay: scan_module.scan_backend("cuda-image", *probe[lay]) for lay in LAYOUTS}}
     report["build"]["seconds"] = round(time.perf_counter() - t0, 2)
     print(f"[build] {report['build']}", flush=True)
-    copy_gbps = copy_bandwidth_gbps("cuda")
-    report["copy_gbps"] = copy_gbps
-    print(f"[copy] {copy_gbps:.0f} GB/s", flush=True)
+    copy_gbps = measure_copy_bandwidth(report)
 
     bf16 = torch.bfloat16
     cases = [] if args.skip_timings else [(32, g, g, 64, bf16, m) for g in (27, 37, 74, 147) for m in ("fwd", "fwd+bwd")]

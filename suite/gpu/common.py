@@ -1,5 +1,6 @@
-"""What the GPU check scripts share: the device a run may use, the test subprocess, the log of named
-correctness checks and the plain-text table they print last.
+"""What the GPU check scripts share: the device a run may use, the head of their JSON report (card, versions,
+commit, copy bandwidth), the test subprocess, the log of named correctness checks and the plain-text table they
+print last.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from pathlib import Path
 
 import torch
 
+from suite.environment import _version, collect_environment
+from suite.measure import copy_bandwidth_gbps
+
 
 def check_device(script: str, tiny: bool, hint: str = "") -> str | None:
     """``"cuda"`` when a GPU exists, ``"cpu"`` for a ``--tiny`` plumbing run; else None after
@@ -23,6 +27,24 @@ def check_device(script: str, tiny: bool, hint: str = "") -> str | None:
         return "cpu"
     print(f"{script}: needs a CUDA GPU (torch.cuda.is_available() is False); --tiny runs it on CPU{hint}", file=sys.stderr)
     return None
+
+
+def gpu_report(**fields) -> dict:
+    """The head of a GPU check's JSON report: card, capability, torch, Triton and CuPy versions (None when not
+    importable), the suite's full environment (driver, commit: ``suite.environment.collect_environment``), then
+    ``fields``."""
+    environment = collect_environment("cuda")
+    return {"device": torch.cuda.get_device_name(), "capability": torch.cuda.get_device_capability(),
+            "torch": torch.__version__, "triton": environment["triton"], "cupy": _version("cupy"),
+            "environment": environment, **fields}
+
+
+def measure_copy_bandwidth(report: dict) -> float:
+    """The device's copy bandwidth (GB/s, ``suite.measure``), the ceiling of every bandwidth fraction: stored in
+    ``report`` and printed."""
+    report["copy_gbps"] = gbps = copy_bandwidth_gbps("cuda")
+    print(f"[copy] {gbps:.0f} GB/s", flush=True)
+    return gbps
 
 
 def _vs_ref_failures(result: dict, tolerance: float) -> list:

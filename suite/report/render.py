@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -187,21 +188,21 @@ def build_sections(run: Run, other: Run | None, claims: list[dict], expected: Ex
                         "taken among that scenario's own cases. Rows where we disagree are highlighted. Verdict rule: "
                         + RULE, [table(tbl.claims_table(claims))])]
 
+    def figures_then_table(section: Section, section_figures: Iterable[figs.Figure | None], t: tbl.Table) -> None:
+        for f in section_figures:
+            section.items += figure(f)
+        section.items.append(table(t))
+        sections.append(section)
+
     progress.update(task, description="latency figures")
-    latency = Section("latency", "Latency and speedup", "Per scenario (one paper figure each): latency against the swept axis, "
-                      "and the speedup over the fastest attention baseline measured at the same point.")
-    for f in figs.run_figures(run, expected.case_ids):
-        latency.items += figure(f)
-    latency.items.append(table(tbl.speedup_table(run)))
-    sections.append(latency)
+    figures_then_table(Section("latency", "Latency and speedup", "Per scenario (one paper figure each): latency against the "
+                               "swept axis, and the speedup over the fastest attention baseline measured at the same point."),
+                       figs.run_figures(run, expected.case_ids), tbl.speedup_table(run))
 
     progress.update(task, description="roofline")
-    roof = Section("roofline", "Roofline", "Per scenario: achieved TFLOP/s and TB/s of every ok case (FLOPs and ideal bytes "
-                   "over the device time) against the card's memory and compute ceilings.")
-    for f in roofline.run_roofline_figures(run, expected.case_ids):
-        roof.items += figure(f)
-    roof.items.append(table(roofline.roofline_table(run)))
-    sections.append(roof)
+    figures_then_table(Section("roofline", "Roofline", "Per scenario: achieved TFLOP/s and TB/s of every ok case (FLOPs and "
+                               "ideal bytes over the device time) against the card's memory and compute ceilings."),
+                       roofline.run_roofline_figures(run, expected.case_ids), roofline.roofline_table(run))
 
     if run.multi_gpu or run.spread:
         progress.update(task, description="GPUs")
