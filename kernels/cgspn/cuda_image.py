@@ -3,8 +3,10 @@
 Selection (:func:`unavailable_reason`): everything the row fast path needs (:func:`kernels.cgspn.cuda_scan.
 device_unavailable_reason`: CUDA on sm_90, CuPy, ``CGSPN_FAST_PATH`` not ``0``), plus bfloat16/float16 (the
 gates are held as fp16 in shared memory: too coarse for float32's tolerance), planar inputs (unit stride
-along W), an image that fits one block's shared memory (about 147 x 147) and at most 1024 threads
-(both sides <= 256). Otherwise the caller runs another path and reports why.
+along W), an image that fits one block's shared memory (up to 150 x 150) and sides of at most 192 (a warp
+runs a direction, six positions per lane). Otherwise the caller runs another path and reports why. The
+kernel is compiled per grid (H and W are template arguments, so every shared-memory offset is an immediate):
+the first call at a new grid compiles, later ones (and later processes: CuPy's disk cache) do not.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import functools
 import torch
 
 from kernels.cgspn import cuda_scan
-from kernels.cgspn.cuda_image_source import IMAGE_SOURCE, smem_bytes, threads
+from kernels.cgspn.cuda_image_source import IMAGE_SOURCE, MAX_LANE_POSITIONS, expression, smem_bytes, threads
 
 __all__ = ["empty_outputs", "hs_channels_last", "is_planar", "plan_reason", "scan_forward", "unavailable_reason"]
 
@@ -36,14 +38,10 @@ def _probe(device_index: int) -> str | None:
     """Compile the image kernel once on ``device_index``: None, or why not."""
     try:
         with cuda_scan._cupy().cuda.Device(device_index):
-            cuda_scan._module(_expression(1), IMAGE_SOURCE)
+            cuda_scan._module(expression(1, 1, 1), IMAGE_SOURCE)
     except Exception as error:
         return f"CUDA build of the image kernel failed ({type(error).__name__}: {cuda_scan.first_line(error)[:200]})"
     return None
-
-
-def _expression(dt: int) -> str:
-    return f"cgspn_image_fwd<{dt}>"
 
 
 @torch.compiler.assume_constant_result  # traced by torch.compile as a constant (it takes a lock and may compile)
@@ -55,8 +53,9 @@ def plan_reason(device: torch.device, dtype: torch.dtype, B: int, H: int, W: int
         return reason
     if dtype not in _DTYPE_CODE:
         return f"dtype {dtype}: the image kernel holds gates as fp16 (bfloat16, float16 only)"
-    if threads(H, W) > 1024:
-        return f"grid {H}x{W}: {threads(H, W)} threads > 1024"
+    if max(H, W) > 32 * MAX_LANE_POSITIONS:
+        return (f"grid {H}x{W}: a side above {32 * MAX_LANE_POSITIONS} "
+                f"(one warp per direction, {MAX_LANE_POSITIONS} positions per lane)")
     index = cuda_scan.device_index(device)
     if smem_bytes(H, W) > _smem_limit(index):
         return f"grid {H}x{W}: {smem_bytes(H, W)} bytes of shared memory > {_smem_limit(index)}"
@@ -97,27 +96,24 @@ def scan_forward(x: torch.Tensor, lam: torch.Tensor, u: torch.Tensor, gates: tor
                  bias: torch.Tensor | None = None, x_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(y, hs)``: y ``(B, H, W, C)`` as a view of planar storage, ``(C, B, H, W)`` when x's channels are
     outermost (the layer's whole-batch GEMM layout), else ``(B, C, H, W)``; and the states
-    ``hs (4, B, C, H, WP)`` (tb, bt, lr, rl; rl with its columns in scan order, i.e. reversed; WP = W rounded up
-    to 8). ``bias``: optional ``(5 C,)`` head bias in [u, lam, l, m, r] order, ``x_bias`` optional ``(C,)``,
+    ``hs (4, B, C, H, WP)`` (tb, bt, lr, rl, each in image order; WP = W rounded up to 8). ``bias``: optional
+    ``(5 C,)`` head bias in [u, lam, l, m, r] order, ``x_bias`` optional ``(C,)``,
     both added on load. The caller checked :func:`unavailable_reason`."""
     B, H, W, C = x.shape
     y, hs = empty_outputs(x)
     bias, x_bias = (None if t is None else t.contiguous() for t in (bias, x_bias))
     sx, sl, su, sg, sy = x.stride(), lam.stride(), u.stride(), gates.stride(), y.stride()
-    cuda_scan.launch(_expression(_DTYPE_CODE[x.dtype]), (C, B, 1), threads(H, W), smem_bytes(H, W),
+    cuda_scan.launch(expression(_DTYPE_CODE[x.dtype], H, W), (C, B, 1), threads(H, W), smem_bytes(H, W),
                      cuda_scan.device_index(x.device),
                      (x.data_ptr(), lam.data_ptr(), u.data_ptr(), gates.data_ptr(), 0 if bias is None else bias.data_ptr(),
-                      0 if x_bias is None else x_bias.data_ptr(), hs.data_ptr(), y.data_ptr(), H, W, C, hs.shape[-1],
+                      0 if x_bias is None else x_bias.data_ptr(), hs.data_ptr(), y.data_ptr(), C,
                       sx[0], sx[3], sx[1], sl[0], sl[3], sl[1], su[0], su[3], su[1], sg[0], sg[3], sg[4], sg[1], sy[0], sy[3]),
                      IMAGE_SOURCE)
     return y, hs
 
 
 def hs_channels_last(hs: torch.Tensor, W: int) -> torch.Tensor:
-    """The image forward's ``hs (4, B, C, H, WP)`` as the Triton backward's ``(4, B, H, W, C)`` (one copy):
-    the padding cut and rl's columns put back in image order."""
+    """The image forward's ``hs (4, B, C, H, WP)`` as the backward's ``(4, B, H, W, C)`` (one copy, the padding cut)."""
     out = torch.empty((hs.shape[0], hs.shape[1], hs.shape[3], W, hs.shape[2]), device=hs.device, dtype=hs.dtype)
-    planes = out.permute(0, 1, 4, 2, 3)  # (4, B, C, H, W) view of the channels-last result
-    planes[:3].copy_(hs[:3, ..., :W])
-    planes[3].copy_(hs[3, ..., :W].flip(-1))
+    out.permute(0, 1, 4, 2, 3).copy_(hs[..., :W])  # (4, B, C, H, W) view of the channels-last result
     return out

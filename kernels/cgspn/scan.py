@@ -114,9 +114,9 @@ def scan_backend(variant: str, x: torch.Tensor, *others: torch.Tensor) -> str:
     if design not in _CUDA_DESIGNS.values():
         return f"triton {variant}"
     image_reason = cuda_image.unavailable_reason(x, *others) if design == "image" else None
-    if design == "image" and image_reason is None:
-        return "cuda-image (fwd CUDA image kernel, planar inputs; bwd triton quad-scratch)"
     reason = _fast_path_reason(design, x, *others)
+    if design == "image" and image_reason is None:  # its backward: the row CUDA one on channels-last copies
+        return f"cuda-image (fwd CUDA image kernel, planar inputs; bwd {'CUDA' if reason is None else 'triton quad-scratch'})"
     backward = "CUDA" if design in _CUDA_BACKWARD_DESIGNS else "triton quad-scratch"
     backend = (f"cuda-fast-path (fwd CUDA, bwd {backward})" if reason is None
                else f"triton quad-scratch (fast path not used: {reason})")
@@ -281,8 +281,9 @@ def _(x, head, bias, x_bias):
 def _scan_head_planar_backward_op(x: torch.Tensor, head: torch.Tensor, bias: torch.Tensor | None, x_bias: torch.Tensor | None,
                                   hs: torch.Tensor, dy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                                                               torch.Tensor]:
-    """(dx, dhead, dbias, dx_bias) by the Triton quad backward on channels-last copies of the inputs (biases
-    added) and of hs; dx and dhead come back channels-last, dbias / dx_bias (empty without a bias) sum them."""
+    """(dx, dhead, dbias, dx_bias) by the CUDA backward (where the row fast path runs, else the Triton quad
+    backward) on channels-last copies of the inputs (biases added) and of hs; dx and dhead come back
+    channels-last, dbias / dx_bias (empty without a bias) sum them."""
     B, H, W, C = x.shape
 
     def channels_last(t, vector, shape):  # one pass: the contiguous copy, with the bias added when given
@@ -293,8 +294,11 @@ def _scan_head_planar_backward_op(x: torch.Tensor, head: torch.Tensor, bias: tor
     dhead = torch.empty_like(head_cl)
     dx = torch.empty_like(x_cl)
     d_lam, d_u, d_gates = head_views(dhead)
-    _scan_quad_bwd(x_cl, *head_views(head_cl), cuda_image.hs_channels_last(hs, W), _unit_channel_stride(dy),
-                   SHIFT_SCRATCH, out=(dx, d_lam, d_u, d_gates))
+    hs_cl, dy, out = cuda_image.hs_channels_last(hs, W), _unit_channel_stride(dy), (dx, d_lam, d_u, d_gates)
+    if _cuda_backward("cuda", x_cl, head_cl, dy):
+        cuda_scan.scan_backward(x_cl, *head_views(head_cl), hs_cl, dy, out=out)
+    else:
+        _scan_quad_bwd(x_cl, *head_views(head_cl), hs_cl, dy, SHIFT_SCRATCH, out=out)
 
     def total(grad, given):  # the gradient of a per-channel bias: the sum over batch and pixels
         return grad.sum((0, 1, 2), dtype=torch.float32).to(grad.dtype).reshape(-1) if given is not None else grad.new_empty(0)
