@@ -16,9 +16,17 @@ import functools
 import torch
 
 from kernels.cgspn import cuda_scan
-from kernels.cgspn.cuda_image_source import IMAGE_SOURCE, MAX_LANE_POSITIONS, expression, smem_bytes, threads
+from kernels.cgspn.cuda_image_source import (
+    IMAGE_SOURCE,
+    MAX_LANE_POSITIONS,
+    TIMING_SLOTS,
+    blocks_per_sm,
+    expression,
+    smem_bytes,
+    threads,
+)
 
-__all__ = ["empty_outputs", "hs_channels_last", "is_planar", "plan_reason", "scan_forward", "unavailable_reason"]
+__all__ = ["empty_outputs", "grid_size", "hs_channels_last", "is_planar", "plan_reason", "scan_forward", "unavailable_reason"]
 
 _DTYPE_CODE = {torch.bfloat16: 1, torch.float16: 2}
 
@@ -31,6 +39,16 @@ def is_planar(t: torch.Tensor) -> bool:
 @functools.cache
 def _smem_limit(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).shared_memory_per_block_optin
+
+
+@functools.cache
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def grid_size(images: int, H: int, W: int, device_index: int) -> int:
+    """Persistent blocks: as many as fit the GPU at once (:func:`blocks_per_sm` per SM), at most one per image."""
+    return max(1, min(images, _sm_count(device_index) * blocks_per_sm(H, W)))
 
 
 @functools.cache
@@ -47,7 +65,7 @@ def _probe(device_index: int) -> str | None:
 @torch.compiler.assume_constant_result  # traced by torch.compile as a constant (it takes a lock and may compile)
 def plan_reason(device: torch.device, dtype: torch.dtype, B: int, H: int, W: int) -> str | None:
     """None when the image kernel runs a ``(B, H, W, C)`` scan of ``dtype`` on ``device`` given planar
-    inputs, else why not (the device, the dtype, the image's threads and shared memory, the grid)."""
+    inputs, else why not (the device, the dtype, the image's sides and shared memory)."""
     reason = cuda_scan.device_unavailable_reason(device)
     if reason is not None:
         return reason
@@ -59,8 +77,6 @@ def plan_reason(device: torch.device, dtype: torch.dtype, B: int, H: int, W: int
     index = cuda_scan.device_index(device)
     if smem_bytes(H, W) > _smem_limit(index):
         return f"grid {H}x{W}: {smem_bytes(H, W)} bytes of shared memory > {_smem_limit(index)}"
-    if B > 65535:
-        return f"batch {B} > 65535 (grid dimension)"
     return _probe(index)
 
 
@@ -93,20 +109,27 @@ def empty_outputs(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def scan_forward(x: torch.Tensor, lam: torch.Tensor, u: torch.Tensor, gates: torch.Tensor,
-                 bias: torch.Tensor | None = None, x_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 bias: torch.Tensor | None = None, x_bias: torch.Tensor | None = None,
+                 timing: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(y, hs)``: y ``(B, H, W, C)`` as a view of planar storage, ``(C, B, H, W)`` when x's channels are
     outermost (the layer's whole-batch GEMM layout), else ``(B, C, H, W)``; and the states
     ``hs (4, B, C, H, WP)`` (tb, bt, lr, rl, each in image order; WP = W rounded up to 8). ``bias``: optional
-    ``(5 C,)`` head bias in [u, lam, l, m, r] order, ``x_bias`` optional ``(C,)``,
-    both added on load. The caller checked :func:`unavailable_reason`."""
+    ``(5 C,)`` head bias in [u, lam, l, m, r] order, ``x_bias`` optional ``(C,)``, both added where the kernel
+    uses the values. ``timing``: optional int64 CUDA tensor of ``TIMING_SLOTS`` per block (:func:`grid_size`
+    blocks), filled with each block's clock cycles per phase (the source's docstring). The caller checked
+    :func:`unavailable_reason`."""
     B, H, W, C = x.shape
     y, hs = empty_outputs(x)
     bias, x_bias = (None if t is None else t.contiguous() for t in (bias, x_bias))
     sx, sl, su, sg, sy = x.stride(), lam.stride(), u.stride(), gates.stride(), y.stride()
-    cuda_scan.launch(expression(_DTYPE_CODE[x.dtype], H, W), (C, B, 1), threads(H, W), smem_bytes(H, W),
-                     cuda_scan.device_index(x.device),
-                     (x.data_ptr(), lam.data_ptr(), u.data_ptr(), gates.data_ptr(), 0 if bias is None else bias.data_ptr(),
-                      0 if x_bias is None else x_bias.data_ptr(), hs.data_ptr(), y.data_ptr(), C,
+    index = cuda_scan.device_index(x.device)
+    blocks = grid_size(B * C, H, W, index)
+    if timing is not None and (timing.dtype != torch.int64 or timing.numel() < TIMING_SLOTS * blocks):
+        raise ValueError(f"timing: expected an int64 tensor of at least {TIMING_SLOTS * blocks} elements")
+    pointer = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
+    cuda_scan.launch(expression(_DTYPE_CODE[x.dtype], H, W), (blocks, 1, 1), threads(H, W), smem_bytes(H, W), index,
+                     (x.data_ptr(), lam.data_ptr(), u.data_ptr(), gates.data_ptr(), pointer(bias), pointer(x_bias),
+                      hs.data_ptr(), y.data_ptr(), pointer(timing), B, C,
                       sx[0], sx[3], sx[1], sl[0], sl[3], sl[1], su[0], su[3], su[1], sg[0], sg[3], sg[4], sg[1], sy[0], sy[3]),
                      IMAGE_SOURCE)
     return y, hs

@@ -1,44 +1,49 @@
-"""CUDA C++ source of the C-GSPN *image* forward: planar inputs, one image per block, inputs read once.
+"""CUDA C++ source of the C-GSPN *image* forward: planar inputs, one image at a time per block, inputs read once.
 
 Why a second design: the row design (:mod:`kernels.cgspn.cuda_scan_source`) runs each direction in its own
 block, so every direction re-reads x, lam and the three gates: 40 of its 60 bytes per (b, pixel, channel)
-(NOTES.md Round 5). Here one block owns one (batch element, channel) image, copies it once into shared
-memory and runs the four directions *concurrently* on it: the inputs cross DRAM once (10 bytes), the states
-are written once (8 bytes) and the combine re-reads them from L2 in the same block (+ u, y: 4 bytes).
+(NOTES.md Round 5). Here a block holds one (batch element, channel) image in shared memory and runs the four
+directions *concurrently* on it: the inputs cross DRAM once (10 bytes), the states are written once (8 bytes)
+and the combine re-reads them from L2 (+ u, y: 4 bytes).
 
 Layout it needs: planar (channel-major) inputs, i.e. unit stride along W -- element (b, i, j, c) at
 ``b*sb + c*sc + i*sh + j`` (gate k: ``+ k*sk``). A channels-last tensor would give a block one 2-byte
 element of every 32-byte sector; the C-GSPN layer produces planar heads directly from its GEMMs instead
 (:mod:`kernels.cgspn.layer`, ``layout="planar"``).
 
-Kernel ``cgspn_image_fwd<DT, KV, KH, NT>``, grid (C, B), NT threads (NOTES.md Round 8 for the measurements):
+Kernel ``cgspn_image_fwd<DT, H, W, NT, MINB>`` (NOTES.md Round 8 for the design's measurements): persistent
+blocks (the grid fills the GPU, image ``c B + b`` after image), NT threads; warps 0-3 scan, the others help.
+Per image:
 
-1. copy: the five planes (x, lam, l, m, r logits) as they are, by ``cp.async`` of aligned 16-byte words (an
-   image whose rows are contiguous; a plane keeps its address's phase mod 16 in shared memory, the partial
-   words at both ends go element by element; other row strides element by element).
-2. gates, in place: Eq. 2 for an interior pixel from three ex2 and one reciprocal (the sigmoid ratios as
-   products of 1 + e^-g), l and r stored as fp16 over their logits, m taken as ``1 - l - r`` of the rounded
-   values so the weights sum to exactly 1; below the clamp (they do not) m is stored with its sign bit set,
-   else its slot holds 0. Pixels on an edge of a scan's state axis (j = 0 / W-1 for the vertical scans,
-   i = 0 / H-1 for the horizontal ones) get Eq. 2's edge rule in fp32 (a float4 per side and step).
-3. scan: warp d runs direction d (tb, bt, lr, rl) alone -- no block barrier per step. Lane q holds the fp32
-   states of positions q, q + 32, ... (KV = ceil(W / 32) positions for the vertical warps, KH = ceil(H / 32)
-   for the horizontal ones), so a warp's shared-memory reads of a row are 64 contiguous bytes; the neighbours
-   h[p-1], h[p+1] arrive by two rotating shuffles per position. The next step's inputs are read while the
-   current one computes. States go to ``hs (4, B, C, H, WP)`` in image order (WP = W rounded up to 8):
-   vertical warps store each step's row, horizontal ones gather eight columns per position in registers and
-   store 16 bytes.
-4. combine: every thread, ``y = (u + bias_u) * sum_d h_d`` from the block's states (L2; 16-byte reads),
-   y planar (each image contiguous; batch and channel strides given, so ``(B, C, H, W)`` or ``(C, B, H, W)``).
-Optional per-channel biases, added in fp32 where the values are used: the head's ``(5 C,)`` in
-[u, lam, l, m, r] order and x's ``(C,)`` (the layer folds its GEMM biases here instead of a pass over the
-planar GEMM outputs).
+1. load (every warp): the five planes' pixels (x, lam, l, m, r logits) from global memory straight into the
+   scan's form in shared memory: ``bx = (lam + bias) (x + bias)`` in fp32, the interior gates of Eq. 2 packed
+   as fp16 (l, r) -- from three ex2 and one reciprocal (the sigmoid ratios as products of 1 + e^-g) --, m
+   taken as ``1 - l - r`` of the rounded values so the weights sum to exactly 1 (below the clamp they do not:
+   m is then kept with its sign bit set in a third array), and for pixels on an edge of a scan's state axis
+   (j = 0 / W-1 for the vertical scans, i = 0 / H-1 for the horizontal ones) Eq. 2's edge rule in fp32. When
+   the five planes' rows are contiguous and their addresses share their phase mod 16 (the planar layer's
+   layout), a thread reads 16-byte words of all five (two words' loads in flight), else element by element.
+2. scan (warps 0-3): warp d runs direction d (tb, bt, lr, rl) alone -- no block barrier per step. Lane q
+   holds the fp32 states of positions q, q + 32, ... (ceil(P / 32) positions), so a warp's shared-memory
+   reads of a row or column hit 32 distinct banks; the neighbours h[p-1], h[p+1] arrive by two rotating
+   shuffles per position; the next step's inputs are read while the current one computes. States go to
+   ``hs (4, B, C, H, WP)`` in image order (WP = W rounded up to 8): vertical warps store each step's row,
+   horizontal ones gather eight columns per position and store 16 bytes.
+   Meanwhile the other warps combine the previous image: ``y = (u + bias_u) * sum_d h_d`` from its states
+   (L2, 16-byte reads), y planar (each image contiguous; batch and channel strides given).
+3. after the last image, every warp combines it.
+Optional per-channel biases, added in fp32: the head's ``(5 C,)`` in [u, lam, l, m, r] order and x's ``(C,)``
+(the layer folds its GEMM biases here instead of a pass over the planar GEMM outputs). Optional ``timing``
+(int64, 8 per block): clock cycles per phase summed over the block's images (load, scan, combine beside the
+scan, the scan phase's barrier-to-barrier time, the last combine, images), for ``suite/gpu`` probes.
 """
 
 from kernels.cgspn.cuda_scan_source import HELPERS, PREAMBLE
 
 #: the most positions a lane holds (both grid sides <= 32 * MAX_LANE_POSITIONS)
 MAX_LANE_POSITIONS = 6
+#: int64 counters per block in the optional timing buffer
+TIMING_SLOTS = 8
 
 _IMAGE_KERNEL = r"""
 template <int DT> __device__ __forceinline__ float raw_f(u32 v) {
@@ -46,7 +51,10 @@ template <int DT> __device__ __forceinline__ float raw_f(u32 v) {
 }
 template <int DT> __device__ __forceinline__ float ld_f(const u16* p) { return raw_f<DT>((u32)__ldg(p)); }
 __device__ __forceinline__ float ex2_approx(float v) { float y; asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(v)); return y; }
-__device__ __forceinline__ u32 lds16(const char* p) { return (u32)*reinterpret_cast<const u16*>(p); }
+__device__ __forceinline__ u32 half_of(const uint4& v, int e) {  // element e (0-7) of eight 2-byte values
+    const u32 w = e < 2 ? v.x : e < 4 ? v.y : e < 6 ? v.z : v.w;
+    return (e & 1) ? w >> 16 : w & 0xffffu;
+}
 
 // The three normalized gates of a pixel whose state-axis neighbours exist as has_l / has_r (Eq. 2).
 __device__ __forceinline__ float4 edge_gates(float sl, float sm, float sr, bool has_l, bool has_r) {
@@ -73,6 +81,55 @@ __device__ __forceinline__ bool interior_gates(float a, float b, float c, float&
     return den < CGSPN_GATE_EPS;
 }
 
+// One image in shared memory, in the scan's form (byte offsets from the dynamic shared memory's start):
+// float bx[HW] | u32 lr[HW] (fp16 l | fp16 r << 16) | u16 mf[HW] (0, or the clamped m with its sign bit set)
+// | float4 edge_v[2][H] (j = 0, j = W-1) | float4 edge_h[2][W] (i = 0, i = H-1)
+template <int H, int W> struct ImageLayout {
+    static constexpr int HW = H * W, BX = 0, LR = (4 * HW + 15) / 16 * 16, MF = 2 * LR;
+    static constexpr int EDGE = MF + (2 * HW + 15) / 16 * 16, BYTES = EDGE + 32 * (H + W);
+};
+
+struct Biases { float u, lam, l, m, r, x; };
+
+template <int DT> __device__ __forceinline__ Biases biases_of(const u16* bias, const u16* xbias, int c, int C) {
+    Biases z{0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    if (bias != nullptr) {
+        z.u = ld_f<DT>(bias + c); z.lam = ld_f<DT>(bias + C + c); z.l = ld_f<DT>(bias + 2 * C + c);
+        z.m = ld_f<DT>(bias + 3 * C + c); z.r = ld_f<DT>(bias + 4 * C + c);
+    }
+    if (xbias != nullptr) z.x = ld_f<DT>(xbias + c);
+    return z;
+}
+
+// Pixel k = (i, j) of the raw planes (2-byte values) into the scan's form; returns whether Eq. 2's clamp applied.
+template <int DT, int H, int W>
+__device__ __forceinline__ bool convert_pixel(char* smem, int k, u32 rx, u32 rlam, u32 rgl, u32 rgm, u32 rgr, const Biases& z) {
+    typedef ImageLayout<H, W> Lay;
+    const int i = k / W, j = k - i * W;
+    reinterpret_cast<float*>(smem + Lay::BX)[k] = (raw_f<DT>(rx) + z.x) * (raw_f<DT>(rlam) + z.lam);
+    const float nl2e = -1.4426950408889634f;
+    const float a = 1.0f + ex2_approx(nl2e * (raw_f<DT>(rgl) + z.l));
+    const float b = 1.0f + ex2_approx(nl2e * (raw_f<DT>(rgm) + z.m));
+    const float c = 1.0f + ex2_approx(nl2e * (raw_f<DT>(rgr) + z.r));
+    float gl, gm, gr;
+    const bool clamped = interior_gates(a, b, c, gl, gm, gr);
+    reinterpret_cast<u32*>(smem + Lay::LR)[k] = (u32)pack1(gl, 2) | ((u32)pack1(gr, 2) << 16);
+    // m as 1 - l - r of the *rounded* l and r, so the weights sum to exactly 1 (no mass lost per step: an fp16
+    // m of its own lost 3.5% over 147 steps of all-equal gates); below the clamp the sum is not 1 and m is kept
+    // with the sign bit set (a -0 underflow included)
+    reinterpret_cast<u16*>(smem + Lay::MF)[k] = clamped ? (u16)(pack1(gm, 2) | 0x8000u) : (u16)0;
+    if (j == 0 || j == W - 1 || i == 0 || i == H - 1) {
+        float4* edge_v = reinterpret_cast<float4*>(smem + Lay::EDGE);
+        float4* edge_h = edge_v + 2 * H;
+        const float sl = rcp_approx(a), sm = rcp_approx(b), sr = rcp_approx(c);
+        if (j == 0) edge_v[i] = edge_gates(sl, sm, sr, false, W > 1);
+        if (j == W - 1) edge_v[H + i] = edge_gates(sl, sm, sr, W > 1, false);
+        if (i == 0) edge_h[j] = edge_gates(sl, sm, sr, false, H > 1);
+        if (i == H - 1) edge_h[W + j] = edge_gates(sl, sm, sr, H > 1, false);
+    }
+    return clamped;
+}
+
 // 16-byte word m of the aligned window around an image occupying window bytes [phase, end): one vector load
 // when the word lies inside the image, else its bytes inside the image one element at a time (zeros elsewhere),
 // so nothing outside the image is read.
@@ -87,75 +144,89 @@ __device__ __forceinline__ uint4 window_word(const char* al, int m, int phase, i
     return make_uint4(w[0], w[1], w[2], w[3]);
 }
 
-// Copy one plane's H x W image (2-byte elements) to dst (16-byte aligned), element k at byte 2k, so every
-// plane sits at a fixed offset and the scan's addresses are immediates. Contiguous rows: output word n is the
-// window's bytes [16 n + phase, 16 n + phase + 16), i.e. window words n and n + 1 shifted by the phase (a
-// uniform select per 8 / 4 / 2 bytes). Other row strides: element by element.
-template <int H, int W, int NT>
-__device__ __forceinline__ void copy_plane(char* dst, const u16* src, i64 row_stride, int tid) {
-    constexpr int HW = H * W, NO = (2 * HW + 15) / 16;
-    if (row_stride == W || H == 1) {
-        const unsigned long long a = reinterpret_cast<unsigned long long>(src);
-        const int phase = (int)(a & 15ull), end = phase + 2 * HW;
-        const char* al = reinterpret_cast<const char*>(a - (unsigned long long)phase);
-        for (int n = tid; n < NO; n += NT) {
-            const uint4 w0 = window_word(al, n, phase, end);
-            const uint4 w1 = phase != 0 ? window_word(al, n + 1, phase, end) : make_uint4(0u, 0u, 0u, 0u);
-            u32 v[8] = {w0.x, w0.y, w0.z, w0.w, w1.x, w1.y, w1.z, w1.w};
-            if (phase & 8) {
+// Load one image (plane q's element (i, j) at src[q] + i rows[q] + j) into shared memory; threads [t0, t0 + n).
+// Returns whether some pixel of this thread's was below Eq. 2's clamp.
+template <int DT, int H, int W>
+__device__ __forceinline__ bool load_image(char* smem, const u16* const (&src)[5], const i64 (&rows)[5], const Biases& z,
+                                           int t, int n) {
+    constexpr int HW = H * W;
+    bool clamped = false;
+    const unsigned long long a0 = reinterpret_cast<unsigned long long>(src[0]);
+    const int phase = (int)(a0 & 15ull);
+    bool words = true;
 #pragma unroll
-                for (int i = 0; i < 6; ++i) v[i] = v[i + 2];
-            }
-            if (phase & 4) {
+    for (int q = 0; q < 5; ++q)
+        words = words && (rows[q] == W || H == 1) && (int)(reinterpret_cast<unsigned long long>(src[q]) & 15ull) == phase;
+    if (words) {  // 16-byte words of all five planes, two words per thread in flight
+        const int end = phase + 2 * HW, nw = (end + 15) >> 4;
+        const char* al[5];
 #pragma unroll
-                for (int i = 0; i < 5; ++i) v[i] = v[i + 1];
-            }
-            if (phase & 2) {
+        for (int q = 0; q < 5; ++q) al[q] = reinterpret_cast<const char*>(src[q]) - phase;
+        for (int w0 = t; w0 < nw; w0 += 2 * n) {
+            uint4 v[2][5];
 #pragma unroll
-                for (int i = 0; i < 4; ++i) v[i] = __funnelshift_r(v[i], v[i + 1], 16);
+            for (int s = 0; s < 2; ++s)
+#pragma unroll
+                for (int q = 0; q < 5; ++q)
+                    v[s][q] = w0 + s * n < nw ? window_word(al[q], w0 + s * n, phase, end) : make_uint4(0u, 0u, 0u, 0u);
+#pragma unroll
+            for (int s = 0; s < 2; ++s) {
+                const int k0 = 8 * (w0 + s * n) - phase / 2;
+#pragma unroll
+                for (int e = 0; e < 8; ++e)
+                    if (k0 + e >= 0 && k0 + e < HW)
+                        clamped |= convert_pixel<DT, H, W>(smem, k0 + e, half_of(v[s][0], e), half_of(v[s][1], e),
+                                                           half_of(v[s][2], e), half_of(v[s][3], e), half_of(v[s][4], e), z);
             }
-            *reinterpret_cast<uint4*>(dst + 16 * n) = make_uint4(v[0], v[1], v[2], v[3]);
         }
-        return;
+        return clamped;
     }
-    for (int k = tid; k < HW; k += NT) {
-        const int i = k / W;
-        *reinterpret_cast<u16*>(dst + 2 * k) = __ldg(src + i * row_stride + (k - i * W));
+    for (int k = t; k < HW; k += n) {  // any other layout: element by element
+        const int i = k / W, j = k - i * W;
+        u32 r[5];
+#pragma unroll
+        for (int q = 0; q < 5; ++q) r[q] = (u32)__ldg(src[q] + i * rows[q] + j);
+        clamped |= convert_pixel<DT, H, W>(smem, k, r[0], r[1], r[2], r[3], r[4], z);
     }
+    return clamped;
 }
 
-// One direction on the image in shared memory (plane q at byte q PL; element (step row s, position p) at byte
-// 2 (VERT ? s W + p : p W + s)). Lane q owns positions q + 32 k, k < K (P <= 32 K). CLAMPED: some pixel of the
-// image is below Eq. 2's clamp, so m is read from its slot where flagged, else m = 1 - l - r.
-template <int DT, int H, int W, int PL, bool VERT, bool REV, bool CLAMPED>
-__device__ __forceinline__ void scan_direction(const char* planes, const float4* edge, u16* hplane, float bias_x, float bias_l) {
+// One direction on the image in shared memory (element (step row s, position p) is pixel VERT ? s W + p :
+// p W + s). Lane q owns positions q + 32 k, k < K (P <= 32 K). CLAMPED: some pixel of the image is below
+// Eq. 2's clamp, so m is read where flagged, else m = 1 - l - r.
+template <int DT, int H, int W, bool VERT, bool REV, bool CLAMPED>
+__device__ __forceinline__ void scan_direction(const char* smem, u16* hplane) {
+    typedef ImageLayout<H, W> Lay;
     constexpr int L = VERT ? H : W, P = VERT ? W : H, K = (P + 31) / 32, WP = (W + 7) / 8 * 8;
-    constexpr int K_OFF = VERT ? 64 : 64 * W, STEP = VERT ? 2 * W : 2, CHUNKS = (L + 7) / 8;
-    const int lane = threadIdx.x & 31;
+    constexpr int K_OFF = VERT ? 32 : 32 * W, STEP = VERT ? W : 1, CHUNKS = (L + 7) / 8;  // in pixels
     constexpr int LAST_LANE = (P - 1) & 31;  // position P - 1 is lane LAST_LANE's k = K - 1
+    const int lane = threadIdx.x & 31;
     const bool tail = lane + 32 * (K - 1) < P;  // the last k holds a position (k < K - 1 always does)
-    const char* base = planes + (VERT ? 2 * lane : 2 * lane * W);
-    struct Raw { u32 x, lam, l, r, m; };
-    auto load = [&](int s, Raw (&v)[K], float4& e0, float4& e1) {
-        const char* o = base + s * STEP;
+    const float* bx = reinterpret_cast<const float*>(smem + Lay::BX) + (VERT ? lane : lane * W);
+    const u32* lr = reinterpret_cast<const u32*>(smem + Lay::LR) + (VERT ? lane : lane * W);
+    const u16* mf = reinterpret_cast<const u16*>(smem + Lay::MF) + (VERT ? lane : lane * W);
+    const float4* edge = reinterpret_cast<const float4*>(smem + Lay::EDGE) + (VERT ? 0 : 2 * H);
+    struct In { float bx; u32 lr, m; };
+    auto load = [&](int s, In (&v)[K], float4& e0, float4& e1) {
+        const int o = s * STEP;
 #pragma unroll
         for (int k = 0; k < K; ++k) {
             if (k < K - 1 || tail) {
-                v[k].x = lds16(o + k * K_OFF); v[k].lam = lds16(o + PL + k * K_OFF);
-                v[k].l = lds16(o + 2 * PL + k * K_OFF); v[k].r = lds16(o + 4 * PL + k * K_OFF);
-                if (CLAMPED) v[k].m = lds16(o + 3 * PL + k * K_OFF);
+                v[k].bx = bx[o + k * K_OFF];
+                v[k].lr = lr[o + k * K_OFF];
+                if (CLAMPED) v[k].m = mf[o + k * K_OFF];
             }
         }
         if (lane == 0) e0 = edge[s];
         if (lane == LAST_LANE) e1 = edge[L + s];
     };
     float h[K];
-    Raw buf[2][K];
+    In buf[2][K];
     float4 e[2][2];
 #pragma unroll
     for (int k = 0; k < K; ++k) {
         h[k] = 0.0f;
-        buf[0][k] = buf[1][k] = Raw{0u, 0u, 0u, 0u, 0u};
+        buf[0][k] = buf[1][k] = In{0.0f, 0u, 0u};
     }
     e[0][0] = e[0][1] = e[1][0] = e[1][1] = make_float4(0.f, 0.f, 0.f, 0.f);
     load(REV ? L - 1 : 0, buf[0], e[0][0], e[0][1]);
@@ -173,7 +244,7 @@ __device__ __forceinline__ void scan_direction(const char* planes, const float4*
             // the next step's inputs while this one computes; also at a dead step, so that a reverse scan's
             // first live step (after dead ones) finds its row in the buffer of its parity
             if (sn >= 0 && sn < L) load(sn, buf[(t + 1) & 1], e[(t + 1) & 1][0], e[(t + 1) & 1][1]);
-            const Raw (&cur)[K] = buf[t & 1];
+            const In (&cur)[K] = buf[t & 1];
             const float4 e0 = e[t & 1][0], e1 = e[t & 1][1];
             float up[K], dn[K];
 #pragma unroll
@@ -185,12 +256,11 @@ __device__ __forceinline__ void scan_direction(const char* planes, const float4*
             for (int k = 0; k < K; ++k) {
                 const float hl = lane == 0 ? (k > 0 ? up[k - 1] : 0.0f) : up[k];
                 const float hr = lane == 31 ? (k < K - 1 ? dn[k + 1] : 0.0f) : dn[k];
-                float gl = f16_to_f32(cur[k].l), gr = f16_to_f32(cur[k].r), gm = 1.0f - gl - gr;
+                float gl = f16_to_f32(cur[k].lr & 0xffffu), gr = f16_to_f32(cur[k].lr >> 16), gm = 1.0f - gl - gr;
                 if (CLAMPED && (cur[k].m & 0x8000u)) gm = f16_to_f32(cur[k].m & 0x7fffu);
                 if (k == K - 1 && lane == LAST_LANE) { gl = e1.x; gm = e1.y; gr = e1.z; }
                 if (k == 0 && lane == 0) { gl = e0.x; gm = e0.y; gr = e0.z; }
-                const float bx = (raw_f<DT>(cur[k].x) + bias_x) * (raw_f<DT>(cur[k].lam) + bias_l);
-                const float hn = fmaf(gl, hl, fmaf(gm, h[k], fmaf(gr, hr, bx)));
+                const float hn = fmaf(gl, hl, fmaf(gm, h[k], fmaf(gr, hr, cur[k].bx)));
                 const bool on = k < K - 1 || tail;
                 if (live) h[k] = on ? hn : 0.0f;
                 const u32 hv = (u32)pack1(h[k], DT);
@@ -208,104 +278,109 @@ __device__ __forceinline__ void scan_direction(const char* planes, const float4*
     }
 }
 
-template <int DT, int H, int W, int PL, bool CLAMPED>
-__device__ __forceinline__ void scan_warp(int d, const char* planes, const float4* edge_v, const float4* edge_h,
-                                          u16* hplane, float bias_x, float bias_l) {
-    if (d == 0) scan_direction<DT, H, W, PL, true, false, CLAMPED>(planes, edge_v, hplane, bias_x, bias_l);
-    else if (d == 1) scan_direction<DT, H, W, PL, true, true, CLAMPED>(planes, edge_v, hplane, bias_x, bias_l);
-    else if (d == 2) scan_direction<DT, H, W, PL, false, false, CLAMPED>(planes, edge_h, hplane, bias_x, bias_l);
-    else scan_direction<DT, H, W, PL, false, true, CLAMPED>(planes, edge_h, hplane, bias_x, bias_l);
+template <int DT, int H, int W, bool CLAMPED>
+__device__ __forceinline__ void scan_warp(int d, const char* smem, u16* hplane) {
+    if (d == 0) scan_direction<DT, H, W, true, false, CLAMPED>(smem, hplane);
+    else if (d == 1) scan_direction<DT, H, W, true, true, CLAMPED>(smem, hplane);
+    else if (d == 2) scan_direction<DT, H, W, false, false, CLAMPED>(smem, hplane);
+    else scan_direction<DT, H, W, false, true, CLAMPED>(smem, hplane);
 }
 
-// shared memory (bytes): 5 planes of PL = round16(2 H W) (x, lam, l, m, r: the raw images, the gates then
-// normalized in place) | float4 edge_v[2][H] (j = 0, j = W-1) | float4 edge_h[2][W] (i = 0, i = H-1)
-template <int DT, int H, int W, int NT, int MINB>
+// y = (u + bias_u) * (tb + bt + lr + rl) of one image from its stored states (L2), eight pixels of a row per item,
+// two items per thread in flight; threads [t, t + n) of the block
+template <int DT, int H, int W>
+__device__ __forceinline__ void combine_image(const u16* h0, i64 pstride, const u16* ub, i64 suh, u16* yb, float bias_u,
+                                              int t, int n) {
+    constexpr int WP = (W + 7) / 8 * 8, PER_ROW = WP / 8, ITEMS = H * PER_ROW;
+    for (int it0 = t; it0 < ITEMS; it0 += 2 * n) {
+        uint4 v[2][4];
+        float uu[2][8];
+#pragma unroll
+        for (int s = 0; s < 2; ++s) {
+            const int it = min(it0 + s * n, ITEMS - 1), i = it / PER_ROW, j0 = (it - i * PER_ROW) * 8;
+#pragma unroll
+            for (int d = 0; d < 4; ++d)
+                asm("ld.global.cg.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v[s][d].x), "=r"(v[s][d].y), "=r"(v[s][d].z),
+                    "=r"(v[s][d].w) : "l"(h0 + d * pstride + i * WP + j0));
+#pragma unroll
+            for (int e = 0; e < 8; ++e) uu[s][e] = j0 + e < W ? ld_f<DT>(ub + i * suh + j0 + e) : 0.0f;
+        }
+#pragma unroll
+        for (int s = 0; s < 2; ++s) {
+            const int it = it0 + s * n;
+            if (it >= ITEMS) break;
+            const int i = it / PER_ROW, j0 = (it - i * PER_ROW) * 8;
+            float acc[8], f[8];
+#pragma unroll
+            for (int e = 0; e < 8; ++e) acc[e] = 0.0f;
+#pragma unroll
+            for (int d = 0; d < 4; ++d) {
+                unpack<DT>(v[s][d], f);
+#pragma unroll
+                for (int e = 0; e < 8; ++e) acc[e] += f[e];
+            }
+#pragma unroll
+            for (int e = 0; e < 8; ++e)
+                if (j0 + e < W) yb[i * W + j0 + e] = pack1((uu[s][e] + bias_u) * acc[e], DT);
+        }
+    }
+}
+
+__device__ __forceinline__ long long clock_now() { long long t; asm volatile("mov.u64 %0, %%clock64;" : "=l"(t)); return t; }
+
+template <int DT, int NT, int MINB, int H, int W>
 __global__ void __launch_bounds__(NT, MINB)
 cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u16* __restrict__ u,
                 const u16* __restrict__ g, const u16* __restrict__ bias, const u16* __restrict__ xbias,
-                u16* __restrict__ hs, u16* __restrict__ y, int C,
+                u16* __restrict__ hs, u16* __restrict__ y, long long* __restrict__ timing, int B, int C,
                 i64 sxb, i64 sxc, i64 sxh, i64 slb, i64 slc, i64 slh, i64 sub, i64 suc, i64 suh,
                 i64 sgb, i64 sgk, i64 sgc, i64 sgh, i64 syb, i64 syc) {
-    constexpr int HW = H * W, PL = (2 * HW + 15) / 16 * 16, WP = (W + 7) / 8 * 8;
+    constexpr int WP = (W + 7) / 8 * 8;
     extern __shared__ __align__(16) char smem[];
-    float4* edge_v = reinterpret_cast<float4*>(smem + 5 * PL);
-    float4* edge_h = edge_v + 2 * H;
-    const int c = blockIdx.x, tid = threadIdx.x;
-    const i64 b = blockIdx.y;
-    float bias_u = 0.f, bias_l = 0.f, bias_gl = 0.f, bias_gm = 0.f, bias_gr = 0.f;  // head order u, lam, l, m, r
-    if (bias != nullptr) {
-        bias_u = ld_f<DT>(bias + c); bias_l = ld_f<DT>(bias + C + c); bias_gl = ld_f<DT>(bias + 2 * C + c);
-        bias_gm = ld_f<DT>(bias + 3 * C + c); bias_gr = ld_f<DT>(bias + 4 * C + c);
-    }
-    const float bias_x = xbias != nullptr ? ld_f<DT>(xbias + c) : 0.f;
-    // 1. copy the five planes
-    const u16* gb = g + b * sgb + (i64)c * sgc;
-    copy_plane<H, W, NT>(smem, x + b * sxb + (i64)c * sxc, sxh, tid);
-    copy_plane<H, W, NT>(smem + PL, lam + b * slb + (i64)c * slc, slh, tid);
-    copy_plane<H, W, NT>(smem + 2 * PL, gb, sgh, tid);
-    copy_plane<H, W, NT>(smem + 3 * PL, gb + sgk, sgh, tid);
-    copy_plane<H, W, NT>(smem + 4 * PL, gb + 2 * sgk, sgh, tid);
-    __syncthreads();
-    // 2. the gates, normalized in place
-    bool clamped = false;
-    u16* gl16 = reinterpret_cast<u16*>(smem + 2 * PL);
-    for (int k = tid; k < HW; k += NT) {
-        const int i = k / W, j = k - i * W;
-        const float nl2e = -1.4426950408889634f;
-        const float a = 1.0f + ex2_approx(nl2e * (raw_f<DT>(gl16[k]) + bias_gl));
-        const float bm = 1.0f + ex2_approx(nl2e * (raw_f<DT>(gl16[PL / 2 + k]) + bias_gm));
-        const float cr = 1.0f + ex2_approx(nl2e * (raw_f<DT>(gl16[PL + k]) + bias_gr));
-        float gl, gm, gr;
-        const bool cl = interior_gates(a, bm, cr, gl, gm, gr);
-        gl16[k] = pack1(gl, 2);
-        gl16[PL + k] = pack1(gr, 2);
-        // m as 1 - l - r of the *rounded* l and r, so the weights sum to exactly 1 (no mass lost per step: an
-        // fp16 m of its own lost 3.5% over 147 steps of all-equal gates); below the clamp the sum is not 1 and
-        // m is stored with the sign bit set
-        gl16[PL / 2 + k] = cl ? (u16)(pack1(gm, 2) | 0x8000u) : (u16)0;
-        clamped |= cl;
-        if (j == 0 || j == W - 1 || i == 0 || i == H - 1) {
-            const float sl = rcp_approx(a), sm = rcp_approx(bm), sr = rcp_approx(cr);
-            if (j == 0) edge_v[i] = edge_gates(sl, sm, sr, false, W > 1);
-            if (j == W - 1) edge_v[H + i] = edge_gates(sl, sm, sr, W > 1, false);
-            if (i == 0) edge_h[j] = edge_gates(sl, sm, sr, false, H > 1);
-            if (i == H - 1) edge_h[W + j] = edge_gates(sl, sm, sr, H > 1, false);
+    const int tid = threadIdx.x, warp = tid >> 5, images = B * C;
+    const i64 pstride = (i64)B * C * (H * WP);  // one direction's states
+    long long tsum[6] = {0, 0, 0, 0, 0, 0};
+    int prev = -1;  // the image whose states the helper warps combine during the next scan
+    auto combine = [&](int img, int t, int n) {
+        const int c = img / B;
+        const i64 b = img - c * B;
+        combine_image<DT, H, W>(hs + (b * C + c) * (i64)(H * WP), pstride, u + b * sub + (i64)c * suc, suh,
+                                y + b * syb + (i64)c * syc, biases_of<DT>(bias, xbias, c, C).u, t, n);
+    };
+    for (int img = blockIdx.x; img < images; img += gridDim.x) {
+        const int c = img / B;
+        const i64 b = img - c * B;
+        const long long t0 = clock_now();
+        // 1. load (the previous scan finished at the barrier closing the last iteration)
+        const u16* gb = g + b * sgb + (i64)c * sgc;
+        const u16* const src[5] = {x + b * sxb + (i64)c * sxc, lam + b * slb + (i64)c * slc, gb, gb + sgk, gb + 2 * sgk};
+        const i64 rows[5] = {sxh, slh, sgh, sgh, sgh};
+        const bool clamped = __syncthreads_or(load_image<DT, H, W>(smem, src, rows, biases_of<DT>(bias, xbias, c, C), tid, NT));
+        const long long t1 = clock_now();
+        // 2. scan (warps 0-3); the others combine the previous image
+        if (warp < 4) {
+            u16* hplane = hs + (((i64)warp * B + b) * C + c) * (i64)(H * WP);
+            if (clamped) scan_warp<DT, H, W, true>(warp, smem, hplane);
+            else scan_warp<DT, H, W, false>(warp, smem, hplane);
+            if (tid == 0) tsum[1] += clock_now() - t1;
+        } else if (prev >= 0) {
+            combine(prev, tid - 128, NT - 128);
+            if (tid == 128) tsum[2] += clock_now() - t1;
         }
+        __syncthreads();  // the image's states are stored (and visible to the block); shared memory is free again
+        tsum[0] += t1 - t0;
+        tsum[3] += clock_now() - t1;
+        tsum[5] += 1;
+        prev = img;
     }
-    clamped = __syncthreads_or(clamped);
-    // 3. scan: warp d runs direction d (tb, bt, lr, rl)
-    if (tid < 128) {
-        const int d = tid >> 5;
-        u16* hplane = hs + (((i64)d * gridDim.y + b) * C + c) * (i64)(H * WP);
-        if (clamped) scan_warp<DT, H, W, PL, true>(d, smem, edge_v, edge_h, hplane, bias_x, bias_l);
-        else scan_warp<DT, H, W, PL, false>(d, smem, edge_v, edge_h, hplane, bias_x, bias_l);
-    }
-    __syncthreads();  // every state of this image is stored (and visible to the block)
-    // 4. combine from L2: y = (u + bias_u) * (tb + bt + lr + rl), eight pixels of a row per item
-    const i64 pstride = (i64)gridDim.y * C * (H * WP);
-    const u16* h0 = hs + (b * C + c) * (i64)(H * WP);
-    const u16* ub = u + b * sub + (i64)c * suc;
-    u16* yb = y + b * syb + (i64)c * syc;
-    constexpr int PER_ROW = WP / 8;
-    for (int it = tid; it < H * PER_ROW; it += NT) {
-        const int i = it / PER_ROW, j0 = (it - i * PER_ROW) * 8;
-        const i64 o = (i64)i * WP + j0;
-        float acc[8];
-#pragma unroll
-        for (int e = 0; e < 8; ++e) acc[e] = 0.0f;
-#pragma unroll
-        for (int d = 0; d < 4; ++d) {
-            uint4 v;
-            asm("ld.global.cg.v4.u32 {%0, %1, %2, %3}, [%4];"
-                : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(h0 + d * pstride + o));
-            float f[8];
-            unpack<DT>(v, f);
-#pragma unroll
-            for (int e = 0; e < 8; ++e) acc[e] += f[e];
-        }
-#pragma unroll
-        for (int e = 0; e < 8; ++e)
-            if (j0 + e < W) yb[(i64)i * W + j0 + e] = pack1((ld_f<DT>(ub + (i64)i * suh + j0 + e) + bias_u) * acc[e], DT);
+    const long long t4 = clock_now();
+    if (prev >= 0) combine(prev, tid, NT);  // 3. the last image, every warp
+    if (timing != nullptr) {
+        tsum[4] = clock_now() - t4;
+        __syncthreads();
+        long long* out = timing + 8 * (i64)blockIdx.x;
+        if (tid == 0) { out[0] = tsum[0]; out[1] = tsum[1]; out[3] = tsum[3]; out[4] = tsum[4]; out[5] = tsum[5]; }
+        if (tid == 128) out[2] = tsum[2];
     }
 }
 """
@@ -314,8 +389,9 @@ IMAGE_SOURCE = PREAMBLE + HELPERS + _IMAGE_KERNEL
 
 
 def smem_bytes(H: int, W: int) -> int:
-    """Dynamic shared memory of ``cgspn_image_fwd`` at an H x W image (the layout in the kernel's comment)."""
-    return 5 * ((2 * H * W + 15) // 16 * 16) + 32 * (H + W)
+    """Dynamic shared memory of ``cgspn_image_fwd`` at an H x W image (``ImageLayout`` in the source)."""
+    r16 = lambda n: (n + 15) // 16 * 16  # noqa: E731
+    return 2 * r16(4 * H * W) + r16(2 * H * W) + 32 * (H + W)
 
 
 def blocks_per_sm(H: int, W: int, smem_per_sm: int = 233472, reserved: int = 1024) -> int:
@@ -325,11 +401,11 @@ def blocks_per_sm(H: int, W: int, smem_per_sm: int = 233472, reserved: int = 102
 
 
 def threads(H: int, W: int) -> int:
-    """Threads per block: the four scan warps plus helpers for the copy and the combine, as many as keep 128
-    registers per thread at :func:`blocks_per_sm` blocks (the scan's buffers need ~100-150 at 147), 128-384."""
+    """Threads per block: the four scan warps plus helper warps for the loads and the combine, as many as keep
+    128 registers per thread at :func:`blocks_per_sm` blocks (the scan's buffers need ~100-150 at 147), 128-384."""
     return max(128, min(384, 512 // blocks_per_sm(H, W) // 32 * 32))
 
 
 def expression(dt: int, H: int, W: int) -> str:
     """The kernel instantiation for storage type ``dt`` (1 bf16, 2 fp16) at an H x W image."""
-    return f"cgspn_image_fwd<{dt}, {H}, {W}, {threads(H, W)}, {blocks_per_sm(H, W)}>"
+    return f"cgspn_image_fwd<{dt}, {threads(H, W)}, {blocks_per_sm(H, W)}, {H}, {W}>"

@@ -48,8 +48,9 @@ def measure_copy_bandwidth(report: dict) -> float:
 
 
 def _vs_ref_failures(result: dict, tolerance: float) -> list:
-    """The ``(output, error)`` pairs of a ``{output: {"vs_ref": error, ...}}`` result above ``tolerance``."""
-    return [(k, v["vs_ref"]) for k, v in result.items() if not v["vs_ref"] <= tolerance]
+    """The ``(output, error)`` pairs of a ``{output: {"vs_ref": error, ...}}`` result above ``tolerance`` (an
+    output whose ``vs_ref`` is None was not compared: its entry says why)."""
+    return [(k, v["vs_ref"]) for k, v in result.items() if v["vs_ref"] is not None and not v["vs_ref"] <= tolerance]
 
 
 class CheckLog:

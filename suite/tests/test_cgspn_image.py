@@ -49,13 +49,21 @@ def test_planar_detection():
 
 
 def test_resources_of_the_target_grid():
-    """147 x 147 (2058 px) fits: five 2-byte planes plus the edge gates, 225,568 bytes of the H100/H200's 232,448
-    per block, 384 threads, one block per SM; 149 x 149 is the largest square image that fits, 150 x 150 is not.
-    Smaller images take fewer threads and several blocks per SM (the launch bound's minimum)."""
-    assert smem_bytes(147, 147) == 225568 and threads(147, 147) == 384 and blocks_per_sm(147, 147) == 1
+    """147 x 147 (2058 px) fits: bx (fp32), the packed gates, the clamp flags and the edge gates, 225,536 bytes of
+    the H100/H200's 232,448 per block, 384 threads, one block per SM; 149 x 149 is the largest square image that
+    fits, 150 x 150 is not. Smaller images take fewer threads and several blocks per SM (the launch bound)."""
+    assert smem_bytes(147, 147) == 225536 and threads(147, 147) == 384 and blocks_per_sm(147, 147) == 1
     assert smem_bytes(149, 149) <= 232448 < smem_bytes(150, 150)
     assert (threads(74, 74), blocks_per_sm(74, 74)) == (160, 3) and (threads(27, 27), blocks_per_sm(27, 27)) == (128, 4)
-    assert expression(1, 147, 147) == "cgspn_image_fwd<1, 147, 147, 384, 1>"
+    assert expression(1, 147, 147) == "cgspn_image_fwd<1, 384, 1, 147, 147>"
+
+
+@cpu_only
+def test_persistent_grid(monkeypatch):
+    """One block per image up to what fits the GPU at once, then persistent blocks loop over the images."""
+    monkeypatch.setattr(cuda_image, "_sm_count", lambda index: 132)
+    assert cuda_image.grid_size(2048, 147, 147, 0) == 132 and cuda_image.grid_size(2048, 74, 74, 0) == 396
+    assert cuda_image.grid_size(5, 74, 74, 0) == 5
 
 
 def test_cpu_falls_back_and_says_why():
@@ -82,7 +90,7 @@ def test_selection_reasons_on_a_fake_sm90(monkeypatch):
                 f"grid 150x150: {smem_bytes(150, 150)} bytes of shared memory > 232448"
             assert cuda_image.plan_reason(gpu, torch.bfloat16, 1, 9, 193) == \
                 "grid 9x193: a side above 192 (one warp per direction, 6 positions per lane)"
-            assert cuda_image.plan_reason(gpu, torch.bfloat16, 70000, 8, 8) == "batch 70000 > 65535 (grid dimension)"
+            assert cuda_image.plan_reason(gpu, torch.bfloat16, 70000, 8, 8) is None  # persistent blocks: any batch
         # only the cuda-image variant takes the image kernel; auto and cuda-fast keep the row design
         monkeypatch.setattr(cuda_image, "unavailable_reason", lambda *tensors: None)
         assert scan_module._image_path("image", x, head)
@@ -168,7 +176,8 @@ def test_compiled_planar_layer_has_no_graph_break():
 def test_image_source_compiles_for_sm90_without_spills(tmp_path):
     """The benchmark grids' instantiations (bf16 and fp16 at 147, bf16 at 74) through ptxas for sm_90: no spills
     within their launch bounds (147: 384 threads, one block per SM; 74: 160 threads, three blocks)."""
-    args = "(const u16*, const u16*, const u16*, const u16*, const u16*, const u16*, u16*, u16*, int" + ", i64" * 15 + ")"
+    args = "(const u16*, const u16*, const u16*, const u16*, const u16*, const u16*, u16*, u16*, long long*, int, int" \
+           + ", i64" * 15 + ")"
     path = tmp_path / "image.cu"
     grids = ((1, 147, 147), (2, 147, 147), (1, 74, 74))
     path.write_text(IMAGE_SOURCE + "".join(f"\ntemplate __global__ void {expression(*g)}{args};" for g in grids))
