@@ -28,7 +28,7 @@ Per image:
    reads of a row or column hit 32 distinct banks; the neighbours h[p-1], h[p+1] arrive by two rotating
    shuffles per position; the next step's inputs are read while the current one computes. States go to
    ``hs (4, B, C, H, WP)`` in image order (WP = W rounded up to 8): vertical warps store each step's row,
-   horizontal ones gather eight columns per position and store 16 bytes.
+   horizontal ones shift eight columns per position into a 16-byte register and store it.
    Meanwhile the other warps combine the previous image: ``y = (u + bias_u) * sum_d h_d`` from its states
    (L2, 16-byte reads), y planar (each image contiguous; batch and channel strides given).
 3. after the last image, every warp combines it.
@@ -191,9 +191,13 @@ __device__ __forceinline__ bool load_image(char* smem, const u16* const (&src)[5
     return clamped;
 }
 
+template <int N> struct Int { static constexpr int value = N; };
+
 // One direction on the image in shared memory (element (step row s, position p) is pixel VERT ? s W + p :
 // p W + s). Lane q owns positions q + 32 k, k < K (P <= 32 K). CLAMPED: some pixel of the image is below
-// Eq. 2's clamp, so m is read where flagged, else m = 1 - l - r.
+// Eq. 2's clamp, so m is read where flagged, else m = 1 - l - r. The step loop is unrolled twice only (two
+// input buffers by parity): an eight-fold unroll made each direction's loop ~16 KB of code, past the
+// instruction cache a warp scheduler keeps (NOTES.md Round 8).
 template <int DT, int H, int W, bool VERT, bool REV, bool CLAMPED>
 __device__ __forceinline__ void scan_direction(const char* smem, u16* hplane) {
     typedef ImageLayout<H, W> Lay;
@@ -223,50 +227,61 @@ __device__ __forceinline__ void scan_direction(const char* smem, u16* hplane) {
     float h[K];
     In buf[2][K];
     float4 e[2][2];
+    u32 pk[K][4];  // horizontal scans: eight steps' states per position, a 16-byte shift register
 #pragma unroll
     for (int k = 0; k < K; ++k) {
         h[k] = 0.0f;
         buf[0][k] = buf[1][k] = In{0.0f, 0u, 0u};
+        pk[k][0] = pk[k][1] = pk[k][2] = pk[k][3] = 0u;
     }
     e[0][0] = e[0][1] = e[1][0] = e[1][1] = make_float4(0.f, 0.f, 0.f, 0.f);
+    // step s of the scan, inputs in buf[PAR], the next step's loaded into buf[PAR ^ 1]
+    auto step = [&](auto parity, int s) {
+        constexpr int PAR = decltype(parity)::value;
+        const bool live = L % 8 == 0 || s < L;  // only the last chunk in image order has dead steps
+        const int sn = REV ? s - 1 : s + 1;
+        // the next step's inputs while this one computes; also at a dead step, so that a reverse scan's first
+        // live step (after dead ones) finds its row in the buffer of its parity
+        if (sn >= 0 && sn < L) load(sn, buf[PAR ^ 1], e[PAR ^ 1][0], e[PAR ^ 1][1]);
+        const In (&cur)[K] = buf[PAR];
+        const float4 e0 = e[PAR][0], e1 = e[PAR][1];
+        float up[K], dn[K];
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+            up[k] = __shfl_sync(0xffffffffu, h[k], (lane + 31) & 31);
+            dn[k] = __shfl_sync(0xffffffffu, h[k], (lane + 1) & 31);
+        }
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+            const float hl = lane == 0 ? (k > 0 ? up[k - 1] : 0.0f) : up[k];
+            const float hr = lane == 31 ? (k < K - 1 ? dn[k + 1] : 0.0f) : dn[k];
+            float gl = f16_to_f32(cur[k].lr & 0xffffu), gr = f16_to_f32(cur[k].lr >> 16), gm = 1.0f - gl - gr;
+            if (CLAMPED && (cur[k].m & 0x8000u)) gm = f16_to_f32(cur[k].m & 0x7fffu);
+            if (k == K - 1 && lane == LAST_LANE) { gl = e1.x; gm = e1.y; gr = e1.z; }
+            if (k == 0 && lane == 0) { gl = e0.x; gm = e0.y; gr = e0.z; }
+            const float hn = fmaf(gl, hl, fmaf(gm, h[k], fmaf(gr, hr, cur[k].bx)));
+            const bool on = k < K - 1 || tail;
+            if (live) h[k] = on ? hn : 0.0f;
+            const u32 hv = live ? (u32)pack1(h[k], DT) : 0u;
+            if (VERT) {
+                if (live && on) hplane[s * WP + lane + 32 * k] = (u16)hv;
+            } else if (REV) {  // columns descending: shift up, the new one at the bottom (the first ends at the top)
+                pk[k][3] = __funnelshift_l(pk[k][2], pk[k][3], 16); pk[k][2] = __funnelshift_l(pk[k][1], pk[k][2], 16);
+                pk[k][1] = __funnelshift_l(pk[k][0], pk[k][1], 16); pk[k][0] = (pk[k][0] << 16) | hv;
+            } else {  // columns ascending: shift down, the new one at the top
+                pk[k][0] = __funnelshift_r(pk[k][0], pk[k][1], 16); pk[k][1] = __funnelshift_r(pk[k][1], pk[k][2], 16);
+                pk[k][2] = __funnelshift_r(pk[k][2], pk[k][3], 16); pk[k][3] = (pk[k][3] >> 16) | (hv << 16);
+            }
+        }
+    };
     load(REV ? L - 1 : 0, buf[0], e[0][0], e[0][1]);
 #pragma unroll 1
     for (int ci = 0; ci < CHUNKS; ++ci) {
         const int c8 = REV ? CHUNKS - 1 - ci : ci;  // steps 8 c8 .. 8 c8 + 7 in image order
-        u32 pk[K][4];
-#pragma unroll
-        for (int k = 0; k < K; ++k) pk[k][0] = pk[k][1] = pk[k][2] = pk[k][3] = 0u;
-#pragma unroll
-        for (int t = 0; t < 8; ++t) {  // t even reads buf[0] and fills buf[1], t odd the other way round
-            const int q = REV ? 7 - t : t, s = 8 * c8 + q;
-            const bool live = L % 8 == 0 || s < L;  // only the last chunk in image order has dead steps
-            const int sn = REV ? s - 1 : s + 1;
-            // the next step's inputs while this one computes; also at a dead step, so that a reverse scan's
-            // first live step (after dead ones) finds its row in the buffer of its parity
-            if (sn >= 0 && sn < L) load(sn, buf[(t + 1) & 1], e[(t + 1) & 1][0], e[(t + 1) & 1][1]);
-            const In (&cur)[K] = buf[t & 1];
-            const float4 e0 = e[t & 1][0], e1 = e[t & 1][1];
-            float up[K], dn[K];
-#pragma unroll
-            for (int k = 0; k < K; ++k) {
-                up[k] = __shfl_sync(0xffffffffu, h[k], (lane + 31) & 31);
-                dn[k] = __shfl_sync(0xffffffffu, h[k], (lane + 1) & 31);
-            }
-#pragma unroll
-            for (int k = 0; k < K; ++k) {
-                const float hl = lane == 0 ? (k > 0 ? up[k - 1] : 0.0f) : up[k];
-                const float hr = lane == 31 ? (k < K - 1 ? dn[k + 1] : 0.0f) : dn[k];
-                float gl = f16_to_f32(cur[k].lr & 0xffffu), gr = f16_to_f32(cur[k].lr >> 16), gm = 1.0f - gl - gr;
-                if (CLAMPED && (cur[k].m & 0x8000u)) gm = f16_to_f32(cur[k].m & 0x7fffu);
-                if (k == K - 1 && lane == LAST_LANE) { gl = e1.x; gm = e1.y; gr = e1.z; }
-                if (k == 0 && lane == 0) { gl = e0.x; gm = e0.y; gr = e0.z; }
-                const float hn = fmaf(gl, hl, fmaf(gm, h[k], fmaf(gr, hr, cur[k].bx)));
-                const bool on = k < K - 1 || tail;
-                if (live) h[k] = on ? hn : 0.0f;
-                const u32 hv = (u32)pack1(h[k], DT);
-                if (VERT) { if (live && on) hplane[s * WP + lane + 32 * k] = (u16)hv; }
-                else pk[k][q >> 1] |= (live ? hv : 0u) << (16 * (q & 1));
-            }
+#pragma unroll 1
+        for (int t = 0; t < 8; t += 2) {
+            step(Int<0>(), REV ? 8 * c8 + 7 - t : 8 * c8 + t);
+            step(Int<1>(), REV ? 8 * c8 + 6 - t : 8 * c8 + t + 1);
         }
         if (!VERT) {
 #pragma unroll
