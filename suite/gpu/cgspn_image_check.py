@@ -38,6 +38,8 @@ from suite.gpu.cgspn_fast_path_check import TOLERANCE, gates_of, rel_rms, timed_
 from suite.gpu.common import CheckLog, gpu_report, measure_copy_bandwidth, print_table
 
 LAYOUTS = ("planar-cb", "channels-last")
+#: the grids of :func:`run_brief_checks`
+BRIEF_GRIDS = ((37, 54), (147, 147), (1, 1), (1, 7), (6, 1), (20, 73), (149, 149))
 #: the grids the checks use (compiled in parallel first, see :func:`precompile`)
 CHECK_GRIDS = ((37, 54), (147, 147), (1, 7), (6, 1), (1, 1), (5, 7), (20, 73), (27, 27), (100, 190), (9, 190), (190, 9),
                (74, 74), (2, 2), (33, 65), (149, 149))
@@ -217,6 +219,9 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-timings", action="store_true", help="the checks only")
     parser.add_argument("--quick", action="store_true", help="the B=32 C_c=64 bf16 grid cases only, then the checks")
     parser.add_argument("--phases", action="store_true", help="first, the kernel's per-phase clock counters per grid")
+    parser.add_argument("--brief", action="store_true",
+                        help="forward timings (image and row kernels, B=32 C_c=64 bf16, grids 27-147) and a subset of the "
+                             "checks (both load paths, clamped gates, edges, the largest grid)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if not torch.cuda.is_available():
@@ -238,21 +243,23 @@ def main(argv=None) -> int:
     bf16 = torch.bfloat16
     if args.phases:
         report["phases"] = []
-        for grid in (27, 37, 74, 147):
+        for grid in (74, 147) if args.brief else (27, 37, 74, 147):
             report["phases"].append(phase_timing(32, grid, grid, 64))
             print(f"[phases] {json.dumps(report['phases'][-1])}", flush=True)
         save()
-    cases = [] if args.skip_timings else [(32, g, g, 64, bf16, m) for g in (27, 37, 74, 147) for m in ("fwd", "fwd+bwd")]
-    if not args.quick and not args.skip_timings:
+    modes = ("fwd",) if args.brief else ("fwd", "fwd+bwd")
+    cases = [] if args.skip_timings else [(32, g, g, 64, bf16, m) for g in (27, 37, 74, 147) for m in modes]
+    ways = WAYS[:2] if args.brief else WAYS
+    if not args.quick and not args.brief and not args.skip_timings:
         cases += [(32, 74, 74, 384, bf16, "fwd"), (1, 147, 147, 64, bf16, "fwd"), (1, 147, 147, 64, bf16, "fwd+bwd"),
                   (8, 147, 147, 64, bf16, "fwd"), (32, 147, 147, 64, torch.float16, "fwd"), (32, 100, 190, 64, bf16, "fwd"),
                   (32, 74, 74, 32, bf16, "fwd"), (32, 147, 147, 32, bf16, "fwd"), (32, 147, 147, 384, bf16, "fwd")]
     grids = {(H, W, dtype) for _, H, W, _, dtype, _ in cases}
-    grids |= {(H, W, dt) for H, W in CHECK_GRIDS for dt in (torch.bfloat16, torch.float16)}
+    grids |= {(H, W, dt) for H, W in (BRIEF_GRIDS if args.brief else CHECK_GRIDS) for dt in (torch.bfloat16, torch.float16)}
     report["precompile_seconds"] = round(precompile(grids), 1)
     print(f"[precompile] {len(grids)} grids in {report['precompile_seconds']} s", flush=True)
     for B, H, W, C, dtype, mode in cases:
-        for layout, variant in WAYS:
+        for layout, variant in ways:
             try:
                 row = time_scan(B, H, W, C, dtype, mode, layout, variant, copy_gbps)
             except Exception as error:
@@ -261,7 +268,7 @@ def main(argv=None) -> int:
             report["timings"].append(row)
             print(f"[time] {json.dumps({k: v for k, v in row.items() if k != 'graph_message'}, default=str)}", flush=True)
             save()
-    for grid, mode in () if args.skip_timings else ((74, "fwd"), (74, "fwd+bwd"), (147, "fwd")):
+    for grid, mode in () if args.skip_timings or args.brief else ((74, "fwd"), (74, "fwd+bwd"), (147, "fwd")):
         for layout in LAYOUTS:
             try:
                 row = time_layer(32, grid, bf16, mode, layout, copy_gbps)
@@ -274,7 +281,7 @@ def main(argv=None) -> int:
 
     ok = True
     if not args.skip_checks:
-        ok = run_checks(report["checks"])
+        ok = run_brief_checks(report["checks"]) if args.brief else run_checks(report["checks"])
     report["checks_pass"] = ok
     save()
     lines = [["case", "mode", "image ms", "row ms", "triton ms", "image eager", "image/row", "image bw", "fwd+bwd/fwd"]]
@@ -347,6 +354,28 @@ def run_checks(checks) -> bool:
         log.record(f"{'x'.join(map(str, shape))} falls back", lambda shape=shape: {"backend": scan_module.scan_backend(
             "cuda-image", *inputs(*shape, torch.bfloat16, "planar", torch.Generator().manual_seed(0)))}, 0,
             failures=lambda res, tol: [] if "image kernel not used" in res["backend"] else [res["backend"]], describe=str)
+    return log.ok
+
+
+def run_brief_checks(checks) -> bool:
+    """A subset of :func:`run_checks`: the 16-byte load path (planar-cb) and the element path (planar, the five
+    planes at different phases), both dtypes, biases; clamped and saturated gates; 1-pixel sides, odd grids; the
+    largest grid; B=32 at 147 against an fp32 reference."""
+    log = CheckLog(checks)
+    bf16, fp16 = torch.bfloat16, torch.float16
+    cases = [("3x37x54x40 bf16 planar-cb", lambda: check_image((3, 37, 54, 40), bf16, layout="planar-cb"), TOLERANCE[bf16]),
+             ("3x37x54x40 fp16 planar-cb", lambda: check_image((3, 37, 54, 40), fp16, layout="planar-cb"), TOLERANCE[fp16]),
+             ("3x37x54x40 bf16 planar", lambda: check_image((3, 37, 54, 40), bf16), TOLERANCE[bf16]),
+             ("gates saturated+-30 2x147x147x4 bf16", lambda: check_image((2, 147, 147, 4), bf16, "saturated+-30", bias=False),
+              TOLERANCE[bf16]),
+             ("gates all-very-negative 2x37x54x16 fp16",
+              lambda: check_image((2, 37, 54, 16), fp16, "all-very-negative", bias=False), TOLERANCE[fp16])]
+    cases += [(f"{'x'.join(map(str, shape))} bf16", lambda shape=shape: check_image(shape, bf16, layout="planar-cb"),
+               TOLERANCE[bf16]) for shape in ((1, 1, 1, 8), (1, 1, 7, 3), (1, 6, 1, 3), (2, 20, 73, 16), (1, 149, 149, 2))]
+    cases.append(("32x147x147x64 bf16 planar-cb (fp32 ref)",
+                  lambda: check_image((32, 147, 147, 64), bf16, ref_dtype=torch.float32, layout="planar-cb"), TOLERANCE[bf16]))
+    for name, fn, tol in cases:
+        log.record(name, fn, tol, describe=lambda res: str({k: v["vs_ref"] for k, v in res.items()}))
     return log.ok
 
 
