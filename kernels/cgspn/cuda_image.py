@@ -3,7 +3,7 @@
 Selection (:func:`unavailable_reason`): everything the row fast path needs (:func:`kernels.cgspn.cuda_scan.
 device_unavailable_reason`: CUDA on sm_90, CuPy, ``CGSPN_FAST_PATH`` not ``0``), plus bfloat16/float16 (the
 gates are held as fp16 in shared memory: too coarse for float32's tolerance), planar inputs (unit stride
-along W), an image that fits one block's shared memory (up to 150 x 150) and sides of at most 192 (a warp
+along W), an image that fits one block's shared memory (up to 149 x 149) and sides of at most 192 (a warp
 runs a direction, six positions per lane). Otherwise the caller runs another path and reports why. The
 kernel is compiled per grid (H and W are template arguments, so every shared-memory offset is an immediate):
 the first call at a new grid compiles, later ones (and later processes: CuPy's disk cache) do not.

@@ -81,14 +81,12 @@ __device__ __forceinline__ bool interior_gates(float a, float b, float c, float&
     return den < CGSPN_GATE_EPS;
 }
 
-// One image in shared memory, in the scan's form (byte offsets from the dynamic shared memory's start), pixel k
-// at index k + OFS of each array (OFS: the planes' phase mod 16 in elements, 0-7, so that a 16-byte word of the
-// planes converts into whole 16-byte words of the arrays):
-// float bx[HW + 16] | u32 lr[HW + 16] (fp16 l | fp16 r << 16) | u16 mf[HW + 16] (0, or the clamped m with its sign
-// bit set) | float4 edge_v[2][H] (j = 0, j = W-1) | float4 edge_h[2][W] (i = 0, i = H-1)
+// One image in shared memory, in the scan's form (byte offsets from the dynamic shared memory's start):
+// float bx[HW] | u32 lr[HW] (fp16 l | fp16 r << 16) | u16 mf[HW] (0, or the clamped m with its sign bit set)
+// | float4 edge_v[2][H] (j = 0, j = W-1) | float4 edge_h[2][W] (i = 0, i = H-1)
 template <int H, int W> struct ImageLayout {
-    static constexpr int HW = H * W, BX = 0, LR = (4 * (HW + 16) + 15) / 16 * 16, MF = 2 * LR;
-    static constexpr int EDGE = MF + (2 * (HW + 16) + 15) / 16 * 16, BYTES = EDGE + 32 * (H + W);
+    static constexpr int HW = H * W, BX = 0, LR = (4 * HW + 15) / 16 * 16, MF = 2 * LR;
+    static constexpr int EDGE = MF + (2 * HW + 15) / 16 * 16, BYTES = EDGE + 32 * (H + W);
 };
 
 struct Biases { float u, lam, l, m, r, x; };
@@ -103,39 +101,33 @@ template <int DT> __device__ __forceinline__ Biases biases_of(const u16* bias, c
     return z;
 }
 
-// One pixel's raw values (2-byte x, lam and the l, m, r logits) in the scan's form.
-struct Converted { float bx; u32 lr, mf; bool clamped; float a, b, c; };
-
-template <int DT>
-__device__ __forceinline__ Converted convert(u32 rx, u32 rlam, u32 rgl, u32 rgm, u32 rgr, const Biases& z) {
-    Converted v;
-    v.bx = (raw_f<DT>(rx) + z.x) * (raw_f<DT>(rlam) + z.lam);
+// Pixel k = (i, j) of the raw planes (2-byte values) into the scan's form; returns whether Eq. 2's clamp applied.
+template <int DT, int H, int W>
+__device__ __forceinline__ bool convert_pixel(char* smem, int k, u32 rx, u32 rlam, u32 rgl, u32 rgm, u32 rgr, const Biases& z) {
+    typedef ImageLayout<H, W> Lay;
+    const int i = k / W, j = k - i * W;
+    reinterpret_cast<float*>(smem + Lay::BX)[k] = (raw_f<DT>(rx) + z.x) * (raw_f<DT>(rlam) + z.lam);
     const float nl2e = -1.4426950408889634f;
-    v.a = 1.0f + ex2_approx(nl2e * (raw_f<DT>(rgl) + z.l));
-    v.b = 1.0f + ex2_approx(nl2e * (raw_f<DT>(rgm) + z.m));
-    v.c = 1.0f + ex2_approx(nl2e * (raw_f<DT>(rgr) + z.r));
+    const float a = 1.0f + ex2_approx(nl2e * (raw_f<DT>(rgl) + z.l));
+    const float b = 1.0f + ex2_approx(nl2e * (raw_f<DT>(rgm) + z.m));
+    const float c = 1.0f + ex2_approx(nl2e * (raw_f<DT>(rgr) + z.r));
     float gl, gm, gr;
-    v.clamped = interior_gates(v.a, v.b, v.c, gl, gm, gr);
-    v.lr = (u32)pack1(gl, 2) | ((u32)pack1(gr, 2) << 16);
+    const bool clamped = interior_gates(a, b, c, gl, gm, gr);
+    reinterpret_cast<u32*>(smem + Lay::LR)[k] = (u32)pack1(gl, 2) | ((u32)pack1(gr, 2) << 16);
     // m as 1 - l - r of the *rounded* l and r, so the weights sum to exactly 1 (no mass lost per step: an fp16
     // m of its own lost 3.5% over 147 steps of all-equal gates); below the clamp the sum is not 1 and m is kept
     // with the sign bit set (a -0 underflow included)
-    v.mf = v.clamped ? ((u32)pack1(gm, 2) | 0x8000u) : 0u;
-    return v;
-}
-
-// Eq. 2's edge rule for pixel k if it lies on an edge of a scan's state axis.
-template <int H, int W> __device__ __forceinline__ void store_edges(char* smem, int k, const Converted& v) {
-    const int i = k / W, j = k - i * W;
+    reinterpret_cast<u16*>(smem + Lay::MF)[k] = clamped ? (u16)(pack1(gm, 2) | 0x8000u) : (u16)0;
     if (j == 0 || j == W - 1 || i == 0 || i == H - 1) {
-        float4* edge_v = reinterpret_cast<float4*>(smem + ImageLayout<H, W>::EDGE);
+        float4* edge_v = reinterpret_cast<float4*>(smem + Lay::EDGE);
         float4* edge_h = edge_v + 2 * H;
-        const float sl = rcp_approx(v.a), sm = rcp_approx(v.b), sr = rcp_approx(v.c);
+        const float sl = rcp_approx(a), sm = rcp_approx(b), sr = rcp_approx(c);
         if (j == 0) edge_v[i] = edge_gates(sl, sm, sr, false, W > 1);
         if (j == W - 1) edge_v[H + i] = edge_gates(sl, sm, sr, W > 1, false);
         if (i == 0) edge_h[j] = edge_gates(sl, sm, sr, false, H > 1);
         if (i == H - 1) edge_h[W + j] = edge_gates(sl, sm, sr, H > 1, false);
     }
+    return clamped;
 }
 
 // 16-byte word m of the aligned window around an image occupying window bytes [phase, end): one vector load
@@ -152,24 +144,20 @@ __device__ __forceinline__ uint4 window_word(const char* al, int m, int phase, i
     return make_uint4(w[0], w[1], w[2], w[3]);
 }
 
-// Load one image (plane q's element (i, j) at src[q] + i rows[q] + j) into shared memory; threads [t, t + n).
-// Sets ofs (the arrays' index of pixel 0); returns whether some pixel of this thread's was below Eq. 2's clamp.
+// Load one image (plane q's element (i, j) at src[q] + i rows[q] + j) into shared memory; threads [t0, t0 + n).
+// Returns whether some pixel of this thread's was below Eq. 2's clamp.
 template <int DT, int H, int W>
 __device__ __forceinline__ bool load_image(char* smem, const u16* const (&src)[5], const i64 (&rows)[5], const Biases& z,
-                                           int t, int n, int& ofs) {
-    typedef ImageLayout<H, W> Lay;
+                                           int t, int n) {
     constexpr int HW = H * W;
     bool clamped = false;
-    const int phase = (int)(reinterpret_cast<unsigned long long>(src[0]) & 15ull);
+    const unsigned long long a0 = reinterpret_cast<unsigned long long>(src[0]);
+    const int phase = (int)(a0 & 15ull);
     bool words = true;
 #pragma unroll
     for (int q = 0; q < 5; ++q)
         words = words && (rows[q] == W || H == 1) && (int)(reinterpret_cast<unsigned long long>(src[q]) & 15ull) == phase;
-    float* bx = reinterpret_cast<float*>(smem + Lay::BX);
-    u32* lr = reinterpret_cast<u32*>(smem + Lay::LR);
-    u16* mf = reinterpret_cast<u16*>(smem + Lay::MF);
-    if (words) {  // 16-byte words of all five planes, two words per thread in flight; array index 8 w + e
-        ofs = phase / 2;
+    if (words) {  // 16-byte words of all five planes, two words per thread in flight
         const int end = phase + 2 * HW, nw = (end + 15) >> 4;
         const char* al[5];
 #pragma unroll
@@ -183,41 +171,22 @@ __device__ __forceinline__ bool load_image(char* smem, const u16* const (&src)[5
                     v[s][q] = w0 + s * n < nw ? window_word(al[q], w0 + s * n, phase, end) : make_uint4(0u, 0u, 0u, 0u);
 #pragma unroll
             for (int s = 0; s < 2; ++s) {
-                const int w = w0 + s * n;
-                if (w >= nw) break;
-                float fb[8];
-                u32 wl[8], wm[4] = {0u, 0u, 0u, 0u};
+                const int k0 = 8 * (w0 + s * n) - phase / 2;
 #pragma unroll
-                for (int e = 0; e < 8; ++e) {
-                    const Converted cv = convert<DT>(half_of(v[s][0], e), half_of(v[s][1], e), half_of(v[s][2], e),
-                                                     half_of(v[s][3], e), half_of(v[s][4], e), z);
-                    const int k = 8 * w + e - ofs;
-                    const bool inside = k >= 0 && k < HW;  // the window's other elements: padding, never read
-                    fb[e] = cv.bx; wl[e] = cv.lr; wm[e >> 1] |= cv.mf << (16 * (e & 1));
-                    if (inside) {
-                        clamped |= cv.clamped;
-                        store_edges<H, W>(smem, k, cv);
-                    }
-                }
-                float4* b4 = reinterpret_cast<float4*>(bx + 8 * w);
-                b4[0] = make_float4(fb[0], fb[1], fb[2], fb[3]); b4[1] = make_float4(fb[4], fb[5], fb[6], fb[7]);
-                uint4* l4 = reinterpret_cast<uint4*>(lr + 8 * w);
-                l4[0] = make_uint4(wl[0], wl[1], wl[2], wl[3]); l4[1] = make_uint4(wl[4], wl[5], wl[6], wl[7]);
-                *reinterpret_cast<uint4*>(mf + 8 * w) = make_uint4(wm[0], wm[1], wm[2], wm[3]);
+                for (int e = 0; e < 8; ++e)
+                    if (k0 + e >= 0 && k0 + e < HW)
+                        clamped |= convert_pixel<DT, H, W>(smem, k0 + e, half_of(v[s][0], e), half_of(v[s][1], e),
+                                                           half_of(v[s][2], e), half_of(v[s][3], e), half_of(v[s][4], e), z);
             }
         }
         return clamped;
     }
-    ofs = 0;
     for (int k = t; k < HW; k += n) {  // any other layout: element by element
         const int i = k / W, j = k - i * W;
         u32 r[5];
 #pragma unroll
         for (int q = 0; q < 5; ++q) r[q] = (u32)__ldg(src[q] + i * rows[q] + j);
-        const Converted cv = convert<DT>(r[0], r[1], r[2], r[3], r[4], z);
-        bx[k] = cv.bx; lr[k] = cv.lr; mf[k] = (u16)cv.mf;
-        clamped |= cv.clamped;
-        store_edges<H, W>(smem, k, cv);
+        clamped |= convert_pixel<DT, H, W>(smem, k, r[0], r[1], r[2], r[3], r[4], z);
     }
     return clamped;
 }
@@ -230,17 +199,16 @@ template <int N> struct Int { static constexpr int value = N; };
 // input buffers by parity): an eight-fold unroll made each direction's loop ~16 KB of code, past the
 // instruction cache a warp scheduler keeps (NOTES.md Round 8).
 template <int DT, int H, int W, bool VERT, bool REV, bool CLAMPED>
-__device__ __forceinline__ void scan_direction(const char* smem, int ofs, u16* hplane) {
+__device__ __forceinline__ void scan_direction(const char* smem, u16* hplane) {
     typedef ImageLayout<H, W> Lay;
     constexpr int L = VERT ? H : W, P = VERT ? W : H, K = (P + 31) / 32, WP = (W + 7) / 8 * 8;
     constexpr int K_OFF = VERT ? 32 : 32 * W, STEP = VERT ? W : 1, CHUNKS = (L + 7) / 8;  // in pixels
     constexpr int LAST_LANE = (P - 1) & 31;  // position P - 1 is lane LAST_LANE's k = K - 1
     const int lane = threadIdx.x & 31;
     const bool tail = lane + 32 * (K - 1) < P;  // the last k holds a position (k < K - 1 always does)
-    const int first = ofs + (VERT ? lane : lane * W);  // the lane's position 0 at step 0
-    const float* bx = reinterpret_cast<const float*>(smem + Lay::BX) + first;
-    const u32* lr = reinterpret_cast<const u32*>(smem + Lay::LR) + first;
-    const u16* mf = reinterpret_cast<const u16*>(smem + Lay::MF) + first;
+    const float* bx = reinterpret_cast<const float*>(smem + Lay::BX) + (VERT ? lane : lane * W);
+    const u32* lr = reinterpret_cast<const u32*>(smem + Lay::LR) + (VERT ? lane : lane * W);
+    const u16* mf = reinterpret_cast<const u16*>(smem + Lay::MF) + (VERT ? lane : lane * W);
     const float4* edge = reinterpret_cast<const float4*>(smem + Lay::EDGE) + (VERT ? 0 : 2 * H);
     struct In { float bx; u32 lr, m; };
     auto load = [&](int s, In (&v)[K], float4& e0, float4& e1) {
@@ -326,29 +294,50 @@ __device__ __forceinline__ void scan_direction(const char* smem, int ofs, u16* h
 }
 
 template <int DT, int H, int W, bool CLAMPED>
-__device__ __forceinline__ void scan_warp(int d, const char* smem, int ofs, u16* hplane) {
-    if (d == 0) scan_direction<DT, H, W, true, false, CLAMPED>(smem, ofs, hplane);
-    else if (d == 1) scan_direction<DT, H, W, true, true, CLAMPED>(smem, ofs, hplane);
-    else if (d == 2) scan_direction<DT, H, W, false, false, CLAMPED>(smem, ofs, hplane);
-    else scan_direction<DT, H, W, false, true, CLAMPED>(smem, ofs, hplane);
+__device__ __forceinline__ void scan_warp(int d, const char* smem, u16* hplane) {
+    if (d == 0) scan_direction<DT, H, W, true, false, CLAMPED>(smem, hplane);
+    else if (d == 1) scan_direction<DT, H, W, true, true, CLAMPED>(smem, hplane);
+    else if (d == 2) scan_direction<DT, H, W, false, false, CLAMPED>(smem, hplane);
+    else scan_direction<DT, H, W, false, true, CLAMPED>(smem, hplane);
 }
 
-// y = (u + bias_u) * (tb + bt + lr + rl) of one image from its stored states (L2), one pixel per thread and
-// iteration (a warp's loads and stores cover consecutive pixels), four iterations' loads in flight; threads
-// [t, t + n) of the block
+// y = (u + bias_u) * (tb + bt + lr + rl) of one image from its stored states (L2), eight pixels of a row per item,
+// two items per thread in flight; threads [t, t + n) of the block
 template <int DT, int H, int W>
 __device__ __forceinline__ void combine_image(const u16* h0, i64 pstride, const u16* ub, i64 suh, u16* yb, float bias_u,
                                               int t, int n) {
-    constexpr int WP = (W + 7) / 8 * 8, HW = H * W;
-#pragma unroll 4
-    for (int k = t; k < HW; k += n) {
-        const int i = k / W, j = k - i * W;
-        const u16* hp = h0 + i * WP + j;
-        u16 hv[4];
+    constexpr int WP = (W + 7) / 8 * 8, PER_ROW = WP / 8, ITEMS = H * PER_ROW;
+    for (int it0 = t; it0 < ITEMS; it0 += 2 * n) {
+        uint4 v[2][4];
+        float uu[2][8];
 #pragma unroll
-        for (int d = 0; d < 4; ++d) asm("ld.global.cg.u16 %0, [%1];" : "=h"(hv[d]) : "l"(hp + d * pstride));
-        const float acc = raw_f<DT>(hv[0]) + raw_f<DT>(hv[1]) + raw_f<DT>(hv[2]) + raw_f<DT>(hv[3]);
-        yb[k] = pack1((ld_f<DT>(ub + i * suh + j) + bias_u) * acc, DT);
+        for (int s = 0; s < 2; ++s) {
+            const int it = min(it0 + s * n, ITEMS - 1), i = it / PER_ROW, j0 = (it - i * PER_ROW) * 8;
+#pragma unroll
+            for (int d = 0; d < 4; ++d)
+                asm("ld.global.cg.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v[s][d].x), "=r"(v[s][d].y), "=r"(v[s][d].z),
+                    "=r"(v[s][d].w) : "l"(h0 + d * pstride + i * WP + j0));
+#pragma unroll
+            for (int e = 0; e < 8; ++e) uu[s][e] = j0 + e < W ? ld_f<DT>(ub + i * suh + j0 + e) : 0.0f;
+        }
+#pragma unroll
+        for (int s = 0; s < 2; ++s) {
+            const int it = it0 + s * n;
+            if (it >= ITEMS) break;
+            const int i = it / PER_ROW, j0 = (it - i * PER_ROW) * 8;
+            float acc[8], f[8];
+#pragma unroll
+            for (int e = 0; e < 8; ++e) acc[e] = 0.0f;
+#pragma unroll
+            for (int d = 0; d < 4; ++d) {
+                unpack<DT>(v[s][d], f);
+#pragma unroll
+                for (int e = 0; e < 8; ++e) acc[e] += f[e];
+            }
+#pragma unroll
+            for (int e = 0; e < 8; ++e)
+                if (j0 + e < W) yb[i * W + j0 + e] = pack1((uu[s][e] + bias_u) * acc[e], DT);
+        }
     }
 }
 
@@ -381,14 +370,13 @@ cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u1
         const u16* gb = g + b * sgb + (i64)c * sgc;
         const u16* const src[5] = {x + b * sxb + (i64)c * sxc, lam + b * slb + (i64)c * slc, gb, gb + sgk, gb + 2 * sgk};
         const i64 rows[5] = {sxh, slh, sgh, sgh, sgh};
-        int ofs;
-        const bool clamped = __syncthreads_or(load_image<DT, H, W>(smem, src, rows, biases_of<DT>(bias, xbias, c, C), tid, NT, ofs));
+        const bool clamped = __syncthreads_or(load_image<DT, H, W>(smem, src, rows, biases_of<DT>(bias, xbias, c, C), tid, NT));
         const long long t1 = clock_now();
         // 2. scan (warps 0-3); the others combine the previous image
         if (warp < 4) {
             u16* hplane = hs + (((i64)warp * B + b) * C + c) * (i64)(H * WP);
-            if (clamped) scan_warp<DT, H, W, true>(warp, smem, ofs, hplane);
-            else scan_warp<DT, H, W, false>(warp, smem, ofs, hplane);
+            if (clamped) scan_warp<DT, H, W, true>(warp, smem, hplane);
+            else scan_warp<DT, H, W, false>(warp, smem, hplane);
             if (tid == 0) tsum[1] += clock_now() - t1;
         } else if (prev >= 0) {
             combine(prev, tid - 128, NT - 128);
@@ -418,7 +406,7 @@ IMAGE_SOURCE = PREAMBLE + HELPERS + _IMAGE_KERNEL
 def smem_bytes(H: int, W: int) -> int:
     """Dynamic shared memory of ``cgspn_image_fwd`` at an H x W image (``ImageLayout`` in the source)."""
     r16 = lambda n: (n + 15) // 16 * 16  # noqa: E731
-    return 2 * r16(4 * (H * W + 16)) + r16(2 * (H * W + 16)) + 32 * (H + W)
+    return 2 * r16(4 * H * W) + r16(2 * H * W) + 32 * (H + W)
 
 
 def blocks_per_sm(H: int, W: int, smem_per_sm: int = 233472, reserved: int = 1024) -> int:

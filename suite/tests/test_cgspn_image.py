@@ -49,10 +49,10 @@ def test_planar_detection():
 
 
 def test_resources_of_the_target_grid():
-    """147 x 147 (2058 px) fits: bx (fp32), the packed gates, the clamp flags and the edge gates, 225,696 bytes of
+    """147 x 147 (2058 px) fits: bx (fp32), the packed gates, the clamp flags and the edge gates, 225,536 bytes of
     the H100/H200's 232,448 per block, 384 threads, one block per SM; 149 x 149 is the largest square image that
     fits, 150 x 150 is not. Smaller images take fewer threads and several blocks per SM (the launch bound)."""
-    assert smem_bytes(147, 147) == 225696 and threads(147, 147) == 384 and blocks_per_sm(147, 147) == 1
+    assert smem_bytes(147, 147) == 225536 and threads(147, 147) == 384 and blocks_per_sm(147, 147) == 1
     assert smem_bytes(149, 149) <= 232448 < smem_bytes(150, 150)
     assert (threads(74, 74), blocks_per_sm(74, 74)) == (160, 3) and (threads(27, 27), blocks_per_sm(27, 27)) == (128, 4)
     assert expression(1, 147, 147) == "cgspn_image_fwd<1, 384, 1, 147, 147>"
