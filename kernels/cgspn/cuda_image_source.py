@@ -351,6 +351,7 @@ cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u1
                 i64 sxb, i64 sxc, i64 sxh, i64 slb, i64 slc, i64 slh, i64 sub, i64 suc, i64 suh,
                 i64 sgb, i64 sgk, i64 sgc, i64 sgh, i64 syb, i64 syc) {
     constexpr int WP = (W + 7) / 8 * 8;
+    static_assert(NT >= 160, "warps 4+ combine the previous image during a scan: at least one helper warp");
     extern __shared__ __align__(16) char smem[];
     const int tid = threadIdx.x, warp = tid >> 5, images = B * C;
     const i64 pstride = (i64)B * C * (H * WP);  // one direction's states
@@ -416,9 +417,10 @@ def blocks_per_sm(H: int, W: int, smem_per_sm: int = 233472, reserved: int = 102
 
 
 def threads(H: int, W: int) -> int:
-    """Threads per block: the four scan warps plus helper warps for the loads and the combine, as many as keep
-    128 registers per thread at :func:`blocks_per_sm` blocks (the scan's buffers need ~100-150 at 147), 128-384."""
-    return max(128, min(384, 512 // blocks_per_sm(H, W) // 32 * 32))
+    """Threads per block: the four scan warps plus helper warps for the loads and the combine (at least one: the
+    helpers combine the previous image while the scan warps scan), as many as keep 128 registers per thread at
+    :func:`blocks_per_sm` blocks (the scan's buffers need ~100-150 at 147): 160-384."""
+    return max(160, min(384, 512 // blocks_per_sm(H, W) // 32 * 32))
 
 
 def expression(dt: int, H: int, W: int) -> str:

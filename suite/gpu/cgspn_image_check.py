@@ -38,11 +38,13 @@ from suite.gpu.cgspn_fast_path_check import TOLERANCE, gates_of, rel_rms, timed_
 from suite.gpu.common import CheckLog, gpu_report, measure_copy_bandwidth, print_table
 
 LAYOUTS = ("planar-cb", "channels-last")
+#: B=32, C_c=64 checks at these grids: 2048 images, several per persistent block at each of them
+MANY_IMAGE_GRIDS = (27, 37, 74, 147)
 #: the grids of :func:`run_brief_checks`
-BRIEF_GRIDS = ((37, 54), (147, 147), (1, 1), (1, 7), (6, 1), (20, 73), (149, 149))
+BRIEF_GRIDS = ((37, 54), (147, 147), (1, 1), (1, 7), (6, 1), (20, 73), (149, 149), (27, 27), (37, 37), (74, 74))
 #: the grids the checks use (compiled in parallel first, see :func:`precompile`)
 CHECK_GRIDS = ((37, 54), (147, 147), (1, 7), (6, 1), (1, 1), (5, 7), (20, 73), (27, 27), (100, 190), (9, 190), (190, 9),
-               (74, 74), (2, 2), (33, 65), (149, 149))
+               (74, 74), (2, 2), (33, 65), (149, 149), (37, 37))
 WAYS = (("planar-cb", "cuda-image"), ("channels-last", "auto"), ("channels-last", "quad-scratch"))
 
 
@@ -335,6 +337,10 @@ def run_checks(checks) -> bool:
            TOLERANCE[bf16])
     record("4x147x147x64 bf16 planar-cb (fp32 ref)",
            lambda: check_image((4, 147, 147, 64), bf16, ref_dtype=torch.float32, layout="planar-cb"), TOLERANCE[bf16])
+    for grid in MANY_IMAGE_GRIDS:  # several images per persistent block at every grid (the combine beside the scan)
+        record(f"32x{grid}x{grid}x64 bf16 planar-cb (fp32 ref)",
+               lambda grid=grid: check_image((32, grid, grid, 64), bf16, ref_dtype=torch.float32, layout="planar-cb"),
+               TOLERANCE[bf16])
 
     def layer_failures(res, tol):
         bad = [k for k, v in res.items() if isinstance(v, float) and not k.endswith("seconds") and not v <= tol]
@@ -360,7 +366,7 @@ def run_checks(checks) -> bool:
 def run_brief_checks(checks) -> bool:
     """A subset of :func:`run_checks`: the 16-byte load path (planar-cb) and the element path (planar, the five
     planes at different phases), both dtypes, biases; clamped and saturated gates; 1-pixel sides, odd grids; the
-    largest grid; B=32 at 147 against an fp32 reference."""
+    largest grid; B=32 at every benchmark grid (several images per block) against an fp32 reference."""
     log = CheckLog(checks)
     bf16, fp16 = torch.bfloat16, torch.float16
     cases = [("3x37x54x40 bf16 planar-cb", lambda: check_image((3, 37, 54, 40), bf16, layout="planar-cb"), TOLERANCE[bf16]),
@@ -372,8 +378,8 @@ def run_brief_checks(checks) -> bool:
               lambda: check_image((2, 37, 54, 16), fp16, "all-very-negative", bias=False), TOLERANCE[fp16])]
     cases += [(f"{'x'.join(map(str, shape))} bf16", lambda shape=shape: check_image(shape, bf16, layout="planar-cb"),
                TOLERANCE[bf16]) for shape in ((1, 1, 1, 8), (1, 1, 7, 3), (1, 6, 1, 3), (2, 20, 73, 16), (1, 149, 149, 2))]
-    cases.append(("32x147x147x64 bf16 planar-cb (fp32 ref)",
-                  lambda: check_image((32, 147, 147, 64), bf16, ref_dtype=torch.float32, layout="planar-cb"), TOLERANCE[bf16]))
+    cases += [(f"32x{grid}x{grid}x64 bf16 planar-cb (fp32 ref)", lambda grid=grid: check_image(
+        (32, grid, grid, 64), bf16, ref_dtype=torch.float32, layout="planar-cb"), TOLERANCE[bf16]) for grid in MANY_IMAGE_GRIDS]
     for name, fn, tol in cases:
         log.record(name, fn, tol, describe=lambda res: str({k: v["vs_ref"] for k, v in res.items()}))
     return log.ok

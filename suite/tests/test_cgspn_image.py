@@ -51,11 +51,19 @@ def test_planar_detection():
 def test_resources_of_the_target_grid():
     """147 x 147 (2058 px) fits: bx (fp32), the packed gates, the clamp flags and the edge gates, 225,536 bytes of
     the H100/H200's 232,448 per block, 384 threads, one block per SM; 149 x 149 is the largest square image that
-    fits, 150 x 150 is not. Smaller images take fewer threads and several blocks per SM (the launch bound)."""
+    fits, 150 x 150 is not. Smaller images take several blocks per SM (the launch bound's minimum), 160 threads."""
     assert smem_bytes(147, 147) == 225536 and threads(147, 147) == 384 and blocks_per_sm(147, 147) == 1
     assert smem_bytes(149, 149) <= 232448 < smem_bytes(150, 150)
-    assert (threads(74, 74), blocks_per_sm(74, 74)) == (160, 3) and (threads(27, 27), blocks_per_sm(27, 27)) == (128, 4)
+    assert (threads(74, 74), blocks_per_sm(74, 74)) == (160, 3) and (threads(27, 27), blocks_per_sm(27, 27)) == (160, 4)
     assert expression(1, 147, 147) == "cgspn_image_fwd<1, 384, 1, 147, 147>"
+
+
+def test_every_grid_has_a_helper_warp():
+    """Warps 0-3 scan while warps 4+ combine the previous image: a block of only the four scan warps would leave
+    every image but a block's last without y (the source asserts it too)."""
+    grids = [(h, w) for h in (1, 2, 7, 27, 37, 54, 74, 100, 147, 149) for w in (1, 3, 27, 37, 74, 147, 149)]
+    assert all(threads(h, w) >= 160 and threads(h, w) % 32 == 0 for h, w in grids)
+    assert "static_assert(NT >= 160" in IMAGE_SOURCE
 
 
 @cpu_only
