@@ -17,9 +17,11 @@ import torch
 
 from kernels.cgspn import cuda_scan
 from kernels.cgspn.cuda_image_source import (
+    DEFAULT_CONFIG,
     IMAGE_SOURCE,
     MAX_LANE_POSITIONS,
     TIMING_SLOTS,
+    ImageConfig,
     blocks_per_sm,
     expression,
     smem_bytes,
@@ -46,9 +48,9 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def grid_size(images: int, H: int, W: int, device_index: int) -> int:
+def grid_size(images: int, H: int, W: int, device_index: int, config: ImageConfig = DEFAULT_CONFIG) -> int:
     """Persistent blocks: as many as fit the GPU at once (:func:`blocks_per_sm` per SM), at most one per image."""
-    return max(1, min(images, _sm_count(device_index) * blocks_per_sm(H, W)))
+    return max(1, min(images, _sm_count(device_index) * blocks_per_sm(H, W, config.split)))
 
 
 @functools.cache
@@ -110,24 +112,29 @@ def empty_outputs(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def scan_forward(x: torch.Tensor, lam: torch.Tensor, u: torch.Tensor, gates: torch.Tensor,
                  bias: torch.Tensor | None = None, x_bias: torch.Tensor | None = None,
-                 timing: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 timing: torch.Tensor | None = None, config: ImageConfig | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(y, hs)``: y ``(B, H, W, C)`` as a view of planar storage, ``(C, B, H, W)`` when x's channels are
     outermost (the layer's whole-batch GEMM layout), else ``(B, C, H, W)``; and the states
     ``hs (4, B, C, H, WP)`` (tb, bt, lr, rl, each in image order; WP = W rounded up to 8). ``bias``: optional
     ``(5 C,)`` head bias in [u, lam, l, m, r] order, ``x_bias`` optional ``(C,)``, both added where the kernel
     uses the values. ``timing``: optional int64 CUDA tensor of ``TIMING_SLOTS`` per block (:func:`grid_size`
-    blocks), filled with each block's clock cycles per phase (the source's docstring). The caller checked
-    :func:`unavailable_reason`."""
+    blocks), filled with each block's clock cycles per phase (the source's docstring). ``config``: launch choices
+    awaiting their GPU A/B (:class:`~kernels.cgspn.cuda_image_source.ImageConfig`; default: the measured design),
+    same outputs bit for bit. The caller checked :func:`unavailable_reason` (for the default configuration)."""
+    config = DEFAULT_CONFIG if config is None else config
+    if config.split not in (1, 2):
+        raise ValueError(f"config.split: {config.split} is not one of 1, 2")
     B, H, W, C = x.shape
     y, hs = empty_outputs(x)
     bias, x_bias = (None if t is None else t.contiguous() for t in (bias, x_bias))
     sx, sl, su, sg, sy = x.stride(), lam.stride(), u.stride(), gates.stride(), y.stride()
     index = cuda_scan.device_index(x.device)
-    blocks = grid_size(B * C, H, W, index)
+    blocks = grid_size(B * C, H, W, index, config)
     if timing is not None and (timing.dtype != torch.int64 or timing.numel() < TIMING_SLOTS * blocks):
         raise ValueError(f"timing: expected an int64 tensor of at least {TIMING_SLOTS * blocks} elements")
     pointer = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
-    cuda_scan.launch(expression(_DTYPE_CODE[x.dtype], H, W), (blocks, 1, 1), threads(H, W), smem_bytes(H, W), index,
+    cuda_scan.launch(expression(_DTYPE_CODE[x.dtype], H, W, config), (blocks, 1, 1), threads(H, W, config.split),
+                     smem_bytes(H, W, config.split), index,
                      (x.data_ptr(), lam.data_ptr(), u.data_ptr(), gates.data_ptr(), pointer(bias), pointer(x_bias),
                       hs.data_ptr(), y.data_ptr(), pointer(timing), B, C,
                       sx[0], sx[3], sx[1], sl[0], sl[3], sl[1], su[0], su[3], su[1], sg[0], sg[3], sg[4], sg[1], sy[0], sy[3]),

@@ -38,6 +38,8 @@ Optional per-channel biases, added in fp32: the head's ``(5 C,)`` in [u, lam, l,
 scan, the scan phase's barrier-to-barrier time, the last combine, images), for ``suite/gpu`` probes.
 """
 
+from typing import NamedTuple
+
 from kernels.cgspn.cuda_scan_source import HELPERS, PREAMBLE
 
 #: the most positions a lane holds (both grid sides <= 32 * MAX_LANE_POSITIONS)
@@ -193,36 +195,46 @@ __device__ __forceinline__ bool load_image(char* smem, const u16* const (&src)[5
 
 template <int N> struct Int { static constexpr int value = N; };
 
+__device__ __forceinline__ void named_barrier(int id, int threads) {
+    asm volatile("bar.sync %0, %1;" :: "r"(id), "r"(threads) : "memory");
+}
+
 // One direction on the image in shared memory (element (step row s, position p) is pixel VERT ? s W + p :
-// p W + s). Lane q owns positions q + 32 k, k < K (P <= 32 K). CLAMPED: some pixel of the image is below
-// Eq. 2's clamp, so m is read where flagged, else m = 1 - l - r. The step loop is unrolled twice only (two
-// input buffers by parity): an eight-fold unroll made each direction's loop ~16 KB of code, past the
+// p W + s), run by S warps: warp `part` owns positions base + q + 32 k (lane q, k < K, base = 32 K part,
+// P <= 32 K S). With S > 1 the warps of a direction hand their boundary states over through `xch` (two floats
+// per warp and step parity) and meet at named barrier `bar` once per step. CLAMPED: some pixel of the image is
+// below Eq. 2's clamp, so m is read where flagged, else m = 1 - l - r. The step loop is unrolled twice only
+// (two input buffers by parity): an eight-fold unroll made each direction's loop ~16 KB of code, past the
 // instruction cache a warp scheduler keeps (NOTES.md Round 8).
-template <int DT, int H, int W, bool VERT, bool REV, bool CLAMPED>
-__device__ __forceinline__ void scan_direction(const char* smem, u16* hplane) {
+template <int DT, int H, int W, bool VERT, bool REV, bool CLAMPED, int S>
+__device__ __forceinline__ void scan_direction(const char* smem, u16* hplane, int part, float* xch, int bar) {
     typedef ImageLayout<H, W> Lay;
-    constexpr int L = VERT ? H : W, P = VERT ? W : H, K = (P + 31) / 32, WP = (W + 7) / 8 * 8;
+    constexpr int L = VERT ? H : W, P = VERT ? W : H, K = (P + 32 * S - 1) / (32 * S), WP = (W + 7) / 8 * 8;
     constexpr int K_OFF = VERT ? 32 : 32 * W, STEP = VERT ? W : 1, CHUNKS = (L + 7) / 8;  // in pixels
-    constexpr int LAST_LANE = (P - 1) & 31;  // position P - 1 is lane LAST_LANE's k = K - 1
-    const int lane = threadIdx.x & 31;
-    const bool tail = lane + 32 * (K - 1) < P;  // the last k holds a position (k < K - 1 always does)
-    const float* bx = reinterpret_cast<const float*>(smem + Lay::BX) + (VERT ? lane : lane * W);
-    const u32* lr = reinterpret_cast<const u32*>(smem + Lay::LR) + (VERT ? lane : lane * W);
-    const u16* mf = reinterpret_cast<const u16*>(smem + Lay::MF) + (VERT ? lane : lane * W);
+    // position P - 1: warp PART_LAST's lane LAST_LANE, k = K_LAST (S = 1: lane (P - 1) % 32, k = K - 1)
+    constexpr int PART_LAST = (P - 1) / (32 * K), K_LAST = (P - 1 - 32 * K * PART_LAST) / 32;
+    constexpr int LAST_LANE = (P - 1) & 31;
+    const int lane = threadIdx.x & 31, base = S == 1 ? 0 : 32 * K * part;
+    const bool first_part = S == 1 || part == 0, owns_last = S == 1 || part == PART_LAST;
+    const bool tail = base + lane + 32 * (K - 1) < P;  // the last k holds a position (S = 1: k < K - 1 always does)
+    auto on = [&](int k) { return (S == 1 && k < K - 1) || (k < K - 1 ? base + lane + 32 * k < P : tail); };
+    const float* bx = reinterpret_cast<const float*>(smem + Lay::BX) + (VERT ? base + lane : (base + lane) * W);
+    const u32* lr = reinterpret_cast<const u32*>(smem + Lay::LR) + (VERT ? base + lane : (base + lane) * W);
+    const u16* mf = reinterpret_cast<const u16*>(smem + Lay::MF) + (VERT ? base + lane : (base + lane) * W);
     const float4* edge = reinterpret_cast<const float4*>(smem + Lay::EDGE) + (VERT ? 0 : 2 * H);
     struct In { float bx; u32 lr, m; };
     auto load = [&](int s, In (&v)[K], float4& e0, float4& e1) {
         const int o = s * STEP;
 #pragma unroll
         for (int k = 0; k < K; ++k) {
-            if (k < K - 1 || tail) {
+            if (on(k)) {
                 v[k].bx = bx[o + k * K_OFF];
                 v[k].lr = lr[o + k * K_OFF];
                 if (CLAMPED) v[k].m = mf[o + k * K_OFF];
             }
         }
-        if (lane == 0) e0 = edge[s];
-        if (lane == LAST_LANE) e1 = edge[L + s];
+        if (lane == 0 && first_part) e0 = edge[s];
+        if (lane == LAST_LANE && owns_last) e1 = edge[L + s];
     };
     float h[K];
     In buf[2][K];
@@ -245,7 +257,11 @@ __device__ __forceinline__ void scan_direction(const char* smem, u16* hplane) {
         if (sn >= 0 && sn < L) load(sn, buf[PAR ^ 1], e[PAR ^ 1][0], e[PAR ^ 1][1]);
         const In (&cur)[K] = buf[PAR];
         const float4 e0 = e[PAR][0], e1 = e[PAR][1];
-        float up[K], dn[K];
+        float up[K], dn[K], xl = 0.0f, xr = 0.0f;  // xl, xr: the neighbouring warps' boundary states (S > 1)
+        if constexpr (S > 1) {
+            if (lane == 0 && part > 0) xl = xch[((part - 1) * 2 + (PAR ^ 1)) * 2 + 1];
+            if (lane == 31 && part < S - 1) xr = xch[((part + 1) * 2 + (PAR ^ 1)) * 2];
+        }
 #pragma unroll
         for (int k = 0; k < K; ++k) {
             up[k] = __shfl_sync(0xffffffffu, h[k], (lane + 31) & 31);
@@ -253,18 +269,17 @@ __device__ __forceinline__ void scan_direction(const char* smem, u16* hplane) {
         }
 #pragma unroll
         for (int k = 0; k < K; ++k) {
-            const float hl = lane == 0 ? (k > 0 ? up[k - 1] : 0.0f) : up[k];
-            const float hr = lane == 31 ? (k < K - 1 ? dn[k + 1] : 0.0f) : dn[k];
+            const float hl = lane == 0 ? (k > 0 ? up[k - 1] : xl) : up[k];
+            const float hr = lane == 31 ? (k < K - 1 ? dn[k + 1] : xr) : dn[k];
             float gl = f16_to_f32(cur[k].lr & 0xffffu), gr = f16_to_f32(cur[k].lr >> 16), gm = 1.0f - gl - gr;
             if (CLAMPED && (cur[k].m & 0x8000u)) gm = f16_to_f32(cur[k].m & 0x7fffu);
-            if (k == K - 1 && lane == LAST_LANE) { gl = e1.x; gm = e1.y; gr = e1.z; }
-            if (k == 0 && lane == 0) { gl = e0.x; gm = e0.y; gr = e0.z; }
+            if (k == K_LAST && lane == LAST_LANE && owns_last) { gl = e1.x; gm = e1.y; gr = e1.z; }
+            if (k == 0 && lane == 0 && first_part) { gl = e0.x; gm = e0.y; gr = e0.z; }
             const float hn = fmaf(gl, hl, fmaf(gm, h[k], fmaf(gr, hr, cur[k].bx)));
-            const bool on = k < K - 1 || tail;
-            if (live) h[k] = on ? hn : 0.0f;
+            if (live) h[k] = on(k) ? hn : 0.0f;
             const u32 hv = live ? (u32)pack1(h[k], DT) : 0u;
             if (VERT) {
-                if (live && on) hplane[s * WP + lane + 32 * k] = (u16)hv;
+                if (live && on(k)) hplane[s * WP + base + lane + 32 * k] = (u16)hv;
             } else if (REV) {  // columns descending: shift up, the new one at the bottom (the first ends at the top)
                 pk[k][3] = __funnelshift_l(pk[k][2], pk[k][3], 16); pk[k][2] = __funnelshift_l(pk[k][1], pk[k][2], 16);
                 pk[k][1] = __funnelshift_l(pk[k][0], pk[k][1], 16); pk[k][0] = (pk[k][0] << 16) | hv;
@@ -272,6 +287,11 @@ __device__ __forceinline__ void scan_direction(const char* smem, u16* hplane) {
                 pk[k][0] = __funnelshift_r(pk[k][0], pk[k][1], 16); pk[k][1] = __funnelshift_r(pk[k][1], pk[k][2], 16);
                 pk[k][2] = __funnelshift_r(pk[k][2], pk[k][3], 16); pk[k][3] = (pk[k][3] >> 16) | (hv << 16);
             }
+        }
+        if constexpr (S > 1) {  // this step's boundary states for the neighbouring warps' next step
+            if (lane == 0) xch[(part * 2 + PAR) * 2] = h[0];
+            if (lane == 31) xch[(part * 2 + PAR) * 2 + 1] = h[K - 1];
+            named_barrier(bar, 32 * S);
         }
     };
     load(REV ? L - 1 : 0, buf[0], e[0][0], e[0][1]);
@@ -286,19 +306,30 @@ __device__ __forceinline__ void scan_direction(const char* smem, u16* hplane) {
         if (!VERT) {
 #pragma unroll
             for (int k = 0; k < K; ++k)
-                if (k < K - 1 || tail)
-                    *reinterpret_cast<uint4*>(hplane + (lane + 32 * k) * WP + 8 * c8) =
+                if (on(k))
+                    *reinterpret_cast<uint4*>(hplane + (base + lane + 32 * k) * WP + 8 * c8) =
                         make_uint4(pk[k][0], pk[k][1], pk[k][2], pk[k][3]);
         }
     }
 }
 
-template <int DT, int H, int W, bool CLAMPED>
-__device__ __forceinline__ void scan_warp(int d, const char* smem, u16* hplane) {
-    if (d == 0) scan_direction<DT, H, W, true, false, CLAMPED>(smem, hplane);
-    else if (d == 1) scan_direction<DT, H, W, true, true, CLAMPED>(smem, hplane);
-    else if (d == 2) scan_direction<DT, H, W, false, false, CLAMPED>(smem, hplane);
-    else scan_direction<DT, H, W, false, true, CLAMPED>(smem, hplane);
+// Warp `warp` of the 4 S scan warps: direction warp % 4, part warp / 4 of it (both parts on one scheduler).
+template <int DT, int H, int W, bool CLAMPED, int S>
+__device__ __forceinline__ void scan_warp(int warp, const char* smem, u16* hplane, float* xch) {
+    const int d = S == 1 ? warp : warp & 3, part = S == 1 ? 0 : warp >> 2;
+    float* x = xch + 4 * S * d;
+    if (d == 0) scan_direction<DT, H, W, true, false, CLAMPED, S>(smem, hplane, part, x, 1 + d);
+    else if (d == 1) scan_direction<DT, H, W, true, true, CLAMPED, S>(smem, hplane, part, x, 1 + d);
+    else if (d == 2) scan_direction<DT, H, W, false, false, CLAMPED, S>(smem, hplane, part, x, 1 + d);
+    else scan_direction<DT, H, W, false, true, CLAMPED, S>(smem, hplane, part, x, 1 + d);
+}
+
+// Ask L2 for the interior 16-byte words of an image's plane (nothing outside the image; rows contiguous).
+__device__ __forceinline__ void prefetch_plane_l2(const u16* src, i64 row_stride, int H, int W) {
+    if (row_stride != W && H != 1) return;
+    const unsigned long long a = reinterpret_cast<unsigned long long>(src), e = a + 2ull * H * W;
+    const unsigned long long lo = (a + 15ull) & ~15ull, hi = e & ~15ull;
+    if (hi > lo) asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(lo), "r"((u32)(hi - lo)) : "memory");
 }
 
 // y = (u + bias_u) * (tb + bt + lr + rl) of one image from its stored states (L2), eight pixels of a row per item,
@@ -343,7 +374,7 @@ __device__ __forceinline__ void combine_image(const u16* h0, i64 pstride, const 
 
 __device__ __forceinline__ long long clock_now() { long long t; asm volatile("mov.u64 %0, %%clock64;" : "=l"(t)); return t; }
 
-template <int DT, int NT, int MINB, int H, int W>
+template <int DT, int NT, int MINB, int H, int W, int S = 1, bool PREFETCH = false>
 __global__ void __launch_bounds__(NT, MINB)
 cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u16* __restrict__ u,
                 const u16* __restrict__ g, const u16* __restrict__ bias, const u16* __restrict__ xbias,
@@ -351,8 +382,11 @@ cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u1
                 i64 sxb, i64 sxc, i64 sxh, i64 slb, i64 slc, i64 slh, i64 sub, i64 suc, i64 suh,
                 i64 sgb, i64 sgk, i64 sgc, i64 sgh, i64 syb, i64 syc) {
     constexpr int WP = (W + 7) / 8 * 8;
-    static_assert(NT >= 160, "warps 4+ combine the previous image during a scan: at least one helper warp");
+    constexpr int SCAN = 128 * S;  // threads of the scan warps; the others help
+    static_assert(NT >= SCAN + 32, "warps past the scan warps combine the previous image: at least one helper warp");
     extern __shared__ __align__(16) char smem[];
+    // S > 1: the split scans' boundary states (4 directions x S x 2 x 2 floats) after the image
+    float* xch = reinterpret_cast<float*>(smem + ImageLayout<H, W>::BYTES);
     const int tid = threadIdx.x, warp = tid >> 5, images = B * C;
     const i64 pstride = (i64)B * C * (H * WP);  // one direction's states
     long long tsum[6] = {0, 0, 0, 0, 0, 0};
@@ -371,17 +405,34 @@ cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u1
         const u16* gb = g + b * sgb + (i64)c * sgc;
         const u16* const src[5] = {x + b * sxb + (i64)c * sxc, lam + b * slb + (i64)c * slc, gb, gb + sgk, gb + 2 * sgk};
         const i64 rows[5] = {sxh, slh, sgh, sgh, sgh};
+        if constexpr (S > 1) {
+            if (tid < 16 * S) xch[tid] = 0.0f;  // the states before the first step
+        }
         const bool clamped = __syncthreads_or(load_image<DT, H, W>(smem, src, rows, biases_of<DT>(bias, xbias, c, C), tid, NT));
         const long long t1 = clock_now();
-        // 2. scan (warps 0-3); the others combine the previous image
-        if (warp < 4) {
-            u16* hplane = hs + (((i64)warp * B + b) * C + c) * (i64)(H * WP);
-            if (clamped) scan_warp<DT, H, W, true>(warp, smem, hplane);
-            else scan_warp<DT, H, W, false>(warp, smem, hplane);
+        // 2. scan (warps 0 .. 4 S - 1); the others combine the previous image (and ask L2 for the next one's planes)
+        if (warp < 4 * S) {
+            u16* hplane = hs + (((i64)(S == 1 ? warp : warp & 3) * B + b) * C + c) * (i64)(H * WP);
+            if (clamped) scan_warp<DT, H, W, true, S>(warp, smem, hplane, xch);
+            else scan_warp<DT, H, W, false, S>(warp, smem, hplane, xch);
             if (tid == 0) tsum[1] += clock_now() - t1;
-        } else if (prev >= 0) {
-            combine(prev, tid - 128, NT - 128);
-            if (tid == 128) tsum[2] += clock_now() - t1;
+        } else {
+            if constexpr (PREFETCH) {
+                const int next = img + gridDim.x;
+                if (tid == SCAN && next < images) {
+                    const int nc = next / B;
+                    const i64 nb = next - nc * B;
+                    const u16* ng = g + nb * sgb + (i64)nc * sgc;
+                    prefetch_plane_l2(x + nb * sxb + (i64)nc * sxc, sxh, H, W);
+                    prefetch_plane_l2(lam + nb * slb + (i64)nc * slc, slh, H, W);
+#pragma unroll
+                    for (int q = 0; q < 3; ++q) prefetch_plane_l2(ng + q * sgk, sgh, H, W);
+                }
+            }
+            if (prev >= 0) {
+                combine(prev, tid - SCAN, NT - SCAN);
+                if (tid == SCAN) tsum[2] += clock_now() - t1;
+            }
         }
         __syncthreads();  // the image's states are stored (and visible to the block); shared memory is free again
         tsum[0] += t1 - t0;
@@ -396,7 +447,7 @@ cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u1
         __syncthreads();
         long long* out = timing + 8 * (i64)blockIdx.x;
         if (tid == 0) { out[0] = tsum[0]; out[1] = tsum[1]; out[3] = tsum[3]; out[4] = tsum[4]; out[5] = tsum[5]; }
-        if (tid == 128) out[2] = tsum[2];
+        if (tid == SCAN) out[2] = tsum[2];
     }
 }
 """
@@ -404,25 +455,47 @@ cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u1
 IMAGE_SOURCE = PREAMBLE + HELPERS + _IMAGE_KERNEL
 
 
-def smem_bytes(H: int, W: int) -> int:
-    """Dynamic shared memory of ``cgspn_image_fwd`` at an H x W image (``ImageLayout`` in the source)."""
+def smem_bytes(H: int, W: int, split: int = 1) -> int:
+    """Dynamic shared memory of ``cgspn_image_fwd`` at an H x W image (``ImageLayout`` in the source), plus the
+    split scans' boundary states."""
     r16 = lambda n: (n + 15) // 16 * 16  # noqa: E731
-    return 2 * r16(4 * H * W) + r16(2 * H * W) + 32 * (H + W)
+    return 2 * r16(4 * H * W) + r16(2 * H * W) + 32 * (H + W) + (64 * split if split > 1 else 0)
 
 
-def blocks_per_sm(H: int, W: int, smem_per_sm: int = 233472, reserved: int = 1024) -> int:
-    """Blocks per SM the launch bound asks for: as many as shared memory allows (sm_90: 228 KB per SM, 1 KB
-    reserved per block), at most 4 (16 scan warps; the threads below then keep 128 registers per thread)."""
-    return max(1, min(4, smem_per_sm // (smem_bytes(H, W) + reserved)))
+def _smem_blocks(H: int, W: int, split: int = 1, smem_per_sm: int = 233472, reserved: int = 1024) -> int:
+    """Images that fit one SM's shared memory (sm_90: 228 KB, 1 KB reserved per block), at most 4."""
+    return max(1, min(4, smem_per_sm // (smem_bytes(H, W, split) + reserved)))
 
 
-def threads(H: int, W: int) -> int:
-    """Threads per block: the four scan warps plus helper warps for the loads and the combine (at least one: the
-    helpers combine the previous image while the scan warps scan), as many as keep 128 registers per thread at
-    :func:`blocks_per_sm` blocks (the scan's buffers need ~100-150 at 147): 160-384."""
-    return max(160, min(384, 512 // blocks_per_sm(H, W) // 32 * 32))
+class ImageConfig(NamedTuple):
+    """Launch choices of the image forward (the default is the measured design; the others await their GPU
+    A/B, ``suite/gpu/cgspn_image_check.py --variants``): ``split`` warps per direction (1 or 2; 2 hands the
+    boundary states over through shared memory with a named barrier per step, so that two warps per scheduler
+    hide the per-step chain), ``prefetch`` (a helper thread asks L2 for the next image's planes by
+    ``cp.async.bulk.prefetch`` while the current one is scanned)."""
+
+    split: int = 1
+    prefetch: bool = False
 
 
-def expression(dt: int, H: int, W: int) -> str:
+DEFAULT_CONFIG = ImageConfig()
+
+
+def threads(H: int, W: int, split: int = 1) -> int:
+    """Threads per block: the 4 ``split`` scan warps plus helper warps for the loads and the combine (at least one:
+    the helpers combine the previous image while the scan warps scan), as many as keep 128 registers per thread
+    when the blocks shared memory allows share an SM (the scan's buffers need ~100-150 at 147): 160-384."""
+    return max(128 * split + 32, min(384, 512 // _smem_blocks(H, W, split) // 32 * 32))
+
+
+def blocks_per_sm(H: int, W: int, split: int = 1) -> int:
+    """Blocks per SM the launch bound asks for: as many as shared memory allows, at most 4, and no more than keep
+    128 registers per thread at :func:`threads` (fewer registers spilled the scan's buffers)."""
+    return max(1, min(_smem_blocks(H, W, split), 512 // threads(H, W, split)))
+
+
+def expression(dt: int, H: int, W: int, config: ImageConfig = DEFAULT_CONFIG) -> str:
     """The kernel instantiation for storage type ``dt`` (1 bf16, 2 fp16) at an H x W image."""
-    return f"cgspn_image_fwd<{dt}, {threads(H, W)}, {blocks_per_sm(H, W)}, {H}, {W}>"
+    tail = "" if config == DEFAULT_CONFIG else f", {config.split}, {'true' if config.prefetch else 'false'}"
+    split = config.split
+    return f"cgspn_image_fwd<{dt}, {threads(H, W, split)}, {blocks_per_sm(H, W, split)}, {H}, {W}{tail}>"

@@ -17,12 +17,16 @@ Run on an H100/H200 from the repository root::
    B=32 at 147x147 against an fp32 reference; the planar layer vs the channels-last layer (same weights),
    eager, compiled (``torch.compile``) and CUDA-graph replay.
 
+``--brief``: forward timings and a subset of the checks; ``--phases``: first, the kernel's per-phase clock
+counters; ``--variants``: only the launch configurations awaiting their A/B (``ImageConfig``: two warps per
+direction, an L2 prefetch of the next image), bit for bit against the default configuration, then timed.
 Writes ``<out>/image_check.json``; prints a table last. Exit status 1 when a check fails.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -32,7 +36,7 @@ import torch
 
 from kernels.cgspn import cgspn_scan_reference, cuda_image, head_views
 from kernels.cgspn import scan as scan_module
-from kernels.cgspn.cuda_image_source import IMAGE_SOURCE, TIMING_SLOTS, expression
+from kernels.cgspn.cuda_image_source import DEFAULT_CONFIG, IMAGE_SOURCE, TIMING_SLOTS, ImageConfig, expression
 from kernels.cgspn.layer import CGSPNLayer
 from suite.gpu.cgspn_fast_path_check import TOLERANCE, gates_of, rel_rms, timed_row
 from suite.gpu.common import CheckLog, gpu_report, measure_copy_bandwidth, print_table
@@ -221,6 +225,9 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-timings", action="store_true", help="the checks only")
     parser.add_argument("--quick", action="store_true", help="the B=32 C_c=64 bf16 grid cases only, then the checks")
     parser.add_argument("--phases", action="store_true", help="first, the kernel's per-phase clock counters per grid")
+    parser.add_argument("--variants", action="store_true",
+                        help="only the launch configurations awaiting their A/B: bit-for-bit against the default "
+                             "configuration, then timed")
     parser.add_argument("--brief", action="store_true",
                         help="forward timings (image and row kernels, B=32 C_c=64 bf16, grids 27-147) and a subset of the "
                              "checks (both load paths, clamped gates, edges, the largest grid)")
@@ -243,6 +250,17 @@ def main(argv=None) -> int:
     copy_gbps = measure_copy_bandwidth(report)
 
     bf16 = torch.bfloat16
+    if args.variants:
+        grids = {(H, W, dt) for H, W in VARIANT_GRIDS for dt in (torch.bfloat16, torch.float16)}
+        report["precompile_seconds"] = round(precompile(grids, configs=(ImageConfig(), *VARIANT_CONFIGS)), 1)
+        print(f"[precompile] {len(grids)} grids x {1 + len(VARIANT_CONFIGS)} configurations in "
+              f"{report['precompile_seconds']} s", flush=True)
+        report["checks_pass"] = ok = variant_checks(report["checks"])
+        save()
+        report["timings"] = variant_timings(copy_gbps, save, report["timings"])
+        save()
+        print(f"\nchecks: {'ALL PASS' if ok else 'FAILURES (see above / JSON)'}")
+        return 0 if ok else 1
     if args.phases:
         report["phases"] = []
         for grid in (74, 147) if args.brief else (27, 37, 74, 147):
@@ -385,14 +403,78 @@ def run_brief_checks(checks) -> bool:
     return log.ok
 
 
-def precompile(shapes, workers=12) -> float:
-    """Compile the image kernel's instantiations for ``shapes`` ((H, W, dtype)) in parallel processes, so the
-    checks and timings load them from CuPy's disk cache (each grid is its own instantiation); seconds taken."""
+#: the launch configurations awaiting their GPU A/B (``--variants``) and the grids they run at
+VARIANT_CONFIGS = (ImageConfig(split=2), ImageConfig(prefetch=True), ImageConfig(split=2, prefetch=True))
+VARIANT_GRIDS = ((147, 147), (74, 74), (27, 27), (37, 37), (37, 54), (1, 7), (6, 1), (20, 73), (40, 33), (149, 149))
+
+
+def _image_outputs(x, head, bias, x_bias, config=None):
+    lam, u, gates = head_views(head)
+    y, hs = cuda_image.scan_forward(x, lam, u, gates, bias, x_bias, config=config)
+    return y, hs[..., :x.shape[2]]  # the padding columns of hs are not written by every direction
+
+
+def variant_checks(checks) -> bool:
+    """Every configuration of :data:`VARIANT_CONFIGS` gives the default configuration's y and hs bit for bit
+    (the same arithmetic per position), on odd, non-square, one-pixel, clamped and full-size shapes."""
+    log = CheckLog(checks)
+    bf16, fp16 = torch.bfloat16, torch.float16
+    cases = [((32, 147, 147, 64), bf16, "random"), ((32, 74, 74, 64), bf16, "random"), ((32, 27, 27, 64), bf16, "random"),
+             ((3, 37, 54, 40), bf16, "random"), ((3, 37, 54, 40), fp16, "random"), ((2, 1, 7, 3), bf16, "random"),
+             ((2, 6, 1, 3), bf16, "random"), ((2, 20, 73, 16), bf16, "random"), ((2, 40, 33, 5), bf16, "random"),
+             ((1, 149, 149, 2), bf16, "random"), ((2, 147, 147, 4), bf16, "saturated+-30"),
+             ((2, 37, 54, 16), fp16, "all-very-negative")]
+    for shape, dtype, kind in cases:
+        x, head = inputs(*shape, dtype, "planar-cb", torch.Generator().manual_seed(0), kind)
+        C = shape[3]
+        bias = (0.5 * torch.randn(5 * C, generator=torch.Generator().manual_seed(1))).to("cuda", dtype)
+        x_bias = (0.5 * torch.randn(C, generator=torch.Generator().manual_seed(2))).to("cuda", dtype)
+        reference = _image_outputs(x, head, bias, x_bias)
+        for config in VARIANT_CONFIGS:
+            name = f"{'x'.join(map(str, shape))} {str(dtype).replace('torch.', '')} {kind} {config}"
+            log.record(name, functools.partial(_same_outputs, (x, head, bias, x_bias), reference, config), 0,
+                       failures=lambda res, tol: [k for k in ("y_equal", "hs_equal") if not res[k]], describe=str)
+    return log.ok
+
+
+def _same_outputs(args, reference, config) -> dict:
+    y, hs = _image_outputs(*args, config)
+    return {"y_equal": torch.equal(y, reference[0]), "hs_equal": torch.equal(hs, reference[1]),
+            "y_max_abs_diff": (y.float() - reference[0].float()).abs().max().item()}
+
+
+def _forward_no_grad(args, config) -> None:
+    with torch.no_grad():
+        _image_outputs(*args, None, None, config)
+
+
+def variant_timings(copy_gbps, save, rows) -> list:
+    """The forward (B=32, C_c=64, bf16, planar-cb) per configuration, default first, grids 27-147."""
+    for grid in (27, 37, 74, 147):
+        x, head = inputs(32, grid, grid, 64, torch.bfloat16, "planar-cb", torch.Generator().manual_seed(0))
+        for config in (ImageConfig(), *VARIANT_CONFIGS):
+            step = functools.partial(_forward_no_grad, (x, head), config)
+            try:
+                row = timed_row(step, 7 * x.numel() * 2, copy_gbps, {"H": grid, "W": grid, "config": str(config)})
+            except Exception as error:
+                row = {"H": grid, "config": str(config), "error": f"{type(error).__name__}: {str(error)[:500]}"}
+            rows.append(row)
+            print(f"[variant time] {json.dumps({k: v for k, v in row.items() if k != 'graph_message'}, default=str)}",
+                  flush=True)
+            save()
+    return rows
+
+
+def precompile(shapes, workers=12, configs=(DEFAULT_CONFIG,)) -> float:
+    """Compile the image kernel's instantiations for ``shapes`` ((H, W, dtype)) and ``configs`` in parallel
+    processes, so the checks and timings load them from CuPy's disk cache (each grid is its own instantiation);
+    seconds taken."""
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
     t0 = time.perf_counter()
-    expressions = sorted({expression(1 if dtype == torch.bfloat16 else 2, H, W) for H, W, dtype in shapes})
+    expressions = sorted({expression(1 if dtype == torch.bfloat16 else 2, H, W, config)
+                          for H, W, dtype in shapes for config in configs})
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
         list(pool.map(_compile_one, expressions))
     return time.perf_counter() - t0

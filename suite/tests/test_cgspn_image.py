@@ -23,7 +23,14 @@ if not torch.cuda.is_available():
 
 from kernels.cgspn import cgspn_scan_reference, cuda_image, head_views  # noqa: E402
 from kernels.cgspn import scan as scan_module  # noqa: E402
-from kernels.cgspn.cuda_image_source import IMAGE_SOURCE, blocks_per_sm, expression, smem_bytes, threads  # noqa: E402
+from kernels.cgspn.cuda_image_source import (  # noqa: E402
+    IMAGE_SOURCE,
+    ImageConfig,
+    blocks_per_sm,
+    expression,
+    smem_bytes,
+    threads,
+)
 from kernels.cgspn.layer import CGSPNLayer  # noqa: E402
 from suite.tests.helpers import relative_rms  # noqa: E402
 from suite.tests.test_cgspn_fast_path import cpu_only, fake_cuda  # noqa: E402
@@ -54,16 +61,31 @@ def test_resources_of_the_target_grid():
     fits, 150 x 150 is not. Smaller images take several blocks per SM (the launch bound's minimum), 160 threads."""
     assert smem_bytes(147, 147) == 225536 and threads(147, 147) == 384 and blocks_per_sm(147, 147) == 1
     assert smem_bytes(149, 149) <= 232448 < smem_bytes(150, 150)
-    assert (threads(74, 74), blocks_per_sm(74, 74)) == (160, 3) and (threads(27, 27), blocks_per_sm(27, 27)) == (160, 4)
+    assert (threads(74, 74), blocks_per_sm(74, 74)) == (160, 3) and (threads(27, 27), blocks_per_sm(27, 27)) == (160, 3)
     assert expression(1, 147, 147) == "cgspn_image_fwd<1, 384, 1, 147, 147>"
 
 
 def test_every_grid_has_a_helper_warp():
-    """Warps 0-3 scan while warps 4+ combine the previous image: a block of only the four scan warps would leave
-    every image but a block's last without y (the source asserts it too)."""
+    """The scan warps (4 per warp split) scan while the others combine the previous image: a block of only scan
+    warps would leave every image but a block's last without y (the source asserts it too). No launch bound
+    caps the registers below 128 (fewer spilled the scan's buffers)."""
     grids = [(h, w) for h in (1, 2, 7, 27, 37, 54, 74, 100, 147, 149) for w in (1, 3, 27, 37, 74, 147, 149)]
-    assert all(threads(h, w) >= 160 and threads(h, w) % 32 == 0 for h, w in grids)
-    assert "static_assert(NT >= 160" in IMAGE_SOURCE
+    for split in (1, 2):
+        assert all(threads(h, w, split) >= 128 * split + 32 and threads(h, w, split) % 32 == 0 for h, w in grids)
+        assert all(threads(h, w, split) * blocks_per_sm(h, w, split) <= 512 for h, w in grids)
+    assert "static_assert(NT >= SCAN + 32" in IMAGE_SOURCE
+
+
+def test_launch_configurations():
+    """The default instantiation names only the measured design's arguments; the configurations awaiting their
+    A/B add theirs (two warps per direction: 288-384 threads, 128 bytes of boundary states); a bad split is
+    refused by name before anything touches a GPU."""
+    assert expression(1, 147, 147, ImageConfig()) == "cgspn_image_fwd<1, 384, 1, 147, 147>"
+    assert expression(2, 74, 74, ImageConfig(split=2, prefetch=True)) == "cgspn_image_fwd<2, 288, 1, 74, 74, 2, true>"
+    assert smem_bytes(147, 147, 2) == smem_bytes(147, 147) + 128 <= 232448
+    x, head = planar_inputs(1, 3, 4, 8)
+    with pytest.raises(ValueError, match="config.split: 3 is not one of 1, 2"):
+        cuda_image.scan_forward(x, *head_views(head), config=ImageConfig(split=3))
 
 
 @cpu_only
@@ -182,12 +204,14 @@ def test_compiled_planar_layer_has_no_graph_break():
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc (CUDA toolkit) to compile the image kernel's source")
 def test_image_source_compiles_for_sm90_without_spills(tmp_path):
-    """The benchmark grids' instantiations (bf16 and fp16 at 147, bf16 at 74) through ptxas for sm_90: no spills
-    within their launch bounds (147: 384 threads, one block per SM; 74: 160 threads, three blocks)."""
+    """The benchmark grids' instantiations (bf16 and fp16 at 147, bf16 at 74 and 27), and the configurations
+    awaiting their A/B at 147 and 74, through ptxas for sm_90: no spills within their launch bounds (147: 384
+    threads, one block per SM; 74: 160 threads, three blocks)."""
     args = "(const u16*, const u16*, const u16*, const u16*, const u16*, const u16*, u16*, u16*, long long*, int, int" \
            + ", i64" * 15 + ")"
     path = tmp_path / "image.cu"
-    grids = ((1, 147, 147), (2, 147, 147), (1, 74, 74))
+    grids = ((1, 147, 147), (2, 147, 147), (1, 74, 74), (1, 27, 27), (1, 147, 147, ImageConfig(2, True)),
+             (1, 74, 74, ImageConfig(2)), (1, 147, 147, ImageConfig(1, True)))
     path.write_text(IMAGE_SOURCE + "".join(f"\ntemplate __global__ void {expression(*g)}{args};" for g in grids))
     proc = subprocess.run(["nvcc", "-arch=sm_90", "-std=c++17", "-Xptxas", "-v", "-c", str(path), "-o", str(tmp_path / "i.o")],
                           capture_output=True, text=True, timeout=600)
