@@ -11,9 +11,10 @@ Layout it needs: planar (channel-major) inputs, i.e. unit stride along W -- elem
 element of every 32-byte sector; the C-GSPN layer produces planar heads directly from its GEMMs instead
 (:mod:`kernels.cgspn.layer`, ``layout="planar"``).
 
-Kernel ``cgspn_image_fwd<DT, H, W, NT, MINB>`` (NOTES.md Round 8 for the design's measurements): persistent
-blocks (the grid fills the GPU, image ``c B + b`` after image), NT threads; warps 0-3 scan, the others help.
-Per image:
+Kernel ``cgspn_image_fwd<DT, NT, MINB, H, W, S, PREFETCH>`` (NOTES.md Round 8 for the design's measurements):
+persistent blocks (the grid fills the GPU, image ``c B + b`` after image), NT threads (launch bound: MINB blocks
+per SM); H and W are template arguments, so every shared-memory offset is an immediate. Warps 0-3 scan (S = 1,
+the measured design), the others help. Per image:
 
 1. load (every warp): the five planes' pixels (x, lam, l, m, r logits) from global memory straight into the
    scan's form in shared memory: ``bx = (lam + bias) (x + bias)`` in fp32, the interior gates of Eq. 2 packed
@@ -32,6 +33,9 @@ Per image:
    Meanwhile the other warps combine the previous image: ``y = (u + bias_u) * sum_d h_d`` from its states
    (L2, 16-byte reads), y planar (each image contiguous; batch and channel strides given).
 3. after the last image, every warp combines it.
+Launch configurations awaiting their GPU A/B (:class:`ImageConfig`): S = 2 runs each direction on two warps
+(positions split in two halves, the boundary states handed over through shared memory at a named barrier per
+step); PREFETCH has a helper thread ask L2 for the next image's planes while the current one is scanned.
 Optional per-channel biases, added in fp32: the head's ``(5 C,)`` in [u, lam, l, m, r] order and x's ``(C,)``
 (the layer folds its GEMM biases here instead of a pass over the planar GEMM outputs). Optional ``timing``
 (int64, 8 per block): clock cycles per phase summed over the block's images (load, scan, combine beside the
