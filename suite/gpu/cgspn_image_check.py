@@ -171,25 +171,25 @@ def time_scan(B, H, W, C, dtype, mode, layout, variant, copy_gbps):
                                            "backend": scan_module.scan_backend(variant, x, head)})
 
 
-def phase_timing(B, H, W, C, dtype=torch.bfloat16) -> dict:
+def phase_timing(B, H, W, C, dtype=torch.bfloat16, config=DEFAULT_CONFIG) -> dict:
     """Where one image forward's time goes: the kernel's per-block clock counters (``timing``) averaged per image
     -- load, scan, the previous image's combine beside the scan, the scan phase barrier to barrier, the last
     combine -- in SM cycles, with the kernel's time (CUDA events) and the clock rate they imply."""
     x, head = inputs(B, H, W, C, dtype, "planar-cb", torch.Generator().manual_seed(0))
     lam, u, gates = head_views(head)
-    blocks = cuda_image.grid_size(B * C, H, W, torch.cuda.current_device())
+    blocks = cuda_image.grid_size(B * C, H, W, torch.cuda.current_device(), config)
     timing = torch.zeros(blocks * TIMING_SLOTS, dtype=torch.int64, device="cuda")
-    cuda_image.scan_forward(x, lam, u, gates)  # compiled, warm
+    cuda_image.scan_forward(x, lam, u, gates, config=config)  # compiled, warm
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
-    cuda_image.scan_forward(x, lam, u, gates, timing=timing)
+    cuda_image.scan_forward(x, lam, u, gates, timing=timing, config=config)
     end.record()
     torch.cuda.synchronize()
     t = timing.view(blocks, TIMING_SLOTS).double().cpu()
     images = t[:, 5].sum().item()
     per_block = (t[:, 0] + t[:, 3] + t[:, 4]).mean().item()
     ms = start.elapsed_time(end)
-    return {"B": B, "H": H, "W": W, "C": C, "blocks": blocks, "images": images, "kernel_ms": ms,
+    return {"B": B, "H": H, "W": W, "C": C, "config": str(config), "blocks": blocks, "images": images, "kernel_ms": ms,
             "cycles_per_image": {"load": t[:, 0].sum().item() / images, "scan": t[:, 1].sum().item() / images,
                                  "combine_beside_scan": t[:, 2].sum().item() / max(images - blocks, 1),
                                  "scan_phase": t[:, 3].sum().item() / images, "last_combine": t[:, 4].mean().item()},
@@ -258,6 +258,10 @@ def main(argv=None) -> int:
         report["checks_pass"] = ok = variant_checks(report["checks"])
         save()
         report["timings"] = variant_timings(copy_gbps, save, report["timings"])
+        report["phases"] = [phase_timing(32, grid, grid, 64, config=config)
+                            for grid in (74, 147) for config in (DEFAULT_CONFIG, *VARIANT_CONFIGS)]
+        for row in report["phases"]:
+            print(f"[phases] {json.dumps(row)}", flush=True)
         save()
         print(f"\nchecks: {'ALL PASS' if ok else 'FAILURES (see above / JSON)'}")
         return 0 if ok else 1
