@@ -22,8 +22,8 @@ from kernels.cgspn.cuda_image_source import (
     MAX_LANE_POSITIONS,
     TIMING_SLOTS,
     ImageConfig,
-    blocks_per_sm,
     expression,
+    launch_blocks,
     smem_bytes,
     threads,
 )
@@ -49,8 +49,8 @@ def _sm_count(device_index: int) -> int:
 
 
 def grid_size(images: int, H: int, W: int, device_index: int, config: ImageConfig = DEFAULT_CONFIG) -> int:
-    """Persistent blocks: as many as fit the GPU at once (:func:`blocks_per_sm` per SM), at most one per image."""
-    return max(1, min(images, _sm_count(device_index) * blocks_per_sm(H, W, config.split)))
+    """Persistent blocks: as many as fit the GPU at once (:func:`launch_blocks` per SM), at most one per image."""
+    return max(1, min(images, _sm_count(device_index) * launch_blocks(H, W, config)))
 
 
 @functools.cache

@@ -476,10 +476,12 @@ class ImageConfig(NamedTuple):
     A/B, ``suite/gpu/cgspn_image_check.py --variants``): ``split`` warps per direction (1 or 2; 2 hands the
     boundary states over through shared memory with a named barrier per step, so that two warps per scheduler
     hide the per-step chain), ``prefetch`` (a helper thread asks L2 for the next image's planes by
-    ``cp.async.bulk.prefetch`` while the current one is scanned)."""
+    ``cp.async.bulk.prefetch`` while the current one is scanned), ``blocks`` (0: the launch bound's blocks per
+    SM as :func:`blocks_per_sm` chooses them; else that many where shared memory allows, fewer registers)."""
 
     split: int = 1
     prefetch: bool = False
+    blocks: int = 0
 
 
 DEFAULT_CONFIG = ImageConfig()
@@ -498,8 +500,14 @@ def blocks_per_sm(H: int, W: int, split: int = 1) -> int:
     return max(1, min(_smem_blocks(H, W, split), 512 // threads(H, W, split)))
 
 
+def launch_blocks(H: int, W: int, config: ImageConfig = DEFAULT_CONFIG) -> int:
+    """The launch bound's blocks per SM under ``config``."""
+    if config.blocks:
+        return max(1, min(config.blocks, _smem_blocks(H, W, config.split)))
+    return blocks_per_sm(H, W, config.split)
+
+
 def expression(dt: int, H: int, W: int, config: ImageConfig = DEFAULT_CONFIG) -> str:
     """The kernel instantiation for storage type ``dt`` (1 bf16, 2 fp16) at an H x W image."""
     tail = "" if config == DEFAULT_CONFIG else f", {config.split}, {'true' if config.prefetch else 'false'}"
-    split = config.split
-    return f"cgspn_image_fwd<{dt}, {threads(H, W, split)}, {blocks_per_sm(H, W, split)}, {H}, {W}{tail}>"
+    return f"cgspn_image_fwd<{dt}, {threads(H, W, config.split)}, {launch_blocks(H, W, config)}, {H}, {W}{tail}>"
