@@ -22,10 +22,11 @@ from kernels.cgspn.cuda_image_source import (
     MAX_LANE_POSITIONS,
     TIMING_SLOTS,
     ImageConfig,
+    check_config,
     expression,
     launch_blocks,
+    launch_threads,
     smem_bytes,
-    threads,
 )
 
 __all__ = ["empty_outputs", "grid_size", "hs_channels_last", "is_planar", "plan_reason", "scan_forward", "unavailable_reason"]
@@ -122,8 +123,7 @@ def scan_forward(x: torch.Tensor, lam: torch.Tensor, u: torch.Tensor, gates: tor
     awaiting their GPU A/B (:class:`~kernels.cgspn.cuda_image_source.ImageConfig`; default: the measured design),
     same outputs bit for bit. The caller checked :func:`unavailable_reason` (for the default configuration)."""
     config = DEFAULT_CONFIG if config is None else config
-    if config.split not in (1, 2):
-        raise ValueError(f"config.split: {config.split} is not one of 1, 2")
+    check_config(config)
     B, H, W, C = x.shape
     y, hs = empty_outputs(x)
     bias, x_bias = (None if t is None else t.contiguous() for t in (bias, x_bias))
@@ -133,7 +133,7 @@ def scan_forward(x: torch.Tensor, lam: torch.Tensor, u: torch.Tensor, gates: tor
     if timing is not None and (timing.dtype != torch.int64 or timing.numel() < TIMING_SLOTS * blocks):
         raise ValueError(f"timing: expected an int64 tensor of at least {TIMING_SLOTS * blocks} elements")
     pointer = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
-    cuda_scan.launch(expression(_DTYPE_CODE[x.dtype], H, W, config), (blocks, 1, 1), threads(H, W, config.split),
+    cuda_scan.launch(expression(_DTYPE_CODE[x.dtype], H, W, config), (blocks, 1, 1), launch_threads(H, W, config),
                      smem_bytes(H, W, config.split), index,
                      (x.data_ptr(), lam.data_ptr(), u.data_ptr(), gates.data_ptr(), pointer(bias), pointer(x_bias),
                       hs.data_ptr(), y.data_ptr(), pointer(timing), B, C,

@@ -476,11 +476,13 @@ class ImageConfig(NamedTuple):
     A/B, ``suite/gpu/cgspn_image_check.py --variants``): ``split`` warps per direction (1 or 2; 2 hands the
     boundary states over through shared memory with a named barrier per step, so that two warps per scheduler
     hide the per-step chain), ``prefetch`` (a helper thread asks L2 for the next image's planes by
-    ``cp.async.bulk.prefetch`` while the current one is scanned), ``blocks`` (0: the launch bound's blocks per
-    SM as :func:`blocks_per_sm` chooses them; else that many where shared memory allows, fewer registers)."""
+    ``cp.async.bulk.prefetch`` while the current one is scanned), ``threads`` per block (0: :func:`threads`;
+    more helper warps combine faster beside the scan), ``blocks`` (0: the launch bound's blocks per SM as
+    :func:`blocks_per_sm` chooses them; else that many where shared memory allows, fewer registers)."""
 
     split: int = 1
     prefetch: bool = False
+    threads: int = 0
     blocks: int = 0
 
 
@@ -500,14 +502,32 @@ def blocks_per_sm(H: int, W: int, split: int = 1) -> int:
     return max(1, min(_smem_blocks(H, W, split), 512 // threads(H, W, split)))
 
 
+def check_config(config: ImageConfig) -> None:
+    """A clear error for a configuration the kernel cannot take (the field and the allowed values)."""
+    if config.split not in (1, 2):
+        raise ValueError(f"config.split: {config.split} is not one of 1, 2")
+    low = 128 * config.split + 32
+    if config.threads and not (low <= config.threads <= 1024 and config.threads % 32 == 0):
+        raise ValueError(f"config.threads: {config.threads} is not 0 or a multiple of 32 in [{low}, 1024]")
+    if not 0 <= config.blocks <= 32:
+        raise ValueError(f"config.blocks: {config.blocks} is not in [0, 32]")
+
+
+def launch_threads(H: int, W: int, config: ImageConfig = DEFAULT_CONFIG) -> int:
+    """Threads per block under ``config``."""
+    return config.threads or threads(H, W, config.split)
+
+
 def launch_blocks(H: int, W: int, config: ImageConfig = DEFAULT_CONFIG) -> int:
     """The launch bound's blocks per SM under ``config``."""
     if config.blocks:
         return max(1, min(config.blocks, _smem_blocks(H, W, config.split)))
+    if config.threads:
+        return max(1, min(_smem_blocks(H, W, config.split), 512 // config.threads))
     return blocks_per_sm(H, W, config.split)
 
 
 def expression(dt: int, H: int, W: int, config: ImageConfig = DEFAULT_CONFIG) -> str:
     """The kernel instantiation for storage type ``dt`` (1 bf16, 2 fp16) at an H x W image."""
     tail = "" if config == DEFAULT_CONFIG else f", {config.split}, {'true' if config.prefetch else 'false'}"
-    return f"cgspn_image_fwd<{dt}, {threads(H, W, config.split)}, {launch_blocks(H, W, config)}, {H}, {W}{tail}>"
+    return f"cgspn_image_fwd<{dt}, {launch_threads(H, W, config)}, {launch_blocks(H, W, config)}, {H}, {W}{tail}>"

@@ -409,7 +409,7 @@ def run_brief_checks(checks) -> bool:
 
 #: the launch configurations awaiting their GPU A/B (``--variants``) and the grids they run at
 VARIANT_CONFIGS = (ImageConfig(split=2), ImageConfig(prefetch=True), ImageConfig(split=2, prefetch=True),
-                   ImageConfig(split=2, blocks=2))
+                   ImageConfig(split=2, blocks=2), ImageConfig(threads=192, blocks=3))
 VARIANT_GRIDS = ((147, 147), (74, 74), (27, 27), (37, 37), (37, 54), (1, 7), (6, 1), (20, 73), (40, 33), (149, 149))
 
 

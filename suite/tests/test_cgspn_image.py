@@ -86,9 +86,16 @@ def test_launch_configurations():
     # two blocks of two warps per direction at 74 (96 registers), where shared memory allows them; one at 147
     assert expression(1, 74, 74, ImageConfig(split=2, blocks=2)) == "cgspn_image_fwd<1, 288, 2, 74, 74, 2, false>"
     assert expression(1, 147, 147, ImageConfig(split=2, blocks=2)) == "cgspn_image_fwd<1, 384, 1, 147, 147, 2, false>"
+    # two helper warps at 74 with three blocks per SM (96 registers)
+    assert expression(1, 74, 74, ImageConfig(threads=192, blocks=3)) == "cgspn_image_fwd<1, 192, 3, 74, 74, 1, false>"
     x, head = planar_inputs(1, 3, 4, 8)
-    with pytest.raises(ValueError, match="config.split: 3 is not one of 1, 2"):
-        cuda_image.scan_forward(x, *head_views(head), config=ImageConfig(split=3))
+    multiple = r"is not 0 or a multiple of 32 in"
+    for config, message in ((ImageConfig(split=3), "config.split: 3 is not one of 1, 2"),
+                            (ImageConfig(threads=128), rf"config.threads: 128 {multiple} \[160, 1024\]"),
+                            (ImageConfig(split=2, threads=200), rf"config.threads: 200 {multiple} \[288, 1024\]"),
+                            (ImageConfig(blocks=-1), r"config.blocks: -1 is not in \[0, 32\]")):
+        with pytest.raises(ValueError, match=message):
+            cuda_image.scan_forward(x, *head_views(head), config=config)
 
 
 @cpu_only
@@ -214,7 +221,8 @@ def test_image_source_compiles_for_sm90_without_spills(tmp_path):
            + ", i64" * 15 + ")"
     path = tmp_path / "image.cu"
     grids = ((1, 147, 147), (2, 147, 147), (1, 74, 74), (1, 27, 27), (1, 147, 147, ImageConfig(2, True)),
-             (1, 74, 74, ImageConfig(2)), (1, 147, 147, ImageConfig(1, True)), (1, 74, 74, ImageConfig(2, False, 2)))
+             (1, 74, 74, ImageConfig(2)), (1, 147, 147, ImageConfig(1, True)), (1, 74, 74, ImageConfig(2, blocks=2)),
+             (1, 74, 74, ImageConfig(threads=192, blocks=3)))
     path.write_text(IMAGE_SOURCE + "".join(f"\ntemplate __global__ void {expression(*g)}{args};" for g in grids))
     proc = subprocess.run(["nvcc", "-arch=sm_90", "-std=c++17", "-Xptxas", "-v", "-c", str(path), "-o", str(tmp_path / "i.o")],
                           capture_output=True, text=True, timeout=600)
