@@ -520,11 +520,8 @@ def launch_threads(H: int, W: int, config: ImageConfig = DEFAULT_CONFIG) -> int:
 
 def launch_blocks(H: int, W: int, config: ImageConfig = DEFAULT_CONFIG) -> int:
     """The launch bound's blocks per SM under ``config``."""
-    if config.blocks:
-        return max(1, min(config.blocks, _smem_blocks(H, W, config.split)))
-    if config.threads:
-        return max(1, min(_smem_blocks(H, W, config.split), 512 // config.threads))
-    return blocks_per_sm(H, W, config.split)
+    cap = config.blocks or 512 // launch_threads(H, W, config)  # the rule of blocks_per_sm at these threads
+    return max(1, min(cap, _smem_blocks(H, W, config.split)))
 
 
 def expression(dt: int, H: int, W: int, config: ImageConfig = DEFAULT_CONFIG) -> str:

@@ -235,6 +235,14 @@ def time_case(B, grid, C, dtype, mode, variant, copy_gbps, W=None):
     gen = torch.Generator(device="cuda").manual_seed(0)
     x = torch.randn(B, H, W, C, device="cuda", dtype=dtype, generator=gen)
     head = torch.randn(B, H, W, 5, C, device="cuda", dtype=dtype, generator=gen)
+    dy = None if mode == "fwd" else torch.randn(B, H, W, C, device="cuda", dtype=dtype, generator=gen)
+    return timed_scan_head(x, head, variant, mode, dy, copy_gbps)
+
+
+def timed_scan_head(x, head, variant, mode, dy, copy_gbps, **fields) -> dict:
+    """``cgspn_scan_head(x, head, variant)`` timed by :func:`timed_row`: the forward without autograd (``mode``
+    "fwd"), else forward and backward of ``dy``; ideal bytes 7 (fwd) or 20 elements per (b, pixel, channel); the
+    row names the shape, dtype, mode, ``fields``, the variant and the backend that ran."""
     if mode == "fwd":
         def step():
             with torch.no_grad():
@@ -242,17 +250,15 @@ def time_case(B, grid, C, dtype, mode, variant, copy_gbps, W=None):
     else:
         x.requires_grad_(True)
         head.requires_grad_(True)
-        dy = torch.randn(B, H, W, C, device="cuda", dtype=dtype, generator=gen)
 
         def step():
             x.grad = None
             head.grad = None
             scan_module.cgspn_scan_head(x, head, variant=variant).backward(dy)
-    n = B * H * W * C
-    elem = torch.finfo(dtype).bits // 8
-    ideal = (7 if mode == "fwd" else 20) * n * elem
-    return timed_row(step, ideal, copy_gbps, {"B": B, "H": H, "W": W, "C": C, "dtype": str(dtype).replace("torch.", ""),
-                                              "mode": mode, "variant": variant,
+    B, H, W, C = x.shape
+    ideal = (7 if mode == "fwd" else 20) * x.numel() * (torch.finfo(x.dtype).bits // 8)
+    return timed_row(step, ideal, copy_gbps, {"B": B, "H": H, "W": W, "C": C, "dtype": str(x.dtype).replace("torch.", ""),
+                                              "mode": mode, **fields, "variant": variant,
                                               "backend": scan_module.scan_backend(variant, x, head)})
 
 

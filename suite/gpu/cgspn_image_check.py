@@ -38,7 +38,7 @@ from kernels.cgspn import cgspn_scan_reference, cuda_image, head_views
 from kernels.cgspn import scan as scan_module
 from kernels.cgspn.cuda_image_source import DEFAULT_CONFIG, IMAGE_SOURCE, TIMING_SLOTS, ImageConfig, expression
 from kernels.cgspn.layer import CGSPNLayer
-from suite.gpu.cgspn_fast_path_check import TOLERANCE, gates_of, rel_rms, timed_row
+from suite.gpu.cgspn_fast_path_check import TOLERANCE, gates_of, rel_rms, timed_row, timed_scan_head
 from suite.gpu.common import CheckLog, gpu_report, measure_copy_bandwidth, print_table
 
 LAYOUTS = ("planar-cb", "channels-last")
@@ -149,26 +149,9 @@ def check_layer(B, grid, dtype, compile_too=True):
 
 
 def time_scan(B, H, W, C, dtype, mode, layout, variant, copy_gbps):
-    gen = torch.Generator().manual_seed(0)
-    x, head = inputs(B, H, W, C, dtype, layout, gen)
-    if mode == "fwd":
-        def step():
-            with torch.no_grad():
-                scan_module.cgspn_scan_head(x, head, variant=variant)
-    else:
-        x.requires_grad_(True)
-        head.requires_grad_(True)
-        dy = torch.randn(B, H, W, C, device="cuda", dtype=dtype)
-
-        def step():
-            x.grad = None
-            head.grad = None
-            scan_module.cgspn_scan_head(x, head, variant=variant).backward(dy)
-    n = B * H * W * C
-    ideal = (7 if mode == "fwd" else 20) * n * (torch.finfo(dtype).bits // 8)
-    return timed_row(step, ideal, copy_gbps, {"B": B, "H": H, "W": W, "C": C, "dtype": str(dtype).replace("torch.", ""),
-                                           "mode": mode, "layout": layout, "variant": variant,
-                                           "backend": scan_module.scan_backend(variant, x, head)})
+    x, head = inputs(B, H, W, C, dtype, layout, torch.Generator().manual_seed(0))
+    dy = None if mode == "fwd" else torch.randn(B, H, W, C, device="cuda", dtype=dtype)
+    return timed_scan_head(x, head, variant, mode, dy, copy_gbps, layout=layout)
 
 
 def phase_timing(B, H, W, C, dtype=torch.bfloat16, config=DEFAULT_CONFIG) -> dict:
