@@ -119,9 +119,9 @@ def scan_forward(x: torch.Tensor, lam: torch.Tensor, u: torch.Tensor, gates: tor
     ``hs (4, B, C, H, WP)`` (tb, bt, lr, rl, each in image order; WP = W rounded up to 8). ``bias``: optional
     ``(5 C,)`` head bias in [u, lam, l, m, r] order, ``x_bias`` optional ``(C,)``, both added where the kernel
     uses the values. ``timing``: optional int64 CUDA tensor of ``TIMING_SLOTS`` per block (:func:`grid_size`
-    blocks), filled with each block's clock cycles per phase (the source's docstring). ``config``: launch choices
-    awaiting their GPU A/B (:class:`~kernels.cgspn.cuda_image_source.ImageConfig`; default: the measured design),
-    same outputs bit for bit. The caller checked :func:`unavailable_reason` (for the default configuration)."""
+    blocks), filled with each block's clock cycles per phase (the source's docstring). ``config``: opt-in launch
+    choices for A/B (:class:`~kernels.cgspn.cuda_image_source.ImageConfig`; default: the fastest measured), same
+    outputs bit for bit. The caller checked :func:`unavailable_reason` (for the default configuration)."""
     config = DEFAULT_CONFIG if config is None else config
     check_config(config)
     B, H, W, C = x.shape

@@ -33,9 +33,10 @@ the measured design), the others help. Per image:
    Meanwhile the other warps combine the previous image: ``y = (u + bias_u) * sum_d h_d`` from its states
    (L2, 16-byte reads), y planar (each image contiguous; batch and channel strides given).
 3. after the last image, every warp combines it.
-Launch configurations awaiting their GPU A/B (:class:`ImageConfig`): S = 2 runs each direction on two warps
-(positions split in two halves, the boundary states handed over through shared memory at a named barrier per
-step); PREFETCH has a helper thread ask L2 for the next image's planes while the current one is scanned.
+Opt-in launch configurations, measured slower than the default (:class:`ImageConfig`, NOTES.md Round 9): S = 2
+runs each direction on two warps (positions split in two halves, the boundary states handed over through shared
+memory at a named barrier per step); PREFETCH has a helper thread ask L2 for the next image's planes while the
+current one is scanned.
 Optional per-channel biases, added in fp32: the head's ``(5 C,)`` in [u, lam, l, m, r] order and x's ``(C,)``
 (the layer folds its GEMM biases here instead of a pass over the planar GEMM outputs). Optional ``timing``
 (int64, 8 per block): clock cycles per phase summed over the block's images (load, scan, combine beside the
@@ -472,8 +473,9 @@ def _smem_blocks(H: int, W: int, split: int = 1, smem_per_sm: int = 233472, rese
 
 
 class ImageConfig(NamedTuple):
-    """Launch choices of the image forward (the default is the measured design; the others await their GPU
-    A/B, ``suite/gpu/cgspn_image_check.py --variants``): ``split`` warps per direction (1 or 2; 2 hands the
+    """Launch choices of the image forward (the default is the fastest measured; the others are kept for A/B,
+    ``suite/gpu/cgspn_image_check.py --variants``, and measured slower, NOTES.md Round 9): ``split`` warps per
+    direction (1 or 2; 2 hands the
     boundary states over through shared memory with a named barrier per step, so that two warps per scheduler
     hide the per-step chain), ``prefetch`` (a helper thread asks L2 for the next image's planes by
     ``cp.async.bulk.prefetch`` while the current one is scanned), ``threads`` per block (0: :func:`threads`;
@@ -489,17 +491,25 @@ class ImageConfig(NamedTuple):
 DEFAULT_CONFIG = ImageConfig()
 
 
+def register_threads(H: int, W: int) -> int:
+    """Threads per SM the launch bound keeps: 576 where a lane holds at most 3 positions (sides <= 96; 18 warps per
+    SM leave 96 registers per thread, enough for the scan's buffers there), else 512 (128 registers; the buffers
+    grow with the positions per lane: 135 registers at 147, where one block of 384 threads gets 168)."""
+    return 576 if max(H, W) <= 96 else 512
+
+
 def threads(H: int, W: int, split: int = 1) -> int:
-    """Threads per block: the 4 ``split`` scan warps plus helper warps for the loads and the combine (at least one:
-    the helpers combine the previous image while the scan warps scan), as many as keep 128 registers per thread
-    when the blocks shared memory allows share an SM (the scan's buffers need ~100-150 at 147): 160-384."""
-    return max(128 * split + 32, min(384, 512 // _smem_blocks(H, W, split) // 32 * 32))
+    """Threads per block: the 4 ``split`` scan warps plus at least two helper warps for the loads and the combine
+    (the helpers combine the previous image while the scan warps scan: one helper warp took longer than the scan at
+    74 and 37, two measured 1.15x / 1.32x faster there, results/h200/2026-11-30-image-v4), more where the blocks
+    shared memory allows share 512 threads per SM: 192-384."""
+    return max(128 * split + 64, min(384, 512 // _smem_blocks(H, W, split) // 32 * 32))
 
 
 def blocks_per_sm(H: int, W: int, split: int = 1) -> int:
-    """Blocks per SM the launch bound asks for: as many as shared memory allows, at most 4, and no more than keep
-    128 registers per thread at :func:`threads` (fewer registers spilled the scan's buffers)."""
-    return max(1, min(_smem_blocks(H, W, split), 512 // threads(H, W, split)))
+    """Blocks per SM the launch bound asks for: as many as shared memory allows, at most 4, and no more than fit
+    :func:`register_threads` at :func:`threads`."""
+    return max(1, min(_smem_blocks(H, W, split), register_threads(H, W) // threads(H, W, split)))
 
 
 def check_config(config: ImageConfig) -> None:
@@ -520,7 +530,7 @@ def launch_threads(H: int, W: int, config: ImageConfig = DEFAULT_CONFIG) -> int:
 
 def launch_blocks(H: int, W: int, config: ImageConfig = DEFAULT_CONFIG) -> int:
     """The launch bound's blocks per SM under ``config``."""
-    cap = config.blocks or 512 // launch_threads(H, W, config)  # the rule of blocks_per_sm at these threads
+    cap = config.blocks or register_threads(H, W) // launch_threads(H, W, config)  # blocks_per_sm's rule at these threads
     return max(1, min(cap, _smem_blocks(H, W, config.split)))
 
 

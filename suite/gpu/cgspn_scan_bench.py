@@ -16,7 +16,11 @@ Run on an H100/H200 from the repository root::
    normalization eager vs fused (grids 147 and 74); normalization folded into the scan (four ``propagate``
    launches with raw gates vs with pre-normalized gates, and vs fused-normalize-then-scan); then the full
    sweep of the default variant: C_c in {32, 64, 96, 384} x grids {27, 37, 54, 74, 108, 147} x {bf16, fp32}
-   x {fwd, fwd+bwd}, B=32.
+   x {fwd, fwd+bwd}, B=32; last (or alone, ``--groups parity``), the default against the Triton quad-scratch
+   path on every kind of shape the sweeps hold (grids 27-147, C_c 32-384, bf16/fp16/fp32, B 1-32, non-square
+   grids; the layer's strided head views throughout), fwd and fwd+bwd, each Triton case autotuned for its own
+   shape (the autotuner keys on neither the batch nor the grid's aspect): :func:`parity_table` gives the
+   Triton / default ratio per shape on device time (graph replays).
    Every case but the folded-normalization group is a registered implementation (``cgspn-scan``,
    ``cgspn-scan-<variant>``, ``cgspn-gate-norm-*``) measured by the suite's measurement core
    (``suite.measure.measure_case``: CUDA events, cold L2, eager and CUDA-graph replays -- the gap is host
@@ -72,7 +76,8 @@ from suite.results import Row, RunDir  # noqa: E402
 
 TEST_SELECTION = ["suite/tests/test_cgspn_scan.py::TestFullShapesGPU", "suite/tests/test_cgspn_gate_norm.py"]
 TIMING = TimingSettings(budget_ms=60, warmup_ms=10, min_reps=5, max_reps=200, l2_flush="auto", cuda_graph=True)
-DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}  # of the sweep group
+TRITON_VARIANT = "quad-scratch"  # the Triton path the parity group compares the default with
 DEFAULT_VARIANT = scan.DEFAULT_VARIANT
 AUTOTUNED = {"_scan_quad_fwd_kernel": scan_quad, "_scan_quad_bwd_kernel": scan_quad, "_scan_pair_fwd_kernel": scan_pairs,
              "_propagate_fwd_kernel": scan_directions, "_propagate_bwd_kernel": scan_directions}
@@ -84,12 +89,22 @@ ORIGINAL_GSPN_MS = {74: 7.5, 147: 38.0}
 @dataclass
 class Shape:
     batch: int
-    grid: int
+    grid: int  # height (and width unless ``width`` is given)
     channels: int
+    width: int | None = None
+
+    @property
+    def W(self) -> int:
+        return self.grid if self.width is None else self.width
 
     @property
     def numel(self) -> int:
-        return self.batch * self.grid * self.grid * self.channels
+        return self.batch * self.grid * self.W * self.channels
+
+    @property
+    def label(self) -> int | str:
+        """The grid as rows show it: the side of a square grid, else "HxW"."""
+        return self.grid if self.width is None else f"{self.grid}x{self.width}"
 
 
 @dataclass
@@ -108,7 +123,10 @@ class Case:
 
     @property
     def params(self) -> Params:
-        return Params(batch=self.shape.batch, grid=self.shape.grid, latent_channels=self.shape.channels)
+        s = self.shape
+        if s.width is None:
+            return Params(batch=s.batch, grid=s.grid, latent_channels=s.channels)
+        return Params(batch=s.batch, grid_h=s.grid, grid_w=s.width, latent_channels=s.channels)
 
 
 def scan_inputs(shape: Shape, dtype: torch.dtype, device: str, grad: bool):
@@ -168,7 +186,19 @@ def check_variants(shape: Shape, device: str) -> dict[str, dict]:
     return out
 
 
-GROUPS = ("variants", "gate-norm", "folded-norm", "sweep")
+GROUPS = ("variants", "gate-norm", "folded-norm", "sweep", "parity")
+
+
+def parity_shapes(tiny: bool) -> list[tuple[str, Shape]]:
+    """(dtype, shape) of the parity group: every axis the sweeps vary, one at a time around B=32, C_c=64, bf16."""
+    if tiny:
+        return [("bfloat16", Shape(2, 5, 16)), ("float32", Shape(1, 4, 8, width=7))]
+    out = [("bfloat16", Shape(32, g, 64)) for g in (27, 37, 54, 74, 108, 147)]
+    out += [("bfloat16", Shape(32, g, c)) for c in (32, 96, 384) for g in (37, 74, 147)]
+    out += [("bfloat16", Shape(b, g, 64)) for b, g in ((1, 27), (1, 74), (1, 147), (4, 74), (8, 147))]
+    out += [(dt, Shape(32, g, 64)) for dt in ("float16", "float32") for g in (37, 74, 147)]
+    out += [("bfloat16", Shape(32, h, 64, width=w)) for h, w in ((37, 54), (54, 108), (147, 74), (20, 73), (74, 147))]
+    return out
 
 
 def cases(tiny: bool) -> list[Case]:
@@ -201,13 +231,26 @@ def cases(tiny: bool) -> list[Case]:
                     if (DEFAULT_VARIANT, mode, dtype, grid, channels) not in seen:
                         out.append(Case("sweep", DEFAULT_VARIANT, mode, dtype, Shape(batch, grid, channels),
                                         impl=scan_variant_name(DEFAULT_VARIANT)))
+    for dtype, shape in parity_shapes(tiny):
+        for mode in ("fwd", "fwd+bwd"):
+            for variant in (TRITON_VARIANT, DEFAULT_VARIANT):
+                out.append(Case("parity", variant, mode, dtype, shape, impl=scan_variant_name(variant)))
     return out
+
+
+def clear_autotune_caches() -> None:
+    """Forget every scan kernel's autotuned configs, so the next launch tunes for its own shape."""
+    for name, module in AUTOTUNED.items():
+        cache = getattr(getattr(module, name), "cache", None)
+        if isinstance(cache, dict):
+            cache.clear()
 
 
 def time_case(case: Case, device: str, copy_gbps: float | None, run: RunDir, run_id: str) -> dict:
     """Measure one case; a registered one also becomes a Row in ``run``. Returns the bench's row dict."""
-    row = {"group": case.group, "name": case.name, "mode": case.mode, "dtype": case.dtype, "batch": case.shape.batch,
-           "grid": case.shape.grid, "channels": case.shape.channels}
+    row = base_row(case)
+    if case.group == "parity":
+        clear_autotune_caches()
     if case.impl is not None:
         result = measure_case(registry.get(case.impl, "sublayer"), case.params, case.dtype, device, case.mode, TIMING,
                               check=False, nvml=False, run_dir=run.path, scenario=f"cgspn-scan-bench:{case.group}",
@@ -237,6 +280,12 @@ def time_case(case: Case, device: str, copy_gbps: float | None, run: RunDir, run
     return row
 
 
+def base_row(case: Case) -> dict:
+    """The bench row's identifying fields."""
+    return {"group": case.group, "name": case.name, "mode": case.mode, "dtype": case.dtype, "batch": case.shape.batch,
+            "grid": case.shape.label, "channels": case.shape.channels}
+
+
 def from_row(result: Row) -> dict:
     """The bench's view of a measured Row: eager and graph timings, ideal bytes and bandwidth (device time)."""
     return {"status": result.status, "message": result.message, "timer": result.timer, "median_ms": result.median_ms,
@@ -264,12 +313,13 @@ def run_tests(out: Path, tiny: bool, timeout_s: float) -> dict:
 
 def summarize(rows: list[dict]) -> list[list[str]]:
     """The compact table: one line per timed row, plus the derived ratios the issue asks for."""
-    ok = {(r["group"], r["name"], r["mode"], r["dtype"], r["grid"], r["channels"]): r for r in rows if r.get("status") == "ok"}
-    lines = [["group", "name", "mode", "dtype", "grid", "C_c", "median ms", "ideal GB/s", "of copy", "note", "tuned"]]
+    ok = {(r["group"], r["name"], r["mode"], r["dtype"], r["batch"], r["grid"], r["channels"]): r for r in rows
+          if r.get("status") == "ok"}
+    lines = [["group", "name", "mode", "dtype", "B", "grid", "C_c", "median ms", "ideal GB/s", "of copy", "note", "tuned"]]
     for r in rows:
         note = ""
         if r.get("status") == "ok" and r["mode"] == "fwd+bwd":
-            fwd = ok.get((r["group"], r["name"], "fwd", r["dtype"], r["grid"], r["channels"]))
+            fwd = ok.get((r["group"], r["name"], "fwd", r["dtype"], r["batch"], r["grid"], r["channels"]))
             note = f"fwd+bwd/fwd {r['median_ms'] / fwd['median_ms']:.2f}" if fwd else ""
         if r.get("status") == "ok" and r["mode"] == "fwd" and r["name"] == DEFAULT_VARIANT and r["channels"] == 64 \
                 and r["grid"] in ORIGINAL_GSPN_MS and r["dtype"] == "bfloat16":
@@ -277,18 +327,53 @@ def summarize(rows: list[dict]) -> list[list[str]]:
         if r.get("status") == "ok" and r.get("graph_median_ms"):  # the gap to eager is host time
             note = (note + "; " if note else "") + f"graph {r['graph_median_ms']:.4f} ms"
         if r.get("status") == "ok" and r["group"] == "gate-norm" and r["name"] == "fused":
-            eager = ok.get(("gate-norm", "eager", "fwd", r["dtype"], r["grid"], r["channels"]))
+            eager = ok.get(("gate-norm", "eager", "fwd", r["dtype"], r["batch"], r["grid"], r["channels"]))
             note = f"fused speedup {eager['median_ms'] / r['median_ms']:.2f}x" if eager else ""
         if r.get("status") == "ok" and r["group"] == "folded-norm" and r["name"] != "prenormalized":
-            pre = ok.get(("folded-norm", "prenormalized", "fwd", r["dtype"], r["grid"], r["channels"]))
+            pre = ok.get(("folded-norm", "prenormalized", "fwd", r["dtype"], r["batch"], r["grid"], r["channels"]))
             note = f"+{r['median_ms'] - pre['median_ms']:.3f} ms vs prenormalized" if pre else ""
         if r.get("status") != "ok":
             note = (r.get("message") or "")[:60]
         frac = r.get("bw_fraction")
-        lines.append([r["group"], r["name"], r["mode"], r["dtype"], str(r["grid"]), str(r["channels"]),
+        lines.append([r["group"], r["name"], r["mode"], r["dtype"], str(r["batch"]), str(r["grid"]), str(r["channels"]),
                       f"{r['median_ms']:.4f}" if r.get("status") == "ok" else r.get("status", "?"),
                       f"{r['ideal_gbps']:.0f}" if r.get("ideal_gbps") else "-", f"{100 * frac:.1f}%" if frac else "-", note,
                       tuned_summary(r)])
+    return lines
+
+
+def device_ms(row: dict) -> float | None:
+    """A row's device time: the CUDA-graph replay median where captured, else the eager CUDA-event median."""
+    if row.get("status") != "ok":
+        return None
+    return row.get("graph_median_ms") or row.get("median_ms")
+
+
+def parity_table(rows: list[dict]) -> list[dict]:
+    """Per parity shape and mode: the default's and Triton's device time and Triton / default (above 1: the
+    default is faster), with the path the default took."""
+    by = {(r["name"], r["mode"], r["dtype"], r["batch"], r["grid"], r["channels"]): r for r in rows if r["group"] == "parity"}
+    out = []
+    for (name, mode, dtype, batch, grid, channels), ours in by.items():
+        if name != DEFAULT_VARIANT:
+            continue
+        triton = by.get((TRITON_VARIANT, mode, dtype, batch, grid, channels), {})
+        a, b = device_ms(ours), device_ms(triton)
+        out.append({"mode": mode, "dtype": dtype, "batch": batch, "grid": grid, "channels": channels, "default_ms": a,
+                    "triton_ms": b, "triton_over_default": b / a if a and b else None,
+                    "default_path": ours.get("backend_detail"), "status": (ours.get("status"), triton.get("status"))})
+    return out
+
+
+def parity_lines(parity: list[dict]) -> list[list[str]]:
+    """The parity table for the console, the slowest ratio first."""
+    lines = [["mode", "dtype", "B", "grid", "C_c", "default ms", "Triton ms", "Triton/default", "default path"]]
+    for p in sorted(parity, key=lambda p: p["triton_over_default"] or 0.0):
+        ratio = p["triton_over_default"]
+        lines.append([p["mode"], p["dtype"], str(p["batch"]), str(p["grid"]), str(p["channels"]),
+                      f"{p['default_ms']:.4f}" if p["default_ms"] else str(p["status"][0]),
+                      f"{p['triton_ms']:.4f}" if p["triton_ms"] else str(p["status"][1]),
+                      f"{ratio:.2f}" if ratio else "-", (p["default_path"] or "")[:60]])
     return lines
 
 
@@ -342,8 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     slowest = 0.0
     for case in (c for c in cases(args.tiny) if c.group in args.groups):
-        base = {"group": case.group, "name": case.name, "mode": case.mode, "dtype": case.dtype, "batch": case.shape.batch,
-                "grid": case.shape.grid, "channels": case.shape.channels}
+        base = base_row(case)
         if case.name in failed:
             rows.append({**base, "status": "failed-check", "message": "variant failed its correctness check"})
         elif time.perf_counter() + slowest > deadline:
@@ -353,11 +437,13 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(time_case(case, device, copy_gbps, run, run_id))
             slowest = max(slowest, time.perf_counter() - case_start)
             r = rows[-1]
-            print(f"  {case.group:11s} {case.name:20s} {case.mode:7s} {case.dtype:8s} grid {case.shape.grid:3d} "
-                  f"C {case.shape.channels:3d}: {r.get('median_ms') or r['status']} (graph {r.get('graph_median_ms')})",
+            print(f"  {case.group:11s} {case.name:20s} {case.mode:7s} {case.dtype:8s} B {case.shape.batch:2d} grid "
+                  f"{case.shape.label!s:>7} C {case.shape.channels:3d}: {r.get('median_ms') or r['status']} "
+                  f"(graph {r.get('graph_median_ms')})",
                   flush=True)
     report["rows"] = rows
     report["table"] = summarize(rows)
+    report["parity"] = parity_table(rows)
     (args.out / "cgspn_scan_bench.json").write_text(json.dumps(report, indent=1, default=str))
     with open(args.out / "cgspn_scan_bench.csv", "w", newline="") as f:
         fields = ["group", "name", "mode", "dtype", "batch", "grid", "channels", "status", "median_ms", "iqr_ms", "min_ms", "n",
@@ -369,6 +455,9 @@ def main(argv: list[str] | None = None) -> int:
     run.write_csv()
     print(f"wrote {args.out}/cgspn_scan_bench.json, cgspn_scan_bench.csv, tests.xml and the run directory {run.path}")
     print_table(report["table"])
+    if report["parity"]:
+        print("\nparity: the default against Triton quad-scratch, device time (graph replays where captured, else eager)")
+        print_table(parity_lines(report["parity"]))
     tests_ok = args.skip_tests or report["tests"]["returncode"] == 0
     return 0 if tests_ok and not failed and not any(r["status"] == "error" for r in rows) else 1
 

@@ -93,3 +93,28 @@ def test_scan_bench_writes_rows(monkeypatch, tmp_path):
     assert out["status"] == row.status == "ok" and row.implementation == "cgspn-scan-quad-scratch"
     assert {"batch": 1, "grid": 3, "latent_channels": 2}.items() <= row.params.items() and row.run_id == "rid"
     assert row.scenario == "cgspn-scan-bench:variants" and out["median_ms"] == row.median_ms
+
+
+def test_scan_bench_parity_group(monkeypatch, tmp_path):
+    """The parity group times the default and the Triton path on the same shapes (non-square grids too, as
+    grid_h/grid_w rows) and pairs them per shape and mode: Triton / default on device time."""
+    from suite.gpu import cgspn_scan_bench as bench
+
+    monkeypatch.setattr(bench, "TIMING", QUICK)
+    parity = [c for c in bench.cases(tiny=True) if c.group == "parity"]
+    assert {c.name for c in parity} == {bench.DEFAULT_VARIANT, bench.TRITON_VARIANT}
+    assert {c.mode for c in parity} == {"fwd", "fwd+bwd"} and any(c.shape.width for c in parity)
+    full = [c for c in bench.cases(tiny=False) if c.group == "parity"]
+    assert {c.dtype for c in full} == {"bfloat16", "float16", "float32"} and {c.shape.batch for c in full} >= {1, 32}
+    assert {c.shape.channels for c in full} == {32, 64, 96, 384} and {c.shape.grid for c in full} >= {27, 147}
+    run = RunDir(tmp_path)
+    case = next(c for c in parity if c.shape.width and c.mode == "fwd")
+    rows = [bench.time_case(bench.Case("parity", v, "fwd", case.dtype, case.shape, impl=bench.scan_variant_name(v)),
+                            DEVICE, None, run, "rid") for v in (bench.TRITON_VARIANT, bench.DEFAULT_VARIANT)]
+    assert [r.params["grid_w"] for r in run.rows()] == [case.shape.width] * 2 and rows[0]["grid"] == "4x7"
+    (pair,) = bench.parity_table(rows)
+    assert pair["triton_over_default"] == rows[0]["median_ms"] / rows[1]["median_ms"]  # CPU: no graph replay
+    assert pair["grid"] == "4x7" and "triton" in pair["default_path"]
+    lines = bench.parity_lines([pair, {**pair, "triton_over_default": None, "default_ms": None,
+                                       "status": ("error", "ok")}])
+    assert lines[1][7] == "-" and lines[1][5] == "error" and lines[2][7] == f"{pair['triton_over_default']:.2f}"
