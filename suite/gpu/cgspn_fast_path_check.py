@@ -287,6 +287,35 @@ def time_config(B, grid, C, dtype, cfg, copy_gbps):
             "message": message, "bw_fraction": ideal / (ms * 1e-3) / (copy_gbps * 1e9) if ms and copy_gbps else None}
 
 
+#: (B, grid) of the channel-vector A/B (``--only-vectors``): from one block per SM and direction down to B=1
+VECTOR_CASES = tuple((b, g) for g in (27, 74, 147) for b in (1, 2, 4, 8, 16, 32))
+
+
+def time_vectors(B, grid, C=64, dtype=torch.bfloat16):
+    """Forward and adjoint (backward's scan) device time with one and two 16-byte channel vectors per block: two
+    read whole 32-byte sectors (the default, measured 2x faster at B=32, NOTES.md Round 5), one doubles the blocks
+    where two leave SMs idle (small B). Also checks both give the same outputs (y, hs, every gradient)."""
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    ins = [torch.randn(B, grid, grid, C, device="cuda", dtype=dtype, generator=gen) for _ in range(3)]
+    gates = torch.randn(B, grid, grid, 3, C, device="cuda", dtype=dtype, generator=gen)
+    dy = torch.randn(B, grid, grid, C, device="cuda", dtype=dtype, generator=gen)
+    row = {"B": B, "grid": grid, "C": C, "dtype": str(dtype).replace("torch.", ""),
+           "blocks_nv2": -(-C // 16) * B * 4, "sms": torch.cuda.get_device_properties(0).multi_processor_count}
+    outs = {}
+    for nv in (1, 2):
+        cfg = cuda_scan.FastConfig("smem", nv, 1, 3)
+        y, hs = cuda_scan.scan_forward(*ins, gates, config=cfg)
+        grads = cuda_scan.scan_backward(*ins, gates, hs, dy, config=cfg)
+        outs[nv] = (y, hs, *grads)
+        fwd, _ = measure_cuda_graph(lambda c=cfg: cuda_scan.scan_forward(*ins, gates, config=c), torch.device("cuda"), TIMING)
+        bwd, _ = measure_cuda_graph(lambda c=cfg, h=hs: cuda_scan.scan_backward(*ins, gates, h, dy, config=c),
+                                    torch.device("cuda"), TIMING)
+        row[f"fwd_ms_nv{nv}"] = fwd.median_ms if fwd else None
+        row[f"bwd_ms_nv{nv}"] = bwd.median_ms if bwd else None
+    row["identical"] = all(torch.equal(a, b) for a, b in zip(outs[1], outs[2], strict=True))
+    return row
+
+
 def _host_us(fn, calls: int = 300) -> float:
     """Median over 5 rounds of the host microseconds per call of ``fn``, ``calls`` back-to-back calls per round
     (the device may lag behind; it is synchronized after each round)."""
@@ -357,6 +386,8 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-host", action="store_true", help="no host-time breakdown of the eager forward")
     parser.add_argument("--only-host", action="store_true", help="the host-time breakdown only (no timings, checks)")
     parser.add_argument("--only-big", action="store_true", help="the > 2^31-element check only (implies --big)")
+    parser.add_argument("--only-vectors", action="store_true",
+                        help="one vs two channel vectors per block, forward and adjoint, B=1-32 at grids 27/74/147")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if not torch.cuda.is_available():
@@ -376,6 +407,13 @@ def main(argv=None) -> int:
         report["host"] = host_breakdown()
         save()
         return 0
+    if args.only_vectors:
+        report["vectors"] = []
+        for B, grid in VECTOR_CASES:
+            report["vectors"].append(time_vectors(B, grid))
+            print(f"[vectors] {json.dumps(report['vectors'][-1])}", flush=True)
+            save()
+        return 0 if all(r["identical"] for r in report["vectors"]) else 1
     if args.only_big:
         args.big = True
         report["checks_pass"] = ok = run_big_check(args, report)
