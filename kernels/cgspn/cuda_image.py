@@ -44,14 +44,9 @@ def _smem_limit(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).shared_memory_per_block_optin
 
 
-@functools.cache
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
 def grid_size(images: int, H: int, W: int, device_index: int, config: ImageConfig = DEFAULT_CONFIG) -> int:
     """Persistent blocks: as many as fit the GPU at once (:func:`launch_blocks` per SM), at most one per image."""
-    return max(1, min(images, _sm_count(device_index) * launch_blocks(H, W, config)))
+    return max(1, min(images, cuda_scan.sm_count(device_index) * launch_blocks(H, W, config)))
 
 
 @functools.cache

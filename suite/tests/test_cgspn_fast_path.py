@@ -129,6 +129,12 @@ def test_launch_configuration_choice():
     # the adjoint's two blocks per SM allow 320 threads: two vectors up to 160 positions
     assert cuda_scan.pick_config(147, 147, 64, 8, adjoint=True).nv == 2
     assert cuda_scan.pick_config(161, 20, 64, 8, adjoint=True).nv == 1
+    # small batches: one vector where the two-vector grid fills at most half the SMs (132 on an H100/H200):
+    # B=4, C=64 bf16 gives 4 x 4 x 4 = 64 two-vector blocks -> 128 one-vector blocks; B=8 -> 128 stays at two
+    assert [cuda_scan.pick_config(147, 147, 64, 8, batch=b, sms=132).nv for b in (1, 4, 8, 32)] == [1, 1, 2, 2]
+    assert [cuda_scan.pick_config(74, 74, 64, 8, adjoint=True, batch=b, sms=132).nv for b in (1, 4, 8)] == [1, 1, 2]
+    assert cuda_scan.pick_config(147, 147, 384, 8, batch=1, sms=132).nv == 2  # 24 pairs x 4 directions: 2 x 96 > 132
+    assert cuda_scan.pick_config(147, 147, 64, 8, batch=1).nv == 2  # no SM count given: the two-vector rule alone
     with pytest.raises(ValueError, match="adjoint"):
         cuda_scan._fwd_expression(1, cuda_scan.FastConfig("regs", nv=1), adjoint=True)
     with pytest.raises(ValueError, match="FastConfig"):

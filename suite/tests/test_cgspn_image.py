@@ -21,7 +21,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are defined
 
-from kernels.cgspn import cgspn_scan_reference, cuda_image, head_views  # noqa: E402
+from kernels.cgspn import cgspn_scan_reference, cuda_image, cuda_scan, head_views  # noqa: E402
 from kernels.cgspn import scan as scan_module  # noqa: E402
 from kernels.cgspn.cuda_image_source import (  # noqa: E402
     IMAGE_SOURCE,
@@ -104,7 +104,7 @@ def test_launch_configurations():
 @cpu_only
 def test_persistent_grid(monkeypatch):
     """One block per image up to what fits the GPU at once, then persistent blocks loop over the images."""
-    monkeypatch.setattr(cuda_image, "_sm_count", lambda index: 132)
+    monkeypatch.setattr(cuda_scan, "sm_count", lambda index: 132)
     assert cuda_image.grid_size(2048, 147, 147, 0) == 132 and cuda_image.grid_size(2048, 74, 74, 0) == 396
     assert cuda_image.grid_size(5, 74, 74, 0) == 5
 
