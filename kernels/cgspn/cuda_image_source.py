@@ -475,12 +475,11 @@ def _smem_blocks(H: int, W: int, split: int = 1, smem_per_sm: int = 233472, rese
 class ImageConfig(NamedTuple):
     """Launch choices of the image forward (the default is the fastest measured; the others are kept for A/B,
     ``suite/gpu/cgspn_image_check.py --variants``, and measured slower, NOTES.md Round 9): ``split`` warps per
-    direction (1 or 2; 2 hands the
-    boundary states over through shared memory with a named barrier per step, so that two warps per scheduler
-    hide the per-step chain), ``prefetch`` (a helper thread asks L2 for the next image's planes by
-    ``cp.async.bulk.prefetch`` while the current one is scanned), ``threads`` per block (0: :func:`threads`;
-    more helper warps combine faster beside the scan), ``blocks`` (0: the launch bound's blocks per SM as
-    :func:`blocks_per_sm` chooses them; else that many where shared memory allows, fewer registers)."""
+    direction (1 or 2; 2 hands the boundary states over through shared memory with a named barrier per step, so
+    that two warps per scheduler hide the per-step chain), ``prefetch`` (a helper thread asks L2 for the next
+    image's planes by ``cp.async.bulk.prefetch`` while the current one is scanned), ``threads`` per block (0:
+    :func:`threads`; more helper warps combine faster beside the scan), ``blocks`` (0: the launch bound's blocks
+    per SM as :func:`blocks_per_sm` chooses them; else that many where shared memory allows, fewer registers)."""
 
     split: int = 1
     prefetch: bool = False

@@ -152,13 +152,13 @@ class FastConfig:
         return f"FastConfig({self.ring}, nv={self.nv}, ppt={self.ppt}, depth={self.depth}, fast_sigmoid={self.fast_sigmoid})"
 
 
-@functools.lru_cache(maxsize=256)
 @functools.cache
 def sm_count(device_index: int) -> int:
     """Streaming multiprocessors of CUDA device ``device_index``."""
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+@functools.lru_cache(maxsize=256)
 def pick_config(H: int, W: int, C: int, cpt: int, adjoint: bool = False, batch: int = 0, sms: int = 0) -> FastConfig:
     """One thread per state position while a row fits (<= 256), two vectors per block (a 32-byte sector
     per pixel) when C has two; rows up to 512 take two positions per thread and one vector (registers and

@@ -135,6 +135,9 @@ def test_launch_configuration_choice():
     assert [cuda_scan.pick_config(74, 74, 64, 8, adjoint=True, batch=b, sms=132).nv for b in (1, 4, 8)] == [1, 1, 2]
     assert cuda_scan.pick_config(147, 147, 384, 8, batch=1, sms=132).nv == 2  # 24 pairs x 4 directions: 2 x 96 > 132
     assert cuda_scan.pick_config(147, 147, 64, 8, batch=1).nv == 2  # no SM count given: the two-vector rule alone
+    hits = cuda_scan.pick_config.cache_info().hits
+    assert cuda_scan.pick_config(147, 147, 64, 8, batch=1) is cuda_scan.pick_config(147, 147, 64, 8, batch=1)
+    assert cuda_scan.pick_config.cache_info().hits > hits  # memoized: every eager call asks (host time)
     with pytest.raises(ValueError, match="adjoint"):
         cuda_scan._fwd_expression(1, cuda_scan.FastConfig("regs", nv=1), adjoint=True)
     with pytest.raises(ValueError, match="FastConfig"):
