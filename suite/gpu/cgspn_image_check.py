@@ -19,7 +19,8 @@ Run on an H100/H200 from the repository root::
 
 ``--brief``: forward timings and a subset of the checks; ``--phases``: first, the kernel's per-phase clock
 counters; ``--variants``: only the opt-in launch configurations (``ImageConfig``: two warps per direction, an L2
-prefetch of the next image, one helper warp), bit for bit against the default configuration, then timed.
+prefetch of the next image, one helper warp, four load words in flight, the lean load of interior words), bit for
+bit against the default configuration, then timed.
 Writes ``<out>/image_check.json``; prints a table last. Exit status 1 when a check fails.
 """
 
@@ -208,9 +209,9 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-timings", action="store_true", help="the checks only")
     parser.add_argument("--quick", action="store_true", help="the B=32 C_c=64 bf16 grid cases only, then the checks")
     parser.add_argument("--phases", action="store_true", help="first, the kernel's per-phase clock counters per grid")
-    parser.add_argument("--variants", action="store_true",
-                        help="only the opt-in launch configurations: bit-for-bit against the default "
-                             "configuration, then timed")
+    parser.add_argument("--variants", nargs="*", choices=list(VARIANTS), metavar="NAME",
+                        help="only the opt-in launch configurations (these names, else all of "
+                             f"{', '.join(VARIANTS)}): bit-for-bit against the default configuration, then timed")
     parser.add_argument("--brief", action="store_true",
                         help="forward timings (image and row kernels, B=32 C_c=64 bf16, grids 27-147) and a subset of the "
                              "checks (both load paths, clamped gates, edges, the largest grid)")
@@ -233,16 +234,17 @@ def main(argv=None) -> int:
     copy_gbps = measure_copy_bandwidth(report)
 
     bf16 = torch.bfloat16
-    if args.variants:
+    if args.variants is not None:
+        configs = [VARIANTS[name] for name in args.variants or VARIANTS]
         grids = {(H, W, dt) for H, W in VARIANT_GRIDS for dt in (torch.bfloat16, torch.float16)}
-        report["precompile_seconds"] = round(precompile(grids, configs=(ImageConfig(), *VARIANT_CONFIGS)), 1)
-        print(f"[precompile] {len(grids)} grids x {1 + len(VARIANT_CONFIGS)} configurations in "
+        report["precompile_seconds"] = round(precompile(grids, configs=(ImageConfig(), *configs)), 1)
+        print(f"[precompile] {len(grids)} grids x {1 + len(configs)} configurations in "
               f"{report['precompile_seconds']} s", flush=True)
-        report["checks_pass"] = ok = variant_checks(report["checks"])
+        report["checks_pass"] = ok = variant_checks(report["checks"], configs)
         save()
-        report["timings"] = variant_timings(copy_gbps, save, report["timings"])
+        report["timings"] = variant_timings(copy_gbps, save, report["timings"], configs)
         report["phases"] = [phase_timing(32, grid, grid, 64, config=config)
-                            for grid in (74, 147) for config in (DEFAULT_CONFIG, *VARIANT_CONFIGS)]
+                            for grid in (74, 147) for config in (DEFAULT_CONFIG, *configs)]
         for row in report["phases"]:
             print(f"[phases] {json.dumps(row)}", flush=True)
         save()
@@ -390,10 +392,12 @@ def run_brief_checks(checks) -> bool:
     return log.ok
 
 
-#: the opt-in launch configurations (``--variants``; the last is the default before round 9: one helper warp at
-#: grids <= 74) and the grids they run at
-VARIANT_CONFIGS = (ImageConfig(split=2), ImageConfig(prefetch=True), ImageConfig(split=2, prefetch=True),
-                   ImageConfig(split=2, blocks=2), ImageConfig(threads=160, blocks=3))
+#: the opt-in launch configurations by name (``--variants [NAME ...]``; ``one-helper`` is the default before round
+#: 9 at grids <= 74) and the grids they run at
+VARIANTS = {"split2": ImageConfig(split=2), "prefetch": ImageConfig(prefetch=True),
+            "split2-prefetch": ImageConfig(split=2, prefetch=True), "split2-blocks2": ImageConfig(split=2, blocks=2),
+            "one-helper": ImageConfig(threads=160, blocks=3), "words4": ImageConfig(load_words=4),
+            "lean": ImageConfig(lean=True), "words4-lean": ImageConfig(load_words=4, lean=True)}
 VARIANT_GRIDS = ((147, 147), (74, 74), (27, 27), (37, 37), (37, 54), (1, 7), (6, 1), (20, 73), (40, 33), (149, 149))
 
 
@@ -403,8 +407,8 @@ def _image_outputs(x, head, bias, x_bias, config=None):
     return y, hs[..., :x.shape[2]]  # the padding columns of hs are not written by every direction
 
 
-def variant_checks(checks) -> bool:
-    """Every configuration of :data:`VARIANT_CONFIGS` gives the default configuration's y and hs bit for bit
+def variant_checks(checks, configs) -> bool:
+    """Every configuration of ``configs`` gives the default configuration's y and hs bit for bit
     (the same arithmetic per position), on odd, non-square, one-pixel, clamped and full-size shapes."""
     log = CheckLog(checks)
     bf16, fp16 = torch.bfloat16, torch.float16
@@ -419,7 +423,7 @@ def variant_checks(checks) -> bool:
         bias = (0.5 * torch.randn(5 * C, generator=torch.Generator().manual_seed(1))).to("cuda", dtype)
         x_bias = (0.5 * torch.randn(C, generator=torch.Generator().manual_seed(2))).to("cuda", dtype)
         reference = _image_outputs(x, head, bias, x_bias)
-        for config in VARIANT_CONFIGS:
+        for config in configs:
             name = f"{'x'.join(map(str, shape))} {str(dtype).replace('torch.', '')} {kind} {config}"
             log.record(name, functools.partial(_same_outputs, (x, head, bias, x_bias), reference, config), 0,
                        failures=lambda res, tol: [k for k in ("y_equal", "hs_equal") if not res[k]], describe=str)
@@ -437,11 +441,11 @@ def _forward_no_grad(args, config) -> None:
         _image_outputs(*args, None, None, config)
 
 
-def variant_timings(copy_gbps, save, rows) -> list:
+def variant_timings(copy_gbps, save, rows, configs) -> list:
     """The forward (B=32, C_c=64, bf16, planar-cb) per configuration, default first, grids 27-147."""
     for grid in (27, 37, 74, 147):
         x, head = inputs(32, grid, grid, 64, torch.bfloat16, "planar-cb", torch.Generator().manual_seed(0))
-        for config in (ImageConfig(), *VARIANT_CONFIGS):
+        for config in (ImageConfig(), *configs):
             step = functools.partial(_forward_no_grad, (x, head), config)
             try:
                 row = timed_row(step, 7 * x.numel() * 2, copy_gbps, {"H": grid, "W": grid, "config": str(config)})
