@@ -11,7 +11,7 @@ Layout it needs: planar (channel-major) inputs, i.e. unit stride along W -- elem
 element of every 32-byte sector; the C-GSPN layer produces planar heads directly from its GEMMs instead
 (:mod:`kernels.cgspn.layer`, ``layout="planar"``).
 
-Kernel ``cgspn_image_fwd<DT, NT, MINB, H, W, S, PREFETCH, LW, LEAN>`` (NOTES.md Rounds 8-9 for its measurements):
+Kernel ``cgspn_image_fwd<DT, NT, MINB, H, W, S, PREFETCH>`` (NOTES.md Round 8 for the design's measurements):
 persistent blocks (the grid fills the GPU, image ``c B + b`` after image), NT threads (launch bound: MINB blocks
 per SM); H and W are template arguments, so every shared-memory offset is an immediate. Warps 0-3 scan (S = 1,
 the measured design), the others help. Per image:
@@ -36,9 +36,7 @@ the measured design), the others help. Per image:
 Opt-in launch configurations, measured slower than the default (:class:`ImageConfig`, NOTES.md Round 9): S = 2
 runs each direction on two warps (positions split in two halves, the boundary states handed over through shared
 memory at a named barrier per step); PREFETCH has a helper thread ask L2 for the next image's planes while the
-current one is scanned. Awaiting their A/B (the load phase: latency or instructions?): LW = 4 keeps four 16-byte
-words per plane and thread in flight (2 by default); LEAN converts words of eight interior pixels without the edge
-rule's index arithmetic and the bounds checks (the same arithmetic, so the same bits).
+current one is scanned.
 Optional per-channel biases, added in fp32: the head's ``(5 C,)`` in [u, lam, l, m, r] order and x's ``(C,)``
 (the layer folds its GEMM biases here instead of a pass over the planar GEMM outputs). Optional ``timing``
 (int64, 8 per block): clock cycles per phase summed over the block's images (load, scan, combine beside the
@@ -110,17 +108,16 @@ template <int DT> __device__ __forceinline__ Biases biases_of(const u16* bias, c
     return z;
 }
 
-// Pixel k of the raw planes (2-byte values) into the scan's form, all but the edge rule; returns whether Eq. 2's
-// clamp applied, and a_k = 1 + e^-g_k for the edge rule.
+// Pixel k = (i, j) of the raw planes (2-byte values) into the scan's form; returns whether Eq. 2's clamp applied.
 template <int DT, int H, int W>
-__device__ __forceinline__ bool convert_interior(char* smem, int k, u32 rx, u32 rlam, u32 rgl, u32 rgm, u32 rgr,
-                                                 const Biases& z, float& a, float& b, float& c) {
+__device__ __forceinline__ bool convert_pixel(char* smem, int k, u32 rx, u32 rlam, u32 rgl, u32 rgm, u32 rgr, const Biases& z) {
     typedef ImageLayout<H, W> Lay;
+    const int i = k / W, j = k - i * W;
     reinterpret_cast<float*>(smem + Lay::BX)[k] = (raw_f<DT>(rx) + z.x) * (raw_f<DT>(rlam) + z.lam);
     const float nl2e = -1.4426950408889634f;
-    a = 1.0f + ex2_approx(nl2e * (raw_f<DT>(rgl) + z.l));
-    b = 1.0f + ex2_approx(nl2e * (raw_f<DT>(rgm) + z.m));
-    c = 1.0f + ex2_approx(nl2e * (raw_f<DT>(rgr) + z.r));
+    const float a = 1.0f + ex2_approx(nl2e * (raw_f<DT>(rgl) + z.l));
+    const float b = 1.0f + ex2_approx(nl2e * (raw_f<DT>(rgm) + z.m));
+    const float c = 1.0f + ex2_approx(nl2e * (raw_f<DT>(rgr) + z.r));
     float gl, gm, gr;
     const bool clamped = interior_gates(a, b, c, gl, gm, gr);
     reinterpret_cast<u32*>(smem + Lay::LR)[k] = (u32)pack1(gl, 2) | ((u32)pack1(gr, 2) << 16);
@@ -128,17 +125,6 @@ __device__ __forceinline__ bool convert_interior(char* smem, int k, u32 rx, u32 
     // m of its own lost 3.5% over 147 steps of all-equal gates); below the clamp the sum is not 1 and m is kept
     // with the sign bit set (a -0 underflow included)
     reinterpret_cast<u16*>(smem + Lay::MF)[k] = clamped ? (u16)(pack1(gm, 2) | 0x8000u) : (u16)0;
-    return clamped;
-}
-
-// Pixel k = (i, j) into the scan's form: convert_interior, then Eq. 2's edge rule where (i, j) is on an edge of a
-// scan's state axis. Returns whether Eq. 2's clamp applied.
-template <int DT, int H, int W>
-__device__ __forceinline__ bool convert_pixel(char* smem, int k, u32 rx, u32 rlam, u32 rgl, u32 rgm, u32 rgr, const Biases& z) {
-    typedef ImageLayout<H, W> Lay;
-    const int i = k / W, j = k - i * W;
-    float a, b, c;
-    const bool clamped = convert_interior<DT, H, W>(smem, k, rx, rlam, rgl, rgm, rgr, z, a, b, c);
     if (j == 0 || j == W - 1 || i == 0 || i == H - 1) {
         float4* edge_v = reinterpret_cast<float4*>(smem + Lay::EDGE);
         float4* edge_h = edge_v + 2 * H;
@@ -165,16 +151,9 @@ __device__ __forceinline__ uint4 window_word(const char* al, int m, int phase, i
     return make_uint4(w[0], w[1], w[2], w[3]);
 }
 
-// Whether the eight pixels k0 .. k0 + 7 lie in one row, away from every edge (no edge rule, no bounds check).
-template <int H, int W> __device__ __forceinline__ bool interior_word(int k0) {
-    const int i0 = k0 / W, j0 = k0 - i0 * W;
-    return k0 >= 0 && i0 >= 1 && i0 <= H - 2 && j0 >= 1 && j0 + 7 <= W - 2;
-}
-
 // Load one image (plane q's element (i, j) at src[q] + i rows[q] + j) into shared memory; threads [t0, t0 + n).
-// Returns whether some pixel of this thread's was below Eq. 2's clamp. LW: 16-byte words per plane and thread in
-// flight; LEAN: words of eight interior pixels skip the edge rule and the bounds checks (the same arithmetic).
-template <int DT, int H, int W, int LW = 2, bool LEAN = false>
+// Returns whether some pixel of this thread's was below Eq. 2's clamp.
+template <int DT, int H, int W>
 __device__ __forceinline__ bool load_image(char* smem, const u16* const (&src)[5], const i64 (&rows)[5], const Biases& z,
                                            int t, int n) {
     constexpr int HW = H * W;
@@ -185,30 +164,21 @@ __device__ __forceinline__ bool load_image(char* smem, const u16* const (&src)[5
 #pragma unroll
     for (int q = 0; q < 5; ++q)
         words = words && (rows[q] == W || H == 1) && (int)(reinterpret_cast<unsigned long long>(src[q]) & 15ull) == phase;
-    if (words) {  // 16-byte words of all five planes, LW words per thread in flight
+    if (words) {  // 16-byte words of all five planes, two words per thread in flight
         const int end = phase + 2 * HW, nw = (end + 15) >> 4;
         const char* al[5];
 #pragma unroll
         for (int q = 0; q < 5; ++q) al[q] = reinterpret_cast<const char*>(src[q]) - phase;
-        for (int w0 = t; w0 < nw; w0 += LW * n) {
-            uint4 v[LW][5];
+        for (int w0 = t; w0 < nw; w0 += 2 * n) {
+            uint4 v[2][5];
 #pragma unroll
-            for (int s = 0; s < LW; ++s)
+            for (int s = 0; s < 2; ++s)
 #pragma unroll
                 for (int q = 0; q < 5; ++q)
                     v[s][q] = w0 + s * n < nw ? window_word(al[q], w0 + s * n, phase, end) : make_uint4(0u, 0u, 0u, 0u);
 #pragma unroll
-            for (int s = 0; s < LW; ++s) {
+            for (int s = 0; s < 2; ++s) {
                 const int k0 = 8 * (w0 + s * n) - phase / 2;
-                if (LEAN && w0 + s * n < nw && interior_word<H, W>(k0)) {
-                    float a, b, c;
-#pragma unroll
-                    for (int e = 0; e < 8; ++e)
-                        clamped |= convert_interior<DT, H, W>(smem, k0 + e, half_of(v[s][0], e), half_of(v[s][1], e),
-                                                              half_of(v[s][2], e), half_of(v[s][3], e), half_of(v[s][4], e),
-                                                              z, a, b, c);
-                    continue;
-                }
 #pragma unroll
                 for (int e = 0; e < 8; ++e)
                     if (k0 + e >= 0 && k0 + e < HW)
@@ -409,7 +379,7 @@ __device__ __forceinline__ void combine_image(const u16* h0, i64 pstride, const 
 
 __device__ __forceinline__ long long clock_now() { long long t; asm volatile("mov.u64 %0, %%clock64;" : "=l"(t)); return t; }
 
-template <int DT, int NT, int MINB, int H, int W, int S = 1, bool PREFETCH = false, int LW = 2, bool LEAN = false>
+template <int DT, int NT, int MINB, int H, int W, int S = 1, bool PREFETCH = false>
 __global__ void __launch_bounds__(NT, MINB)
 cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u16* __restrict__ u,
                 const u16* __restrict__ g, const u16* __restrict__ bias, const u16* __restrict__ xbias,
@@ -443,8 +413,7 @@ cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u1
         if constexpr (S > 1) {
             if (tid < 16 * S) xch[tid] = 0.0f;  // the states before the first step
         }
-        const Biases z = biases_of<DT>(bias, xbias, c, C);
-        const bool clamped = __syncthreads_or(load_image<DT, H, W, LW, LEAN>(smem, src, rows, z, tid, NT));
+        const bool clamped = __syncthreads_or(load_image<DT, H, W>(smem, src, rows, biases_of<DT>(bias, xbias, c, C), tid, NT));
         const long long t1 = clock_now();
         // 2. scan (warps 0 .. 4 S - 1); the others combine the previous image (and ask L2 for the next one's planes)
         if (warp < 4 * S) {
@@ -510,27 +479,22 @@ class ImageConfig(NamedTuple):
     that two warps per scheduler hide the per-step chain), ``prefetch`` (a helper thread asks L2 for the next
     image's planes by ``cp.async.bulk.prefetch`` while the current one is scanned), ``threads`` per block (0:
     :func:`threads`; more helper warps combine faster beside the scan), ``blocks`` (0: the launch bound's blocks
-    per SM as :func:`blocks_per_sm` chooses them; else that many where shared memory allows, fewer registers);
-    awaiting their A/B: ``load_words`` (16-byte words per plane and thread in flight during the load, 2 or 4) and
-    ``lean`` (interior words of the load skip the edge rule's index arithmetic and the bounds checks)."""
+    per SM as :func:`blocks_per_sm` chooses them; else that many where shared memory allows, fewer registers)."""
 
     split: int = 1
     prefetch: bool = False
     threads: int = 0
     blocks: int = 0
-    load_words: int = 2
-    lean: bool = False
 
 
 DEFAULT_CONFIG = ImageConfig()
 
 
-def register_threads(H: int, W: int, load_words: int = 2) -> int:
+def register_threads(H: int, W: int) -> int:
     """Threads per SM the launch bound keeps: 576 where a lane holds at most 3 positions (sides <= 96; 18 warps per
-    SM leave 96 registers per thread, enough for the scan's buffers there) and the load keeps two words per plane in
-    flight, else 512 (128 registers; the buffers grow with the positions per lane: 135 registers at 147, where one
-    block of 384 threads gets 168; four load words spilled at 96)."""
-    return 576 if max(H, W) <= 96 and load_words == 2 else 512
+    SM leave 96 registers per thread, enough for the scan's buffers there), else 512 (128 registers; the buffers
+    grow with the positions per lane: 135 registers at 147, where one block of 384 threads gets 168)."""
+    return 576 if max(H, W) <= 96 else 512
 
 
 def threads(H: int, W: int, split: int = 1) -> int:
@@ -556,8 +520,6 @@ def check_config(config: ImageConfig) -> None:
         raise ValueError(f"config.threads: {config.threads} is not 0 or a multiple of 32 in [{low}, 1024]")
     if not 0 <= config.blocks <= 32:
         raise ValueError(f"config.blocks: {config.blocks} is not in [0, 32]")
-    if config.load_words not in (2, 4):
-        raise ValueError(f"config.load_words: {config.load_words} is not one of 2, 4")
 
 
 def launch_threads(H: int, W: int, config: ImageConfig = DEFAULT_CONFIG) -> int:
@@ -567,16 +529,11 @@ def launch_threads(H: int, W: int, config: ImageConfig = DEFAULT_CONFIG) -> int:
 
 def launch_blocks(H: int, W: int, config: ImageConfig = DEFAULT_CONFIG) -> int:
     """The launch bound's blocks per SM under ``config``."""
-    cap = config.blocks or register_threads(H, W, config.load_words) // launch_threads(H, W, config)  # blocks_per_sm's rule
+    cap = config.blocks or register_threads(H, W) // launch_threads(H, W, config)  # blocks_per_sm's rule at these threads
     return max(1, min(cap, _smem_blocks(H, W, config.split)))
 
 
 def expression(dt: int, H: int, W: int, config: ImageConfig = DEFAULT_CONFIG) -> str:
     """The kernel instantiation for storage type ``dt`` (1 bf16, 2 fp16) at an H x W image."""
-    flag = lambda b: "true" if b else "false"  # noqa: E731
-    tail = ""
-    if (config.load_words, config.lean) != (DEFAULT_CONFIG.load_words, DEFAULT_CONFIG.lean):
-        tail = f", {config.split}, {flag(config.prefetch)}, {config.load_words}, {flag(config.lean)}"
-    elif config != DEFAULT_CONFIG:
-        tail = f", {config.split}, {flag(config.prefetch)}"
+    tail = "" if config == DEFAULT_CONFIG else f", {config.split}, {'true' if config.prefetch else 'false'}"
     return f"cgspn_image_fwd<{dt}, {launch_threads(H, W, config)}, {launch_blocks(H, W, config)}, {H}, {W}{tail}>"

@@ -19,8 +19,7 @@ Run on an H100/H200 from the repository root::
 
 ``--brief``: forward timings and a subset of the checks; ``--phases``: first, the kernel's per-phase clock
 counters; ``--variants``: only the opt-in launch configurations (``ImageConfig``: two warps per direction, an L2
-prefetch of the next image, one helper warp, four load words in flight, the lean load of interior words), bit for
-bit against the default configuration, then timed.
+prefetch of the next image, one helper warp), bit for bit against the default configuration, then timed.
 Writes ``<out>/image_check.json``; prints a table last. Exit status 1 when a check fails.
 """
 
@@ -396,8 +395,7 @@ def run_brief_checks(checks) -> bool:
 #: 9 at grids <= 74) and the grids they run at
 VARIANTS = {"split2": ImageConfig(split=2), "prefetch": ImageConfig(prefetch=True),
             "split2-prefetch": ImageConfig(split=2, prefetch=True), "split2-blocks2": ImageConfig(split=2, blocks=2),
-            "one-helper": ImageConfig(threads=160, blocks=3), "words4": ImageConfig(load_words=4),
-            "lean": ImageConfig(lean=True), "words4-lean": ImageConfig(load_words=4, lean=True)}
+            "one-helper": ImageConfig(threads=160, blocks=3)}
 VARIANT_GRIDS = ((147, 147), (74, 74), (27, 27), (37, 37), (37, 54), (1, 7), (6, 1), (20, 73), (40, 33), (149, 149))
 
 

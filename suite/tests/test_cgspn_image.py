@@ -91,16 +91,12 @@ def test_launch_configurations():
     # the default before round 9 at 74: one helper warp, three blocks per SM
     assert expression(1, 74, 74) == "cgspn_image_fwd<1, 192, 3, 74, 74>"
     assert expression(1, 74, 74, ImageConfig(threads=160, blocks=3)) == "cgspn_image_fwd<1, 160, 3, 74, 74, 1, false>"
-    # the load variants name all four trailing arguments; four words in flight keep 128 registers (two blocks at 74)
-    assert expression(1, 147, 147, ImageConfig(lean=True)) == "cgspn_image_fwd<1, 384, 1, 147, 147, 1, false, 2, true>"
-    assert expression(2, 74, 74, ImageConfig(load_words=4)) == "cgspn_image_fwd<2, 192, 2, 74, 74, 1, false, 4, false>"
     x, head = planar_inputs(1, 3, 4, 8)
     multiple = r"is not 0 or a multiple of 32 in"
     for config, message in ((ImageConfig(split=3), "config.split: 3 is not one of 1, 2"),
                             (ImageConfig(threads=128), rf"config.threads: 128 {multiple} \[160, 1024\]"),
                             (ImageConfig(split=2, threads=200), rf"config.threads: 200 {multiple} \[288, 1024\]"),
-                            (ImageConfig(blocks=-1), r"config.blocks: -1 is not in \[0, 32\]"),
-                            (ImageConfig(load_words=3), "config.load_words: 3 is not one of 2, 4")):
+                            (ImageConfig(blocks=-1), r"config.blocks: -1 is not in \[0, 32\]")):
         with pytest.raises(ValueError, match=message):
             cuda_image.scan_forward(x, *head_views(head), config=config)
 
@@ -229,9 +225,7 @@ def test_image_source_compiles_for_sm90_without_spills(tmp_path):
     path = tmp_path / "image.cu"
     grids = ((1, 147, 147), (2, 147, 147), (1, 74, 74), (2, 74, 74), (1, 37, 37), (1, 27, 27), (1, 100, 100), (1, 9, 190),
              (1, 147, 147, ImageConfig(2, True)), (1, 74, 74, ImageConfig(2)), (1, 147, 147, ImageConfig(1, True)),
-             (1, 74, 74, ImageConfig(2, blocks=2)), (1, 74, 74, ImageConfig(threads=160, blocks=3)),
-             (1, 147, 147, ImageConfig(load_words=4, lean=True)), (1, 74, 74, ImageConfig(lean=True)),
-             (2, 74, 74, ImageConfig(load_words=4)))
+             (1, 74, 74, ImageConfig(2, blocks=2)), (1, 74, 74, ImageConfig(threads=160, blocks=3)))
     path.write_text(IMAGE_SOURCE + "".join(f"\ntemplate __global__ void {expression(*g)}{args};" for g in grids))
     proc = subprocess.run(["nvcc", "-arch=sm_90", "-std=c++17", "-Xptxas", "-v", "-c", str(path), "-o", str(tmp_path / "i.o")],
                           capture_output=True, text=True, timeout=600)
