@@ -275,10 +275,19 @@ def timed_row(step, ideal: float, copy_gbps: float | None, row: dict) -> dict:
     return row
 
 
-def time_config(B, grid, C, dtype, cfg, copy_gbps):
+def random_rows(B, grid, C, dtype, with_dy=False):
+    """x, lam, u ``(B, grid, grid, C)``, the gates ``(B, grid, grid, 3, C)`` and (``with_dy``) dy, random on the GPU
+    from one seeded generator."""
     gen = torch.Generator(device="cuda").manual_seed(0)
     ins = [torch.randn(B, grid, grid, C, device="cuda", dtype=dtype, generator=gen) for _ in range(3)]
     gates = torch.randn(B, grid, grid, 3, C, device="cuda", dtype=dtype, generator=gen)
+    if not with_dy:
+        return ins, gates
+    return ins, gates, torch.randn(B, grid, grid, C, device="cuda", dtype=dtype, generator=gen)
+
+
+def time_config(B, grid, C, dtype, cfg, copy_gbps):
+    ins, gates = random_rows(B, grid, C, dtype)
     ideal = 7 * B * grid * grid * C * (torch.finfo(dtype).bits // 8)
     graph, message = measure_cuda_graph(lambda: cuda_scan.scan_forward(*ins, gates, config=cfg), torch.device("cuda"), TIMING,
                                         ideal)
@@ -295,12 +304,10 @@ def time_vectors(B, grid, C=64, dtype=torch.bfloat16):
     """Forward and adjoint (backward's scan) device time with one and two 16-byte channel vectors per block: two
     read whole 32-byte sectors (the default, measured 2x faster at B=32, NOTES.md Round 5), one doubles the blocks
     where two leave SMs idle (small B). Also checks both give the same outputs (y, hs, every gradient)."""
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    ins = [torch.randn(B, grid, grid, C, device="cuda", dtype=dtype, generator=gen) for _ in range(3)]
-    gates = torch.randn(B, grid, grid, 3, C, device="cuda", dtype=dtype, generator=gen)
-    dy = torch.randn(B, grid, grid, C, device="cuda", dtype=dtype, generator=gen)
+    ins, gates, dy = random_rows(B, grid, C, dtype, with_dy=True)
+    pair = 2 * (16 // ins[0].element_size())  # channels of two 16-byte vectors
     row = {"B": B, "grid": grid, "C": C, "dtype": str(dtype).replace("torch.", ""),
-           "blocks_nv2": -(-C // 16) * B * 4, "sms": torch.cuda.get_device_properties(0).multi_processor_count}
+           "blocks_nv2": -(-C // pair) * B * 4, "sms": cuda_scan.sm_count(0)}
     outs = {}
     for nv in (1, 2):
         cfg = cuda_scan.FastConfig("smem", nv, 1, 3)

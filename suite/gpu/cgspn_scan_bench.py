@@ -293,7 +293,8 @@ def from_row(result: Row) -> dict:
             "samples_ms": result.samples_ms, "graph_median_ms": result.graph_median_ms, "graph_iqr_ms": result.graph_iqr_ms,
             "graph_samples_ms": result.graph_samples_ms, "host_overhead_ms": result.host_overhead_ms,
             "peak_mem_bytes": result.peak_mem_bytes, "bytes_ideal": result.bytes_ideal, "ideal_gbps": result.gbps,
-            "bw_fraction": result.bw_fraction, "backend_detail": result.backend_detail, "case_id": result.case_id}
+            "bw_fraction": result.bw_fraction, "backend_detail": result.backend_detail, "case_id": result.case_id,
+            "device_ms": result.device_ms}
 
 
 def tuned_configs() -> dict[str, str]:
@@ -342,13 +343,6 @@ def summarize(rows: list[dict]) -> list[list[str]]:
     return lines
 
 
-def device_ms(row: dict) -> float | None:
-    """A row's device time: the CUDA-graph replay median where captured, else the eager CUDA-event median."""
-    if row.get("status") != "ok":
-        return None
-    return row.get("graph_median_ms") or row.get("median_ms")
-
-
 def parity_table(rows: list[dict]) -> list[dict]:
     """Per parity shape and mode: the default's and Triton's device time and Triton / default (above 1: the
     default is faster), with the path the default took."""
@@ -358,7 +352,7 @@ def parity_table(rows: list[dict]) -> list[dict]:
         if name != DEFAULT_VARIANT:
             continue
         triton = by.get((TRITON_VARIANT, mode, dtype, batch, grid, channels), {})
-        a, b = device_ms(ours), device_ms(triton)
+        a, b = (r.get("device_ms") if r.get("status") == "ok" else None for r in (ours, triton))  # Row.device_ms
         out.append({"mode": mode, "dtype": dtype, "batch": batch, "grid": grid, "channels": channels, "default_ms": a,
                     "triton_ms": b, "triton_over_default": b / a if a and b else None,
                     "default_path": ours.get("backend_detail"), "status": (ours.get("status"), triton.get("status"))})
