@@ -124,6 +124,9 @@ def scan_forward(x: torch.Tensor, lam: torch.Tensor, u: torch.Tensor, gates: tor
     bias, x_bias = (None if t is None else t.contiguous() for t in (bias, x_bias))
     sx, sl, su, sg, sy = x.stride(), lam.stride(), u.stride(), gates.stride(), y.stride()
     index = cuda_scan.device_index(x.device)
+    if config is not DEFAULT_CONFIG and smem_bytes(H, W, config.split) > _smem_limit(index):
+        raise ValueError(f"config.split: {config.split} needs {smem_bytes(H, W, config.split)} bytes of shared memory at "
+                         f"{H}x{W}, more than the {_smem_limit(index)} of a block here (split 1 needs {smem_bytes(H, W)})")
     blocks = grid_size(B * C, H, W, index, config)
     if timing is not None and (timing.dtype != torch.int64 or timing.numel() < TIMING_SLOTS * blocks):
         raise ValueError(f"timing: expected an int64 tensor of at least {TIMING_SLOTS * blocks} elements")

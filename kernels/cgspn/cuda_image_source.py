@@ -110,9 +110,10 @@ template <int DT> __device__ __forceinline__ Biases biases_of(const u16* bias, c
 
 // Pixel k = (i, j) of the raw planes (2-byte values) into the scan's form; returns whether Eq. 2's clamp applied.
 template <int DT, int H, int W>
-__device__ __forceinline__ bool convert_pixel(char* smem, int k, u32 rx, u32 rlam, u32 rgl, u32 rgm, u32 rgr, const Biases& z) {
+__device__ __forceinline__ bool convert_pixel(char* smem, int i, int j, u32 rx, u32 rlam, u32 rgl, u32 rgm, u32 rgr,
+                                              const Biases& z) {
     typedef ImageLayout<H, W> Lay;
-    const int i = k / W, j = k - i * W;
+    const int k = i * W + j;
     reinterpret_cast<float*>(smem + Lay::BX)[k] = (raw_f<DT>(rx) + z.x) * (raw_f<DT>(rlam) + z.lam);
     const float nl2e = -1.4426950408889634f;
     const float a = 1.0f + ex2_approx(nl2e * (raw_f<DT>(rgl) + z.l));
@@ -180,10 +181,12 @@ __device__ __forceinline__ bool load_image(char* smem, const u16* const (&src)[5
             for (int s = 0; s < 2; ++s) {
                 const int k0 = 8 * (w0 + s * n) - phase / 2;
 #pragma unroll
-                for (int e = 0; e < 8; ++e)
-                    if (k0 + e >= 0 && k0 + e < HW)
-                        clamped |= convert_pixel<DT, H, W>(smem, k0 + e, half_of(v[s][0], e), half_of(v[s][1], e),
+                for (int e = 0; e < 8; ++e) {
+                    const int k = k0 + e, i = k / W;
+                    if (k >= 0 && k < HW)
+                        clamped |= convert_pixel<DT, H, W>(smem, i, k - i * W, half_of(v[s][0], e), half_of(v[s][1], e),
                                                            half_of(v[s][2], e), half_of(v[s][3], e), half_of(v[s][4], e), z);
+                }
             }
         }
         return clamped;
@@ -193,7 +196,49 @@ __device__ __forceinline__ bool load_image(char* smem, const u16* const (&src)[5
         u32 r[5];
 #pragma unroll
         for (int q = 0; q < 5; ++q) r[q] = (u32)__ldg(src[q] + i * rows[q] + j);
-        clamped |= convert_pixel<DT, H, W>(smem, k, r[0], r[1], r[2], r[3], r[4], z);
+        clamped |= convert_pixel<DT, H, W>(smem, i, j, r[0], r[1], r[2], r[3], r[4], z);
+    }
+    return clamped;
+}
+
+// Load one image by rows (ROWS): warp w of n converts rows w, w + n, ...; lane q columns q, q + 32, ... (2-byte
+// loads, a warp's 64 contiguous bytes per plane and k; any row strides); PIPE: the next row's 5 K values loaded
+// while the current one converts (one block per SM; with several, the other blocks cover the latency and the
+// registers are short). No index division, the edge rule's rows warp-uniform; shared-memory stores of consecutive
+// lanes are consecutive words (conflict-free). Returns whether a pixel of this warp's was clamped.
+template <int DT, int H, int W, bool PIPE>
+__device__ __forceinline__ bool load_rows(char* smem, const u16* const (&src)[5], const i64 (&rows)[5], const Biases& z,
+                                          int w, int n) {
+    constexpr int KW = (W + 31) / 32;
+    const int lane = threadIdx.x & 31;
+    const bool tail = lane + 32 * (KW - 1) < W;
+    bool clamped = false;
+    u32 cur[KW][5], nxt[KW][5];
+    auto fetch = [&](int i, u32 (&v)[KW][5]) {
+#pragma unroll
+        for (int q = 0; q < 5; ++q) {
+            const u16* row = src[q] + i * rows[q] + lane;
+#pragma unroll
+            for (int k = 0; k < KW; ++k)
+                if (k < KW - 1 || tail) v[k][q] = (u32)__ldg(row + 32 * k);
+        }
+    };
+    if (PIPE && w < H) fetch(w, cur);
+#pragma unroll 1
+    for (int i = w; i < H; i += n) {
+        if (!PIPE) fetch(i, cur);
+        else if (i + n < H) fetch(i + n, nxt);
+#pragma unroll
+        for (int k = 0; k < KW; ++k)
+            if (k < KW - 1 || tail)
+                clamped |= convert_pixel<DT, H, W>(smem, i, lane + 32 * k, cur[k][0], cur[k][1], cur[k][2], cur[k][3],
+                                                   cur[k][4], z);
+        if (PIPE) {
+#pragma unroll
+            for (int k = 0; k < KW; ++k)
+#pragma unroll
+                for (int q = 0; q < 5; ++q) cur[k][q] = nxt[k][q];
+        }
     }
     return clamped;
 }
@@ -204,25 +249,48 @@ __device__ __forceinline__ void named_barrier(int id, int threads) {
     asm volatile("bar.sync %0, %1;" :: "r"(id), "r"(threads) : "memory");
 }
 
+// Positions a lane holds when S warps run a direction over P positions: S = 1, all of them (ceil(P / 32));
+// S = 2, part 0 owns [0, OWN) and part 1 [OWN, P) (OWN = ceil(P / 2)), and each covers GHOST_STEPS more positions
+// past its own (ghost positions) so that the two exchange states only every GHOST_STEPS steps: an error entering
+// at a warp's outer (truncated) end moves one position per step and never reaches the positions it owns.
+#define GHOST_STEPS 8
+__host__ __device__ constexpr int lane_positions(int P, int S) {
+    return S == 1 || (P + 1) / 2 + GHOST_STEPS >= P ? (P + 31) / 32 : ((P + 1) / 2 + GHOST_STEPS + 31) / 32;
+}
+// S = 2: part 1 covers [ghost_base, P), part 0 [0, 32 K); both the window [ghost_base, 32 K), exchanged every
+// GHOST_STEPS steps. Where one warp's positions cover P (ghost_base 0), both parts compute all of them: no exchange.
+__host__ __device__ constexpr int ghost_base(int P, int S) {
+    return S == 1 || 32 * lane_positions(P, S) >= P ? 0 : P - 32 * lane_positions(P, S);
+}
+__host__ __device__ constexpr int ghost_window(int P, int S) {
+    return ghost_base(P, S) == 0 ? 0 : 32 * lane_positions(P, S) - ghost_base(P, S);
+}
+
 // One direction on the image in shared memory (element (step row s, position p) is pixel VERT ? s W + p :
-// p W + s), run by S warps: warp `part` owns positions base + q + 32 k (lane q, k < K, base = 32 K part,
-// P <= 32 K S). With S > 1 the warps of a direction hand their boundary states over through `xch` (two floats
-// per warp and step parity) and meet at named barrier `bar` once per step. CLAMPED: some pixel of the image is
-// below Eq. 2's clamp, so m is read where flagged, else m = 1 - l - r. The step loop is unrolled twice only
-// (two input buffers by parity): an eight-fold unroll made each direction's loop ~16 KB of code, past the
-// instruction cache a warp scheduler keeps (NOTES.md Round 8).
+// p W + s), run by S warps: warp `part` holds positions base + q + 32 k (lane q, k < K). S = 2 (ghost
+// positions, see lane_positions): at the start of every GHOST_STEPS-step chunk but the first, each part writes
+// the states of its own positions inside the shared window to `xch` (two buffers of the window by chunk parity),
+// the two warps meet at named barrier `bar`, and each reads the other's into its ghost positions; a part stores
+// only the positions it owns, computed exactly as with S = 1 (the same operations on the same values: the
+// outputs are equal bit for bit). CLAMPED: some pixel of the image is below Eq. 2's clamp, so m is read where
+// flagged, else m = 1 - l - r. The step loop is unrolled twice only (two input buffers by parity): an eight-fold
+// unroll made each direction's loop ~16 KB of code, past the instruction cache a warp scheduler keeps (NOTES.md
+// Round 8).
 template <int DT, int H, int W, bool VERT, bool REV, bool CLAMPED, int S>
 __device__ __forceinline__ void scan_direction(const char* smem, u16* hplane, int part, float* xch, int bar) {
     typedef ImageLayout<H, W> Lay;
-    constexpr int L = VERT ? H : W, P = VERT ? W : H, K = (P + 32 * S - 1) / (32 * S), WP = (W + 7) / 8 * 8;
+    constexpr int L = VERT ? H : W, P = VERT ? W : H, K = lane_positions(P, S), WP = (W + 7) / 8 * 8;
+    constexpr int BASE1 = ghost_base(P, S), XW = ghost_window(P, S), OWN = S == 1 ? P : (P + 1) / 2;
     constexpr int K_OFF = VERT ? 32 : 32 * W, STEP = VERT ? W : 1, CHUNKS = (L + 7) / 8;  // in pixels
-    // position P - 1: warp PART_LAST's lane LAST_LANE, k = K_LAST (S = 1: lane (P - 1) % 32, k = K - 1)
-    constexpr int PART_LAST = (P - 1) / (32 * K), K_LAST = (P - 1 - 32 * K * PART_LAST) / 32;
-    constexpr int LAST_LANE = (P - 1) & 31;
-    const int lane = threadIdx.x & 31, base = S == 1 ? 0 : 32 * K * part;
-    const bool first_part = S == 1 || part == 0, owns_last = S == 1 || part == PART_LAST;
+    // position P - 1: lane LAST_LANE's k = K_LAST of the part(s) covering it (part 1's last lane when it starts at
+    // BASE1 > 0, else as with S = 1)
+    constexpr int K_LAST = BASE1 > 0 ? K - 1 : (P - 1) / 32, LAST_LANE = BASE1 > 0 ? 31 : (P - 1) & 31;
+    const int lane = threadIdx.x & 31, base = S == 1 || part == 0 ? 0 : BASE1;
+    const bool first_part = S == 1 || part == 0 || BASE1 == 0, owns_last = S == 1 || part == 1 || BASE1 == 0;
     const bool tail = base + lane + 32 * (K - 1) < P;  // the last k holds a position (S = 1: k < K - 1 always does)
-    auto on = [&](int k) { return (S == 1 && k < K - 1) || (k < K - 1 ? base + lane + 32 * k < P : tail); };
+    auto on = [&](int k) { return k < K - 1 || tail; };
+    // whether position k of this lane is this part's own (stored, sent at an exchange) or a ghost (received)
+    auto own = [&](int k) { return S == 1 || (part == 0 ? lane + 32 * k < OWN : base + lane + 32 * k >= OWN); };
     const float* bx = reinterpret_cast<const float*>(smem + Lay::BX) + (VERT ? base + lane : (base + lane) * W);
     const u32* lr = reinterpret_cast<const u32*>(smem + Lay::LR) + (VERT ? base + lane : (base + lane) * W);
     const u16* mf = reinterpret_cast<const u16*>(smem + Lay::MF) + (VERT ? base + lane : (base + lane) * W);
@@ -262,11 +330,7 @@ __device__ __forceinline__ void scan_direction(const char* smem, u16* hplane, in
         if (sn >= 0 && sn < L) load(sn, buf[PAR ^ 1], e[PAR ^ 1][0], e[PAR ^ 1][1]);
         const In (&cur)[K] = buf[PAR];
         const float4 e0 = e[PAR][0], e1 = e[PAR][1];
-        float up[K], dn[K], xl = 0.0f, xr = 0.0f;  // xl, xr: the neighbouring warps' boundary states (S > 1)
-        if constexpr (S > 1) {
-            if (lane == 0 && part > 0) xl = xch[((part - 1) * 2 + (PAR ^ 1)) * 2 + 1];
-            if (lane == 31 && part < S - 1) xr = xch[((part + 1) * 2 + (PAR ^ 1)) * 2];
-        }
+        float up[K], dn[K];
 #pragma unroll
         for (int k = 0; k < K; ++k) {
             up[k] = __shfl_sync(0xffffffffu, h[k], (lane + 31) & 31);
@@ -274,8 +338,9 @@ __device__ __forceinline__ void scan_direction(const char* smem, u16* hplane, in
         }
 #pragma unroll
         for (int k = 0; k < K; ++k) {
-            const float hl = lane == 0 ? (k > 0 ? up[k - 1] : xl) : up[k];
-            const float hr = lane == 31 ? (k < K - 1 ? dn[k + 1] : xr) : dn[k];
+            // past a ghost part's outer end: 0 (the error it brings stays in the ghost positions)
+            const float hl = lane == 0 ? (k > 0 ? up[k - 1] : 0.0f) : up[k];
+            const float hr = lane == 31 ? (k < K - 1 ? dn[k + 1] : 0.0f) : dn[k];
             float gl = f16_to_f32(cur[k].lr & 0xffffu), gr = f16_to_f32(cur[k].lr >> 16), gm = 1.0f - gl - gr;
             if (CLAMPED && (cur[k].m & 0x8000u)) gm = f16_to_f32(cur[k].m & 0x7fffu);
             if (k == K_LAST && lane == LAST_LANE && owns_last) { gl = e1.x; gm = e1.y; gr = e1.z; }
@@ -284,7 +349,7 @@ __device__ __forceinline__ void scan_direction(const char* smem, u16* hplane, in
             if (live) h[k] = on(k) ? hn : 0.0f;
             const u32 hv = live ? (u32)pack1(h[k], DT) : 0u;
             if (VERT) {
-                if (live && on(k)) hplane[s * WP + base + lane + 32 * k] = (u16)hv;
+                if (live && on(k) && own(k)) hplane[s * WP + base + lane + 32 * k] = (u16)hv;
             } else if (REV) {  // columns descending: shift up, the new one at the bottom (the first ends at the top)
                 pk[k][3] = __funnelshift_l(pk[k][2], pk[k][3], 16); pk[k][2] = __funnelshift_l(pk[k][1], pk[k][2], 16);
                 pk[k][1] = __funnelshift_l(pk[k][0], pk[k][1], 16); pk[k][0] = (pk[k][0] << 16) | hv;
@@ -293,16 +358,30 @@ __device__ __forceinline__ void scan_direction(const char* smem, u16* hplane, in
                 pk[k][2] = __funnelshift_r(pk[k][2], pk[k][3], 16); pk[k][3] = (pk[k][3] >> 16) | (hv << 16);
             }
         }
-        if constexpr (S > 1) {  // this step's boundary states for the neighbouring warps' next step
-            if (lane == 0) xch[(part * 2 + PAR) * 2] = h[0];
-            if (lane == 31) xch[(part * 2 + PAR) * 2 + 1] = h[K - 1];
-            named_barrier(bar, 32 * S);
+    };
+    // S = 2: the exchange of the window's states between the parts (buffer by chunk parity: the other part read
+    // the previous use of a buffer before it reached the barrier in between)
+    auto exchange = [&](int ci) {
+        float* xb = xch + (ci & 1) * XW;
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+            const int p = base + lane + 32 * k;
+            if (on(k) && own(k) && p >= BASE1 && p < BASE1 + XW) xb[p - BASE1] = h[k];
+        }
+        named_barrier(bar, 64);
+#pragma unroll
+        for (int k = 0; k < K; ++k) {
+            const int p = base + lane + 32 * k;
+            if (on(k) && !own(k) && p >= BASE1 && p < BASE1 + XW) h[k] = xb[p - BASE1];
         }
     };
     load(REV ? L - 1 : 0, buf[0], e[0][0], e[0][1]);
 #pragma unroll 1
     for (int ci = 0; ci < CHUNKS; ++ci) {
         const int c8 = REV ? CHUNKS - 1 - ci : ci;  // steps 8 c8 .. 8 c8 + 7 in image order
+        if constexpr (XW > 0) {
+            if (ci > 0) exchange(ci);
+        }
 #pragma unroll 1
         for (int t = 0; t < 8; t += 2) {
             step(Int<0>(), REV ? 8 * c8 + 7 - t : 8 * c8 + t);
@@ -311,18 +390,23 @@ __device__ __forceinline__ void scan_direction(const char* smem, u16* hplane, in
         if (!VERT) {
 #pragma unroll
             for (int k = 0; k < K; ++k)
-                if (on(k))
+                if (on(k) && own(k))
                     *reinterpret_cast<uint4*>(hplane + (base + lane + 32 * k) * WP + 8 * c8) =
                         make_uint4(pk[k][0], pk[k][1], pk[k][2], pk[k][3]);
         }
     }
 }
 
+// Floats of the S = 2 exchange buffers per direction: two windows of the longer axis (0 for S = 1).
+template <int H, int W, int S> struct Exchange {
+    static constexpr int PER_DIRECTION = 2 * (ghost_window(W, S) > ghost_window(H, S) ? ghost_window(W, S) : ghost_window(H, S));
+};
+
 // Warp `warp` of the 4 S scan warps: direction warp % 4, part warp / 4 of it (both parts on one scheduler).
 template <int DT, int H, int W, bool CLAMPED, int S>
 __device__ __forceinline__ void scan_warp(int warp, const char* smem, u16* hplane, float* xch) {
     const int d = S == 1 ? warp : warp & 3, part = S == 1 ? 0 : warp >> 2;
-    float* x = xch + 4 * S * d;
+    float* x = xch + Exchange<H, W, S>::PER_DIRECTION * d;
     if (d == 0) scan_direction<DT, H, W, true, false, CLAMPED, S>(smem, hplane, part, x, 1 + d);
     else if (d == 1) scan_direction<DT, H, W, true, true, CLAMPED, S>(smem, hplane, part, x, 1 + d);
     else if (d == 2) scan_direction<DT, H, W, false, false, CLAMPED, S>(smem, hplane, part, x, 1 + d);
@@ -379,7 +463,7 @@ __device__ __forceinline__ void combine_image(const u16* h0, i64 pstride, const 
 
 __device__ __forceinline__ long long clock_now() { long long t; asm volatile("mov.u64 %0, %%clock64;" : "=l"(t)); return t; }
 
-template <int DT, int NT, int MINB, int H, int W, int S = 1, bool PREFETCH = false>
+template <int DT, int NT, int MINB, int H, int W, int S = 1, bool PREFETCH = false, bool ROWS = false>
 __global__ void __launch_bounds__(NT, MINB)
 cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u16* __restrict__ u,
                 const u16* __restrict__ g, const u16* __restrict__ bias, const u16* __restrict__ xbias,
@@ -390,7 +474,7 @@ cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u1
     constexpr int SCAN = 128 * S;  // threads of the scan warps; the others help
     static_assert(NT >= SCAN + 32, "warps past the scan warps combine the previous image: at least one helper warp");
     extern __shared__ __align__(16) char smem[];
-    // S > 1: the split scans' boundary states (4 directions x S x 2 x 2 floats) after the image
+    // S = 2: the exchange buffers (Exchange) after the image
     float* xch = reinterpret_cast<float*>(smem + ImageLayout<H, W>::BYTES);
     const int tid = threadIdx.x, warp = tid >> 5, images = B * C;
     const i64 pstride = (i64)B * C * (H * WP);  // one direction's states
@@ -410,10 +494,9 @@ cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u1
         const u16* gb = g + b * sgb + (i64)c * sgc;
         const u16* const src[5] = {x + b * sxb + (i64)c * sxc, lam + b * slb + (i64)c * slc, gb, gb + sgk, gb + 2 * sgk};
         const i64 rows[5] = {sxh, slh, sgh, sgh, sgh};
-        if constexpr (S > 1) {
-            if (tid < 16 * S) xch[tid] = 0.0f;  // the states before the first step
-        }
-        const bool clamped = __syncthreads_or(load_image<DT, H, W>(smem, src, rows, biases_of<DT>(bias, xbias, c, C), tid, NT));
+        const Biases z = biases_of<DT>(bias, xbias, c, C);
+        const bool clamped = __syncthreads_or(ROWS ? load_rows<DT, H, W, MINB == 1>(smem, src, rows, z, warp, NT / 32)
+                                                   : load_image<DT, H, W>(smem, src, rows, z, tid, NT));
         const long long t1 = clock_now();
         // 2. scan (warps 0 .. 4 S - 1); the others combine the previous image (and ask L2 for the next one's planes)
         if (warp < 4 * S) {
@@ -460,11 +543,30 @@ cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u1
 IMAGE_SOURCE = PREAMBLE + HELPERS + _IMAGE_KERNEL
 
 
+GHOST_STEPS = 8  # the source's GHOST_STEPS: steps between the exchanges of two warps per direction
+
+
+def lane_positions(P: int, split: int = 1) -> int:
+    """Positions a lane holds of a direction over P positions (the source's ``lane_positions``): all of them on
+    one warp; on two, half of them plus GHOST_STEPS ghost positions each (or all, where that is no fewer)."""
+    own = (P + 1) // 2
+    if split == 1 or own + GHOST_STEPS >= P:
+        return -(-P // 32)
+    return -(-(own + GHOST_STEPS) // 32)
+
+
+def ghost_window(P: int, split: int = 1) -> int:
+    """Positions both warps of a direction cover and exchange (the source's ``ghost_window``; 0: no exchange)."""
+    K = lane_positions(P, split)
+    return 0 if split == 1 or 32 * K >= P else 32 * K - (P - 32 * K)
+
+
 def smem_bytes(H: int, W: int, split: int = 1) -> int:
     """Dynamic shared memory of ``cgspn_image_fwd`` at an H x W image (``ImageLayout`` in the source), plus the
-    split scans' boundary states."""
+    exchange buffers of two warps per direction (``Exchange``: 4 directions x 2 windows of floats)."""
     r16 = lambda n: (n + 15) // 16 * 16  # noqa: E731
-    return 2 * r16(4 * H * W) + r16(2 * H * W) + 32 * (H + W) + (64 * split if split > 1 else 0)
+    exchange = 4 * 2 * max(ghost_window(H, split), ghost_window(W, split)) * 4
+    return 2 * r16(4 * H * W) + r16(2 * H * W) + 32 * (H + W) + exchange
 
 
 def _smem_blocks(H: int, W: int, split: int = 1, smem_per_sm: int = 233472, reserved: int = 1024) -> int:
@@ -474,17 +576,19 @@ def _smem_blocks(H: int, W: int, split: int = 1, smem_per_sm: int = 233472, rese
 
 class ImageConfig(NamedTuple):
     """Launch choices of the image forward (the default is the fastest measured; the others are kept for A/B,
-    ``suite/gpu/cgspn_image_check.py --variants``, and measured slower, NOTES.md Round 9): ``split`` warps per
-    direction (1 or 2; 2 hands the boundary states over through shared memory with a named barrier per step, so
-    that two warps per scheduler hide the per-step chain), ``prefetch`` (a helper thread asks L2 for the next
-    image's planes by ``cp.async.bulk.prefetch`` while the current one is scanned), ``threads`` per block (0:
-    :func:`threads`; more helper warps combine faster beside the scan), ``blocks`` (0: the launch bound's blocks
-    per SM as :func:`blocks_per_sm` chooses them; else that many where shared memory allows, fewer registers)."""
+    ``suite/gpu/cgspn_image_check.py --variants``; NOTES.md Rounds 9-10): ``split`` warps per direction (1 or 2; 2
+    splits a direction's positions in halves with GHOST_STEPS ghost positions each and exchanges them every
+    GHOST_STEPS steps, so that two warps per scheduler hide the per-step chain), ``prefetch`` (a helper thread asks
+    L2 for the next image's planes by ``cp.async.bulk.prefetch`` while the current one is scanned), ``threads`` per
+    block (0: :func:`threads`; more helper warps combine faster beside the scan), ``blocks`` (0: the launch bound's
+    blocks per SM as :func:`blocks_per_sm` chooses them; else that many where shared memory allows, fewer
+    registers), ``rows`` (the load by rows, a warp per row and a lane per column, instead of 16-byte words)."""
 
     split: int = 1
     prefetch: bool = False
     threads: int = 0
     blocks: int = 0
+    rows: bool = False
 
 
 DEFAULT_CONFIG = ImageConfig()
@@ -535,5 +639,6 @@ def launch_blocks(H: int, W: int, config: ImageConfig = DEFAULT_CONFIG) -> int:
 
 def expression(dt: int, H: int, W: int, config: ImageConfig = DEFAULT_CONFIG) -> str:
     """The kernel instantiation for storage type ``dt`` (1 bf16, 2 fp16) at an H x W image."""
-    tail = "" if config == DEFAULT_CONFIG else f", {config.split}, {'true' if config.prefetch else 'false'}"
+    flag = lambda b: "true" if b else "false"  # noqa: E731
+    tail = "" if config == DEFAULT_CONFIG else f", {config.split}, {flag(config.prefetch)}, {flag(config.rows)}"
     return f"cgspn_image_fwd<{dt}, {launch_threads(H, W, config)}, {launch_blocks(H, W, config)}, {H}, {W}{tail}>"

@@ -36,7 +36,7 @@ import torch
 
 from kernels.cgspn import cgspn_scan_reference, cuda_image, head_views
 from kernels.cgspn import scan as scan_module
-from kernels.cgspn.cuda_image_source import DEFAULT_CONFIG, IMAGE_SOURCE, TIMING_SLOTS, ImageConfig, expression
+from kernels.cgspn.cuda_image_source import DEFAULT_CONFIG, IMAGE_SOURCE, TIMING_SLOTS, ImageConfig, expression, smem_bytes
 from kernels.cgspn.layer import CGSPNLayer
 from suite.gpu.cgspn_fast_path_check import TOLERANCE, gates_of, rel_rms, timed_row, timed_scan_head
 from suite.gpu.common import CheckLog, gpu_report, measure_copy_bandwidth, print_table
@@ -393,8 +393,9 @@ def run_brief_checks(checks) -> bool:
 
 #: the opt-in launch configurations by name (``--variants [NAME ...]``; ``one-helper`` is the default before round
 #: 9 at grids <= 74) and the grids they run at
-VARIANTS = {"split2": ImageConfig(split=2), "prefetch": ImageConfig(prefetch=True),
-            "split2-prefetch": ImageConfig(split=2, prefetch=True), "split2-blocks2": ImageConfig(split=2, blocks=2),
+VARIANTS = {"split2": ImageConfig(split=2), "prefetch": ImageConfig(prefetch=True), "rows": ImageConfig(rows=True),
+            "split2-rows": ImageConfig(split=2, rows=True), "split2-t512": ImageConfig(split=2, threads=512),
+            "split2-blocks2": ImageConfig(split=2, blocks=2), "split2-blocks2-rows": ImageConfig(split=2, blocks=2, rows=True),
             "one-helper": ImageConfig(threads=160, blocks=3)}
 VARIANT_GRIDS = ((147, 147), (74, 74), (27, 27), (37, 37), (37, 54), (1, 7), (6, 1), (20, 73), (40, 33), (149, 149))
 
@@ -423,6 +424,9 @@ def variant_checks(checks, configs) -> bool:
         reference = _image_outputs(x, head, bias, x_bias)
         for config in configs:
             name = f"{'x'.join(map(str, shape))} {str(dtype).replace('torch.', '')} {kind} {config}"
+            if smem_bytes(shape[1], shape[2], config.split) > cuda_image._smem_limit(torch.cuda.current_device()):
+                checks[name] = {"skipped": f"split {config.split} does not fit shared memory at this grid"}
+                continue
             log.record(name, functools.partial(_same_outputs, (x, head, bias, x_bias), reference, config), 0,
                        failures=lambda res, tol: [k for k in ("y_equal", "hs_equal") if not res[k]], describe=str)
     return log.ok
@@ -440,8 +444,11 @@ def _forward_no_grad(args, config) -> None:
 
 
 def variant_timings(copy_gbps, save, rows, configs) -> list:
-    """The forward (B=32, C_c=64, bf16, planar-cb) per configuration, default first, grids 27-147."""
+    """The forward (B=32, C_c=64, bf16, planar-cb) per configuration, default first, grids 27-147; the row kernel
+    (``auto`` on channels-last inputs) in the same run for the ratio."""
     for grid in (27, 37, 74, 147):
+        rows.append(time_scan(32, grid, grid, 64, torch.bfloat16, "fwd", "channels-last", "auto", copy_gbps))
+        print(f"[row time] {json.dumps({k: v for k, v in rows[-1].items() if k != 'graph_message'}, default=str)}", flush=True)
         x, head = inputs(32, grid, grid, 64, torch.bfloat16, "planar-cb", torch.Generator().manual_seed(0))
         for config in (ImageConfig(), *configs):
             step = functools.partial(_forward_no_grad, (x, head), config)
