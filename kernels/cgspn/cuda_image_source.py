@@ -73,9 +73,18 @@ __device__ __forceinline__ float4 edge_gates(float sl, float sm, float sr, bool 
 // Eq. 2 for an interior pixel given a_k = 1 + exp(-g_k) of the biased logits (s_k = 1 / a_k). While every
 // a_k < 1e6 (every s_k > 1e-6: the sum is above the clamp, the products finite) the ratios are products:
 // s_l / (s_l + s_m + s_r) = a_m a_r / (a_m a_r + a_l a_r + a_l a_m), one reciprocal for the three. Otherwise
-// (saturated logits) the sigmoids one by one and the clamp. Returns whether the clamp applied.
+// (saturated logits) the sigmoids one by one and the clamp. Returns whether the clamp applied. The products'
+// condition is voted over the warp's active lanes so that the saturated arithmetic is a branch the warp skips
+// (computed beside the products and selected, it doubled the reciprocals of the load).
 __device__ __forceinline__ bool interior_gates(float a, float b, float c, float& gl, float& gm, float& gr) {
-    if (fmaxf(a, fmaxf(b, c)) < 1e6f) {
+    const bool products = fmaxf(a, fmaxf(b, c)) < 1e6f;
+    if (__all_sync(__activemask(), products)) {
+        const float bc = b * c, ac = a * c, ab = a * b;
+        const float inv = rcp_approx(bc + ac + ab);
+        gl = bc * inv; gm = ac * inv; gr = ab * inv;
+        return false;
+    }
+    if (products) {
         const float bc = b * c, ac = a * c, ab = a * b;
         const float inv = rcp_approx(bc + ac + ab);
         gl = bc * inv; gm = ac * inv; gr = ab * inv;
@@ -96,13 +105,16 @@ template <int H, int W> struct ImageLayout {
     static constexpr int EDGE = MF + (2 * HW + 15) / 16 * 16, BYTES = EDGE + 32 * (H + W);
 };
 
+// One channel's biases; the gates' as their exponent's addend, -log2(e) times the bias (e^-(g + z) = 2^(g nl + z nl):
+// one FFMA per gate)
 struct Biases { float u, lam, l, m, r, x; };
+#define NEG_LOG2E (-1.4426950408889634f)
 
 template <int DT> __device__ __forceinline__ Biases biases_of(const u16* bias, const u16* xbias, int c, int C) {
     Biases z{0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
     if (bias != nullptr) {
-        z.u = ld_f<DT>(bias + c); z.lam = ld_f<DT>(bias + C + c); z.l = ld_f<DT>(bias + 2 * C + c);
-        z.m = ld_f<DT>(bias + 3 * C + c); z.r = ld_f<DT>(bias + 4 * C + c);
+        z.u = ld_f<DT>(bias + c); z.lam = ld_f<DT>(bias + C + c); z.l = NEG_LOG2E * ld_f<DT>(bias + 2 * C + c);
+        z.m = NEG_LOG2E * ld_f<DT>(bias + 3 * C + c); z.r = NEG_LOG2E * ld_f<DT>(bias + 4 * C + c);
     }
     if (xbias != nullptr) z.x = ld_f<DT>(xbias + c);
     return z;
@@ -115,13 +127,12 @@ __device__ __forceinline__ bool convert_pixel(char* smem, int i, int j, u32 rx, 
     typedef ImageLayout<H, W> Lay;
     const int k = i * W + j;
     reinterpret_cast<float*>(smem + Lay::BX)[k] = (raw_f<DT>(rx) + z.x) * (raw_f<DT>(rlam) + z.lam);
-    const float nl2e = -1.4426950408889634f;
-    const float a = 1.0f + ex2_approx(nl2e * (raw_f<DT>(rgl) + z.l));
-    const float b = 1.0f + ex2_approx(nl2e * (raw_f<DT>(rgm) + z.m));
-    const float c = 1.0f + ex2_approx(nl2e * (raw_f<DT>(rgr) + z.r));
+    const float a = 1.0f + ex2_approx(fmaf(raw_f<DT>(rgl), NEG_LOG2E, z.l));
+    const float b = 1.0f + ex2_approx(fmaf(raw_f<DT>(rgm), NEG_LOG2E, z.m));
+    const float c = 1.0f + ex2_approx(fmaf(raw_f<DT>(rgr), NEG_LOG2E, z.r));
     float gl, gm, gr;
     const bool clamped = interior_gates(a, b, c, gl, gm, gr);
-    reinterpret_cast<u32*>(smem + Lay::LR)[k] = (u32)pack1(gl, 2) | ((u32)pack1(gr, 2) << 16);
+    reinterpret_cast<u32*>(smem + Lay::LR)[k] = pack2(gl, gr, 2);
     // m as 1 - l - r of the *rounded* l and r, so the weights sum to exactly 1 (no mass lost per step: an fp16
     // m of its own lost 3.5% over 147 steps of all-equal gates); below the clamp the sum is not 1 and m is kept
     // with the sign bit set (a -0 underflow included)
@@ -295,6 +306,7 @@ __device__ __forceinline__ void scan_direction(const char* smem, u16* hplane, in
     const u32* lr = reinterpret_cast<const u32*>(smem + Lay::LR) + (VERT ? base + lane : (base + lane) * W);
     const u16* mf = reinterpret_cast<const u16*>(smem + Lay::MF) + (VERT ? base + lane : (base + lane) * W);
     const float4* edge = reinterpret_cast<const float4*>(smem + Lay::EDGE) + (VERT ? 0 : 2 * H);
+    u16* const hrow = hplane + base + lane;  // vertical scans: this lane's first position in row 0 of the states
     struct In { float bx; u32 lr, m; };
     auto load = [&](int s, In (&v)[K], float4& e0, float4& e1) {
         const int o = s * STEP;
@@ -345,11 +357,12 @@ __device__ __forceinline__ void scan_direction(const char* smem, u16* hplane, in
             if (CLAMPED && (cur[k].m & 0x8000u)) gm = f16_to_f32(cur[k].m & 0x7fffu);
             if (k == K_LAST && lane == LAST_LANE && owns_last) { gl = e1.x; gm = e1.y; gr = e1.z; }
             if (k == 0 && lane == 0 && first_part) { gl = e0.x; gm = e0.y; gr = e0.z; }
-            const float hn = fmaf(gl, hl, fmaf(gm, h[k], fmaf(gr, hr, cur[k].bx)));
+            // the own state's term first: only the last two FFMAs wait on the shuffles
+            const float hn = fmaf(gl, hl, fmaf(gr, hr, fmaf(gm, h[k], cur[k].bx)));
             if (live) h[k] = on(k) ? hn : 0.0f;
             const u32 hv = live ? (u32)pack1(h[k], DT) : 0u;
             if (VERT) {
-                if (live && on(k) && own(k)) hplane[s * WP + base + lane + 32 * k] = (u16)hv;
+                if (live && on(k) && own(k)) hrow[s * WP + 32 * k] = (u16)hv;
             } else if (REV) {  // columns descending: shift up, the new one at the bottom (the first ends at the top)
                 pk[k][3] = __funnelshift_l(pk[k][2], pk[k][3], 16); pk[k][2] = __funnelshift_l(pk[k][1], pk[k][2], 16);
                 pk[k][1] = __funnelshift_l(pk[k][0], pk[k][1], 16); pk[k][0] = (pk[k][0] << 16) | hv;
@@ -463,7 +476,7 @@ __device__ __forceinline__ void combine_image(const u16* h0, i64 pstride, const 
 
 __device__ __forceinline__ long long clock_now() { long long t; asm volatile("mov.u64 %0, %%clock64;" : "=l"(t)); return t; }
 
-template <int DT, int NT, int MINB, int H, int W, int S = 1, bool PREFETCH = false, bool ROWS = false>
+template <int DT, int NT, int MINB, int H, int W, int S = 1, bool PREFETCH = false, bool ROWS = true>
 __global__ void __launch_bounds__(NT, MINB)
 cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u16* __restrict__ u,
                 const u16* __restrict__ g, const u16* __restrict__ bias, const u16* __restrict__ xbias,
@@ -582,13 +595,14 @@ class ImageConfig(NamedTuple):
     L2 for the next image's planes by ``cp.async.bulk.prefetch`` while the current one is scanned), ``threads`` per
     block (0: :func:`threads`; more helper warps combine faster beside the scan), ``blocks`` (0: the launch bound's
     blocks per SM as :func:`blocks_per_sm` chooses them; else that many where shared memory allows, fewer
-    registers), ``rows`` (the load by rows, a warp per row and a lane per column, instead of 16-byte words)."""
+    registers), ``rows`` (the load by rows, a warp per row and a lane per column; False: 16-byte words of the planes,
+    the design before round 10)."""
 
     split: int = 1
     prefetch: bool = False
     threads: int = 0
     blocks: int = 0
-    rows: bool = False
+    rows: bool = True
 
 
 DEFAULT_CONFIG = ImageConfig()

@@ -87,15 +87,15 @@ def test_launch_configurations():
     refused by name before anything touches a GPU."""
     assert expression(1, 147, 147, ImageConfig()) == "cgspn_image_fwd<1, 384, 1, 147, 147>"
     assert expression(2, 74, 74, ImageConfig(split=2, prefetch=True)) == \
-        "cgspn_image_fwd<2, 320, 1, 74, 74, 2, true, false>"
+        "cgspn_image_fwd<2, 320, 1, 74, 74, 2, true, true>"
     # two blocks of two warps per direction at 74, where shared memory allows them; one at 147
-    assert expression(1, 74, 74, ImageConfig(split=2, blocks=2)) == "cgspn_image_fwd<1, 320, 2, 74, 74, 2, false, false>"
-    assert expression(1, 147, 147, ImageConfig(split=2, blocks=2, rows=True)) == \
-        "cgspn_image_fwd<1, 384, 1, 147, 147, 2, false, true>"
+    assert expression(1, 74, 74, ImageConfig(split=2, blocks=2)) == "cgspn_image_fwd<1, 320, 2, 74, 74, 2, false, true>"
+    assert expression(1, 147, 147, ImageConfig(split=2, blocks=2, rows=False)) == \
+        "cgspn_image_fwd<1, 384, 1, 147, 147, 2, false, false>"
     # the default before round 9 at 74: one helper warp, three blocks per SM
     assert expression(1, 74, 74) == "cgspn_image_fwd<1, 192, 3, 74, 74>"
     assert expression(1, 74, 74, ImageConfig(threads=160, blocks=3)) == \
-        "cgspn_image_fwd<1, 160, 3, 74, 74, 1, false, false>"
+        "cgspn_image_fwd<1, 160, 3, 74, 74, 1, false, true>"
     x, head = planar_inputs(1, 3, 4, 8)
     multiple = r"is not 0 or a multiple of 32 in"
     for config, message in ((ImageConfig(split=3), "config.split: 3 is not one of 1, 2"),
@@ -252,9 +252,8 @@ def test_image_source_compiles_for_sm90_without_spills(tmp_path):
     grids = ((1, 147, 147), (2, 147, 147), (1, 74, 74), (2, 74, 74), (1, 37, 37), (1, 27, 27), (1, 100, 100), (1, 9, 190),
              (1, 147, 147, ImageConfig(2, True)), (1, 74, 74, ImageConfig(2)), (1, 147, 147, ImageConfig(1, True)),
              (1, 74, 74, ImageConfig(2, blocks=2)), (1, 74, 74, ImageConfig(threads=160, blocks=3)),
-             (1, 147, 147, ImageConfig(rows=True)), (1, 147, 147, ImageConfig(2, rows=True)),
-             (1, 147, 147, ImageConfig(2, threads=512)), (1, 74, 74, ImageConfig(rows=True)),
-             (1, 74, 74, ImageConfig(2, blocks=2, rows=True)), (1, 20, 73, ImageConfig(2, rows=True)))
+             (1, 147, 147, ImageConfig(rows=False)), (1, 147, 147, ImageConfig(2, threads=512)),
+             (1, 74, 74, ImageConfig(rows=False)), (1, 20, 73, ImageConfig(2)))
     path.write_text(IMAGE_SOURCE + "".join(f"\ntemplate __global__ void {expression(*g)}{args};" for g in grids))
     proc = subprocess.run(["nvcc", "-arch=sm_90", "-std=c++17", "-Xptxas", "-v", "-c", str(path), "-o", str(tmp_path / "i.o")],
                           capture_output=True, text=True, timeout=600)
