@@ -11,19 +11,21 @@ Layout it needs: planar (channel-major) inputs, i.e. unit stride along W -- elem
 element of every 32-byte sector; the C-GSPN layer produces planar heads directly from its GEMMs instead
 (:mod:`kernels.cgspn.layer`, ``layout="planar"``).
 
-Kernel ``cgspn_image_fwd<DT, NT, MINB, H, W, S, PREFETCH>`` (NOTES.md Round 8 for the design's measurements):
-persistent blocks (the grid fills the GPU, image ``c B + b`` after image), NT threads (launch bound: MINB blocks
-per SM); H and W are template arguments, so every shared-memory offset is an immediate. Warps 0-3 scan (S = 1,
-the measured design), the others help. Per image:
+Kernel ``cgspn_image_fwd<DT, NT, MINB, H, W, S, PREFETCH, ROWS>`` (NOTES.md Rounds 8-10 for the design's
+measurements): persistent blocks (the grid fills the GPU, image ``c B + b`` after image), NT threads (launch bound:
+MINB blocks per SM); H and W are template arguments, so every shared-memory offset is an immediate. Warps 0-3 scan
+(S = 1, the measured design), the others help. Per image:
 
 1. load (every warp): the five planes' pixels (x, lam, l, m, r logits) from global memory straight into the
    scan's form in shared memory: ``bx = (lam + bias) (x + bias)`` in fp32, the interior gates of Eq. 2 packed
    as fp16 (l, r) -- from three ex2 and one reciprocal (the sigmoid ratios as products of 1 + e^-g) --, m
    taken as ``1 - l - r`` of the rounded values so the weights sum to exactly 1 (below the clamp they do not:
    m is then kept with its sign bit set in a third array), and for pixels on an edge of a scan's state axis
-   (j = 0 / W-1 for the vertical scans, i = 0 / H-1 for the horizontal ones) Eq. 2's edge rule in fp32. When
-   the five planes' rows are contiguous and their addresses share their phase mod 16 (the planar layer's
-   layout), a thread reads 16-byte words of all five (two words' loads in flight), else element by element.
+   (j = 0 / W-1 for the vertical scans, i = 0 / H-1 for the horizontal ones) Eq. 2's edge rule in fp32.
+   ROWS (the default): warp w converts rows w, w + NT/32, ..., lane q columns q, q + 32, ... (2-byte loads, any
+   row strides; with one block per SM the next row's loads in flight during the conversion). Else (the design
+   before round 10): when the five planes' rows are contiguous and their addresses share their phase mod 16, a
+   thread reads 16-byte words of all five (two words' loads in flight), otherwise element by element.
 2. scan (warps 0-3): warp d runs direction d (tb, bt, lr, rl) alone -- no block barrier per step. Lane q
    holds the fp32 states of positions q, q + 32, ... (ceil(P / 32) positions), so a warp's shared-memory
    reads of a row or column hit 32 distinct banks; the neighbours h[p-1], h[p+1] arrive by two rotating
@@ -33,10 +35,10 @@ the measured design), the others help. Per image:
    Meanwhile the other warps combine the previous image: ``y = (u + bias_u) * sum_d h_d`` from its states
    (L2, 16-byte reads), y planar (each image contiguous; batch and channel strides given).
 3. after the last image, every warp combines it.
-Opt-in launch configurations, measured slower than the default (:class:`ImageConfig`, NOTES.md Round 9): S = 2
-runs each direction on two warps (positions split in two halves, the boundary states handed over through shared
-memory at a named barrier per step); PREFETCH has a helper thread ask L2 for the next image's planes while the
-current one is scanned.
+Opt-in launch configurations, measured slower than the default (:class:`ImageConfig`, NOTES.md Rounds 9-10):
+S = 2 runs each direction on two warps, each owning half the positions plus GHOST_STEPS ghost positions, the
+ghosts exchanged through shared memory every GHOST_STEPS steps (round 9's version met at a barrier every step);
+PREFETCH has a helper thread ask L2 for the next image's planes while the current one is scanned.
 Optional per-channel biases, added in fp32: the head's ``(5 C,)`` in [u, lam, l, m, r] order and x's ``(C,)``
 (the layer folds its GEMM biases here instead of a pass over the planar GEMM outputs). Optional ``timing``
 (int64, 8 per block): clock cycles per phase summed over the block's images (load, scan, combine beside the
