@@ -288,27 +288,33 @@ __host__ __device__ constexpr int ghost_window(int P, int S) {
 // outputs are equal bit for bit). CLAMPED: some pixel of the image is below Eq. 2's clamp, so m is read where
 // flagged, else m = 1 - l - r. The step loop is unrolled twice only (two input buffers by parity): an eight-fold
 // unroll made each direction's loop ~16 KB of code, past the instruction cache a warp scheduler keeps (NOTES.md
-// Round 8).
-template <int DT, int H, int W, bool VERT, bool REV, bool CLAMPED, int S>
+// Round 8). BLK (blocked, S = 1 only): lane q holds the K contiguous positions q K + k instead, so only the ends of
+// its block need a neighbour from another lane (two shuffles per step instead of 2 K, no lane-0/31 selects); the
+// same arithmetic per position, so the outputs are equal bit for bit.
+template <int DT, int H, int W, bool VERT, bool REV, bool CLAMPED, int S, bool BLK = false>
 __device__ __forceinline__ void scan_direction(const char* smem, u16* hplane, int part, float* xch, int bar) {
+    static_assert(!BLK || S == 1, "the blocked layout runs a direction on one warp");
     typedef ImageLayout<H, W> Lay;
     constexpr int L = VERT ? H : W, P = VERT ? W : H, K = lane_positions(P, S), WP = (W + 7) / 8 * 8;
     constexpr int BASE1 = ghost_base(P, S), XW = ghost_window(P, S), OWN = S == 1 ? P : (P + 1) / 2;
-    constexpr int K_OFF = VERT ? 32 : 32 * W, STEP = VERT ? W : 1, CHUNKS = (L + 7) / 8;  // in pixels
+    constexpr int POS_K = BLK ? 1 : 32;  // positions from one k to the next
+    constexpr int K_OFF = VERT ? POS_K : POS_K * W, STEP = VERT ? W : 1, CHUNKS = (L + 7) / 8;  // in pixels
     // position P - 1: lane LAST_LANE's k = K_LAST of the part(s) covering it (part 1's last lane when it starts at
     // BASE1 > 0, else as with S = 1)
-    constexpr int K_LAST = BASE1 > 0 ? K - 1 : (P - 1) / 32, LAST_LANE = BASE1 > 0 ? 31 : (P - 1) & 31;
+    constexpr int K_LAST = BLK ? (P - 1) % K : BASE1 > 0 ? K - 1 : (P - 1) / 32;
+    constexpr int LAST_LANE = BLK ? (P - 1) / K : BASE1 > 0 ? 31 : (P - 1) & 31;
     const int lane = threadIdx.x & 31, base = S == 1 || part == 0 ? 0 : BASE1;
+    const int first = BLK ? lane * K : base + lane;  // this lane's position at k = 0
     const bool first_part = S == 1 || part == 0 || BASE1 == 0, owns_last = S == 1 || part == 1 || BASE1 == 0;
-    const bool tail = base + lane + 32 * (K - 1) < P;  // the last k holds a position (S = 1: k < K - 1 always does)
-    auto on = [&](int k) { return k < K - 1 || tail; };
+    const bool tail = first + POS_K * (K - 1) < P;  // the last k holds a position (interleaved, S = 1: k < K - 1 does)
+    auto on = [&](int k) { return BLK ? first + k < P : k < K - 1 || tail; };
     // whether position k of this lane is this part's own (stored, sent at an exchange) or a ghost (received)
     auto own = [&](int k) { return S == 1 || (part == 0 ? lane + 32 * k < OWN : base + lane + 32 * k >= OWN); };
-    const float* bx = reinterpret_cast<const float*>(smem + Lay::BX) + (VERT ? base + lane : (base + lane) * W);
-    const u32* lr = reinterpret_cast<const u32*>(smem + Lay::LR) + (VERT ? base + lane : (base + lane) * W);
-    const u16* mf = reinterpret_cast<const u16*>(smem + Lay::MF) + (VERT ? base + lane : (base + lane) * W);
+    const float* bx = reinterpret_cast<const float*>(smem + Lay::BX) + (VERT ? first : first * W);
+    const u32* lr = reinterpret_cast<const u32*>(smem + Lay::LR) + (VERT ? first : first * W);
+    const u16* mf = reinterpret_cast<const u16*>(smem + Lay::MF) + (VERT ? first : first * W);
     const float4* edge = reinterpret_cast<const float4*>(smem + Lay::EDGE) + (VERT ? 0 : 2 * H);
-    u16* const hrow = hplane + base + lane;  // vertical scans: this lane's first position in row 0 of the states
+    u16* const hrow = hplane + first;  // vertical scans: this lane's first position in row 0 of the states
     struct In { float bx; u32 lr, m; };
     auto load = [&](int s, In (&v)[K], float4& e0, float4& e1) {
         const int o = s * STEP;
@@ -344,27 +350,35 @@ __device__ __forceinline__ void scan_direction(const char* smem, u16* hplane, in
         if (sn >= 0 && sn < L) load(sn, buf[PAR ^ 1], e[PAR ^ 1][0], e[PAR ^ 1][1]);
         const In (&cur)[K] = buf[PAR];
         const float4 e0 = e[PAR][0], e1 = e[PAR][1];
-        float up[K], dn[K];
+        float up[K], dn[K], ho[K];  // interleaved: the neighbours by shuffles; blocked: the states before the step
 #pragma unroll
         for (int k = 0; k < K; ++k) {
-            up[k] = __shfl_sync(0xffffffffu, h[k], (lane + 31) & 31);
-            dn[k] = __shfl_sync(0xffffffffu, h[k], (lane + 1) & 31);
+            if (BLK) {
+                ho[k] = h[k];
+            } else {
+                up[k] = __shfl_sync(0xffffffffu, h[k], (lane + 31) & 31);
+                dn[k] = __shfl_sync(0xffffffffu, h[k], (lane + 1) & 31);
+            }
         }
+        // blocked: the left neighbour of k = 0 and the right one of k = K - 1 from the lanes beside (lane 0's and
+        // lane 31's wrap around to positions the edge rule weights by 0 or past P, held at 0)
+        const float left0 = BLK ? __shfl_sync(0xffffffffu, h[K - 1], (lane + 31) & 31) : 0.0f;
+        const float rightk = BLK ? __shfl_sync(0xffffffffu, h[0], (lane + 1) & 31) : 0.0f;
 #pragma unroll
         for (int k = 0; k < K; ++k) {
             // past a ghost part's outer end: 0 (the error it brings stays in the ghost positions)
-            const float hl = lane == 0 ? (k > 0 ? up[k - 1] : 0.0f) : up[k];
-            const float hr = lane == 31 ? (k < K - 1 ? dn[k + 1] : 0.0f) : dn[k];
+            const float hl = BLK ? (k > 0 ? ho[k - 1] : left0) : lane == 0 ? (k > 0 ? up[k - 1] : 0.0f) : up[k];
+            const float hr = BLK ? (k < K - 1 ? ho[k + 1] : rightk) : lane == 31 ? (k < K - 1 ? dn[k + 1] : 0.0f) : dn[k];
             float gl = f16_to_f32(cur[k].lr & 0xffffu), gr = f16_to_f32(cur[k].lr >> 16), gm = 1.0f - gl - gr;
             if (CLAMPED && (cur[k].m & 0x8000u)) gm = f16_to_f32(cur[k].m & 0x7fffu);
             if (k == K_LAST && lane == LAST_LANE && owns_last) { gl = e1.x; gm = e1.y; gr = e1.z; }
             if (k == 0 && lane == 0 && first_part) { gl = e0.x; gm = e0.y; gr = e0.z; }
             // the own state's term first: only the last two FFMAs wait on the shuffles
-            const float hn = fmaf(gl, hl, fmaf(gr, hr, fmaf(gm, h[k], cur[k].bx)));
+            const float hn = fmaf(gl, hl, fmaf(gr, hr, fmaf(gm, BLK ? ho[k] : h[k], cur[k].bx)));
             if (live) h[k] = on(k) ? hn : 0.0f;
             const u32 hv = live ? (u32)pack1(h[k], DT) : 0u;
             if (VERT) {
-                if (live && on(k) && own(k)) hrow[s * WP + 32 * k] = (u16)hv;
+                if (live && on(k) && own(k)) hrow[s * WP + POS_K * k] = (u16)hv;
             } else if (REV) {  // columns descending: shift up, the new one at the bottom (the first ends at the top)
                 pk[k][3] = __funnelshift_l(pk[k][2], pk[k][3], 16); pk[k][2] = __funnelshift_l(pk[k][1], pk[k][2], 16);
                 pk[k][1] = __funnelshift_l(pk[k][0], pk[k][1], 16); pk[k][0] = (pk[k][0] << 16) | hv;
@@ -406,7 +420,7 @@ __device__ __forceinline__ void scan_direction(const char* smem, u16* hplane, in
 #pragma unroll
             for (int k = 0; k < K; ++k)
                 if (on(k) && own(k))
-                    *reinterpret_cast<uint4*>(hplane + (base + lane + 32 * k) * WP + 8 * c8) =
+                    *reinterpret_cast<uint4*>(hplane + (first + POS_K * k) * WP + 8 * c8) =
                         make_uint4(pk[k][0], pk[k][1], pk[k][2], pk[k][3]);
         }
     }
@@ -418,14 +432,19 @@ template <int H, int W, int S> struct Exchange {
 };
 
 // Warp `warp` of the 4 S scan warps: direction warp % 4, part warp / 4 of it (both parts on one scheduler).
-template <int DT, int H, int W, bool CLAMPED, int S>
+// BLOCKED: the blocked layout for the directions where its shared-memory reads conflict no more than the
+// interleaved ones (a lane's stride is K pixels along a row, K W along a column; interleaved 1 and W).
+template <int DT, int H, int W, bool CLAMPED, int S, bool BLOCKED>
 __device__ __forceinline__ void scan_warp(int warp, const char* smem, u16* hplane, float* xch) {
+    constexpr int KV = lane_positions(W, 1), KH = lane_positions(H, 1);
+    constexpr bool BV = BLOCKED && S == 1 && KV > 1 && KV % 2 == 1;
+    constexpr bool BH = BLOCKED && S == 1 && KH > 1 && ((KH * W) % 2 == 1 || W % 2 == 0);
     const int d = S == 1 ? warp : warp & 3, part = S == 1 ? 0 : warp >> 2;
     float* x = xch + Exchange<H, W, S>::PER_DIRECTION * d;
-    if (d == 0) scan_direction<DT, H, W, true, false, CLAMPED, S>(smem, hplane, part, x, 1 + d);
-    else if (d == 1) scan_direction<DT, H, W, true, true, CLAMPED, S>(smem, hplane, part, x, 1 + d);
-    else if (d == 2) scan_direction<DT, H, W, false, false, CLAMPED, S>(smem, hplane, part, x, 1 + d);
-    else scan_direction<DT, H, W, false, true, CLAMPED, S>(smem, hplane, part, x, 1 + d);
+    if (d == 0) scan_direction<DT, H, W, true, false, CLAMPED, S, BV>(smem, hplane, part, x, 1 + d);
+    else if (d == 1) scan_direction<DT, H, W, true, true, CLAMPED, S, BV>(smem, hplane, part, x, 1 + d);
+    else if (d == 2) scan_direction<DT, H, W, false, false, CLAMPED, S, BH>(smem, hplane, part, x, 1 + d);
+    else scan_direction<DT, H, W, false, true, CLAMPED, S, BH>(smem, hplane, part, x, 1 + d);
 }
 
 // Ask L2 for the interior 16-byte words of an image's plane (nothing outside the image; rows contiguous).
@@ -478,7 +497,8 @@ __device__ __forceinline__ void combine_image(const u16* h0, i64 pstride, const 
 
 __device__ __forceinline__ long long clock_now() { long long t; asm volatile("mov.u64 %0, %%clock64;" : "=l"(t)); return t; }
 
-template <int DT, int NT, int MINB, int H, int W, int S = 1, bool PREFETCH = false, bool ROWS = true>
+template <int DT, int NT, int MINB, int H, int W, int S = 1, bool PREFETCH = false, bool ROWS = true,
+          bool BLOCKED = false>
 __global__ void __launch_bounds__(NT, MINB)
 cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u16* __restrict__ u,
                 const u16* __restrict__ g, const u16* __restrict__ bias, const u16* __restrict__ xbias,
@@ -516,8 +536,8 @@ cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u1
         // 2. scan (warps 0 .. 4 S - 1); the others combine the previous image (and ask L2 for the next one's planes)
         if (warp < 4 * S) {
             u16* hplane = hs + (((i64)(S == 1 ? warp : warp & 3) * B + b) * C + c) * (i64)(H * WP);
-            if (clamped) scan_warp<DT, H, W, true, S>(warp, smem, hplane, xch);
-            else scan_warp<DT, H, W, false, S>(warp, smem, hplane, xch);
+            if (clamped) scan_warp<DT, H, W, true, S, BLOCKED>(warp, smem, hplane, xch);
+            else scan_warp<DT, H, W, false, S, BLOCKED>(warp, smem, hplane, xch);
             if (tid == 0) tsum[1] += clock_now() - t1;
         } else {
             if constexpr (PREFETCH) {
@@ -598,13 +618,15 @@ class ImageConfig(NamedTuple):
     block (0: :func:`threads`; more helper warps combine faster beside the scan), ``blocks`` (0: the launch bound's
     blocks per SM as :func:`blocks_per_sm` chooses them; else that many where shared memory allows, fewer
     registers), ``rows`` (the load by rows, a warp per row and a lane per column; False: 16-byte words of the planes,
-    the design before round 10)."""
+    the design before round 10), ``blocked`` (a lane holds K contiguous positions of a direction, not every 32nd:
+    two shuffles per step instead of 2 K)."""
 
     split: int = 1
     prefetch: bool = False
     threads: int = 0
     blocks: int = 0
     rows: bool = True
+    blocked: bool = False
 
 
 DEFAULT_CONFIG = ImageConfig()
@@ -656,5 +678,6 @@ def launch_blocks(H: int, W: int, config: ImageConfig = DEFAULT_CONFIG) -> int:
 def expression(dt: int, H: int, W: int, config: ImageConfig = DEFAULT_CONFIG) -> str:
     """The kernel instantiation for storage type ``dt`` (1 bf16, 2 fp16) at an H x W image."""
     flag = lambda b: "true" if b else "false"  # noqa: E731
-    tail = "" if config == DEFAULT_CONFIG else f", {config.split}, {flag(config.prefetch)}, {flag(config.rows)}"
+    tail = "" if config == DEFAULT_CONFIG else \
+        f", {config.split}, {flag(config.prefetch)}, {flag(config.rows)}, {flag(config.blocked)}"
     return f"cgspn_image_fwd<{dt}, {launch_threads(H, W, config)}, {launch_blocks(H, W, config)}, {H}, {W}{tail}>"

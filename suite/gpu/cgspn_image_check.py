@@ -394,7 +394,8 @@ def run_brief_checks(checks) -> bool:
 #: the opt-in launch configurations by name (``--variants [NAME ...]``; ``one-helper`` is the default before round
 #: 9 at grids <= 74) and the grids they run at
 VARIANTS = {"split2": ImageConfig(split=2), "prefetch": ImageConfig(prefetch=True), "words": ImageConfig(rows=False),
-            "split2-blocks2": ImageConfig(split=2, blocks=2),
+            "split2-blocks2": ImageConfig(split=2, blocks=2), "blocked": ImageConfig(blocked=True),
+            "blocked-prefetch": ImageConfig(blocked=True, prefetch=True),
             "one-helper": ImageConfig(threads=160, blocks=3)}
 VARIANT_GRIDS = ((147, 147), (74, 74), (27, 27), (37, 37), (37, 54), (1, 7), (6, 1), (20, 73), (40, 33), (149, 149))
 

@@ -87,15 +87,15 @@ def test_launch_configurations():
     refused by name before anything touches a GPU."""
     assert expression(1, 147, 147, ImageConfig()) == "cgspn_image_fwd<1, 384, 1, 147, 147>"
     assert expression(2, 74, 74, ImageConfig(split=2, prefetch=True)) == \
-        "cgspn_image_fwd<2, 320, 1, 74, 74, 2, true, true>"
+        "cgspn_image_fwd<2, 320, 1, 74, 74, 2, true, true, false>"
     # two blocks of two warps per direction at 74, where shared memory allows them; one at 147
-    assert expression(1, 74, 74, ImageConfig(split=2, blocks=2)) == "cgspn_image_fwd<1, 320, 2, 74, 74, 2, false, true>"
+    assert expression(1, 74, 74, ImageConfig(split=2, blocks=2)) == "cgspn_image_fwd<1, 320, 2, 74, 74, 2, false, true, false>"
     assert expression(1, 147, 147, ImageConfig(split=2, blocks=2, rows=False)) == \
-        "cgspn_image_fwd<1, 384, 1, 147, 147, 2, false, false>"
+        "cgspn_image_fwd<1, 384, 1, 147, 147, 2, false, false, false>"
     # the default before round 9 at 74: one helper warp, three blocks per SM
     assert expression(1, 74, 74) == "cgspn_image_fwd<1, 192, 3, 74, 74>"
     assert expression(1, 74, 74, ImageConfig(threads=160, blocks=3)) == \
-        "cgspn_image_fwd<1, 160, 3, 74, 74, 1, false, true>"
+        "cgspn_image_fwd<1, 160, 3, 74, 74, 1, false, true, false>"
     x, head = planar_inputs(1, 3, 4, 8)
     multiple = r"is not 0 or a multiple of 32 in"
     for config, message in ((ImageConfig(split=3), "config.split: 3 is not one of 1, 2"),
@@ -244,8 +244,8 @@ def test_compiled_planar_layer_has_no_graph_break():
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc (CUDA toolkit) to compile the image kernel's source")
 def test_image_source_compiles_for_sm90_without_spills(tmp_path):
     """The benchmark grids' instantiations (bf16 and fp16 at 147, bf16 at 74, 37 and 27, two blocks of 256 at
-    100, 9 x 190), and the opt-in configurations at 147, 74 and 20 x 73, through ptxas for sm_90: no spills within their launch
-    bounds (147: 384 threads, one block per SM; 27-74: 192 threads, three blocks)."""
+    100, 9 x 190), and the opt-in configurations at 149, 147, 74, 37 x 54 and 20 x 73, through ptxas for sm_90: no
+    spills within their launch bounds (147: 384 threads, one block per SM; 27-74: 192 threads, three blocks)."""
     args = "(const u16*, const u16*, const u16*, const u16*, const u16*, const u16*, u16*, u16*, long long*, int, int" \
            + ", i64" * 15 + ")"
     path = tmp_path / "image.cu"
@@ -253,7 +253,9 @@ def test_image_source_compiles_for_sm90_without_spills(tmp_path):
              (1, 147, 147, ImageConfig(2, True)), (1, 74, 74, ImageConfig(2)), (1, 147, 147, ImageConfig(1, True)),
              (1, 74, 74, ImageConfig(2, blocks=2)), (1, 74, 74, ImageConfig(threads=160, blocks=3)),
              (1, 147, 147, ImageConfig(rows=False)),
-             (1, 74, 74, ImageConfig(rows=False)), (1, 20, 73, ImageConfig(2)))
+             (1, 74, 74, ImageConfig(rows=False)), (1, 20, 73, ImageConfig(2)), (1, 147, 147, ImageConfig(blocked=True)),
+             (2, 147, 147, ImageConfig(blocked=True)), (1, 74, 74, ImageConfig(blocked=True)),
+             (1, 37, 54, ImageConfig(blocked=True)), (1, 149, 149, ImageConfig(blocked=True, prefetch=True)))
     path.write_text(IMAGE_SOURCE + "".join(f"\ntemplate __global__ void {expression(*g)}{args};" for g in grids))
     proc = subprocess.run(["nvcc", "-arch=sm_90", "-std=c++17", "-Xptxas", "-v", "-c", str(path), "-o", str(tmp_path / "i.o")],
                           capture_output=True, text=True, timeout=600)
