@@ -124,15 +124,12 @@ def scan_forward(x: torch.Tensor, lam: torch.Tensor, u: torch.Tensor, gates: tor
     bias, x_bias = (None if t is None else t.contiguous() for t in (bias, x_bias))
     sx, sl, su, sg, sy = x.stride(), lam.stride(), u.stride(), gates.stride(), y.stride()
     index = cuda_scan.device_index(x.device)
-    if config is not DEFAULT_CONFIG and smem_bytes(H, W, config.split) > _smem_limit(index):
-        raise ValueError(f"config.split: {config.split} needs {smem_bytes(H, W, config.split)} bytes of shared memory at "
-                         f"{H}x{W}, more than the {_smem_limit(index)} of a block here (split 1 needs {smem_bytes(H, W)})")
     blocks = grid_size(B * C, H, W, index, config)
     if timing is not None and (timing.dtype != torch.int64 or timing.numel() < TIMING_SLOTS * blocks):
         raise ValueError(f"timing: expected an int64 tensor of at least {TIMING_SLOTS * blocks} elements")
     pointer = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
     cuda_scan.launch(expression(_DTYPE_CODE[x.dtype], H, W, config), (blocks, 1, 1), launch_threads(H, W, config),
-                     smem_bytes(H, W, config.split), index,
+                     smem_bytes(H, W), index,
                      (x.data_ptr(), lam.data_ptr(), u.data_ptr(), gates.data_ptr(), pointer(bias), pointer(x_bias),
                       hs.data_ptr(), y.data_ptr(), pointer(timing), B, C,
                       sx[0], sx[3], sx[1], sl[0], sl[3], sl[1], su[0], su[3], su[1], sg[0], sg[3], sg[4], sg[1], sy[0], sy[3]),

@@ -11,10 +11,10 @@ Layout it needs: planar (channel-major) inputs, i.e. unit stride along W -- elem
 element of every 32-byte sector; the C-GSPN layer produces planar heads directly from its GEMMs instead
 (:mod:`kernels.cgspn.layer`, ``layout="planar"``).
 
-Kernel ``cgspn_image_fwd<DT, NT, MINB, H, W, S, PREFETCH, ROWS>`` (NOTES.md Rounds 8-10 for the design's
+Kernel ``cgspn_image_fwd<DT, NT, MINB, H, W, PREFETCH, ROWS>`` (NOTES.md Rounds 8-10 for the design's
 measurements): persistent blocks (the grid fills the GPU, image ``c B + b`` after image), NT threads (launch bound:
-MINB blocks per SM); H and W are template arguments, so every shared-memory offset is an immediate. Warps 0-3 scan
-(S = 1, the measured design), the others help. Per image:
+MINB blocks per SM); H and W are template arguments, so every shared-memory offset is an immediate. Warps 0-3 scan,
+the others help. Per image:
 
 1. load (every warp): the five planes' pixels (x, lam, l, m, r logits) from global memory straight into the
    scan's form in shared memory: ``bx = (lam + bias) (x + bias)`` in fp32, the interior gates of Eq. 2 packed
@@ -35,10 +35,10 @@ MINB blocks per SM); H and W are template arguments, so every shared-memory offs
    Meanwhile the other warps combine the previous image: ``y = (u + bias_u) * sum_d h_d`` from its states
    (L2, 16-byte reads), y planar (each image contiguous; batch and channel strides given).
 3. after the last image, every warp combines it.
-Opt-in launch configurations, measured slower than the default (:class:`ImageConfig`, NOTES.md Rounds 9-10):
-S = 2 runs each direction on two warps, each owning half the positions plus GHOST_STEPS ghost positions, the
-ghosts exchanged through shared memory every GHOST_STEPS steps (round 9's version met at a barrier every step);
-PREFETCH has a helper thread ask L2 for the next image's planes while the current one is scanned.
+Opt-in launch configuration (:class:`ImageConfig`, NOTES.md Rounds 9-10): PREFETCH has a helper thread ask L2 for
+the next image's planes while the current one is scanned (faster at 27 and 37 only). Two warps per direction (a
+barrier per step; ghost positions exchanged every 8 steps) and a blocked layout of a lane's positions were
+measured slower and removed (NOTES.md Round 10).
 Optional per-channel biases, added in fp32: the head's ``(5 C,)`` in [u, lam, l, m, r] order and x's ``(C,)``
 (the layer folds its GEMM biases here instead of a pass over the planar GEMM outputs). Optional ``timing``
 (int64, 8 per block): clock cycles per phase summed over the block's images (load, scan, combine beside the
@@ -258,63 +258,26 @@ __device__ __forceinline__ bool load_rows(char* smem, const u16* const (&src)[5]
 
 template <int N> struct Int { static constexpr int value = N; };
 
-__device__ __forceinline__ void named_barrier(int id, int threads) {
-    asm volatile("bar.sync %0, %1;" :: "r"(id), "r"(threads) : "memory");
-}
-
-// Positions a lane holds when S warps run a direction over P positions: S = 1, all of them (ceil(P / 32));
-// S = 2, part 0 owns [0, OWN) and part 1 [OWN, P) (OWN = ceil(P / 2)), and each covers GHOST_STEPS more positions
-// past its own (ghost positions) so that the two exchange states only every GHOST_STEPS steps: an error entering
-// at a warp's outer (truncated) end moves one position per step and never reaches the positions it owns.
-#define GHOST_STEPS 8
-__host__ __device__ constexpr int lane_positions(int P, int S) {
-    return S == 1 || (P + 1) / 2 + GHOST_STEPS >= P ? (P + 31) / 32 : ((P + 1) / 2 + GHOST_STEPS + 31) / 32;
-}
-// S = 2: part 1 covers [ghost_base, P), part 0 [0, 32 K); both the window [ghost_base, 32 K), exchanged every
-// GHOST_STEPS steps. Where one warp's positions cover P (ghost_base 0), both parts compute all of them: no exchange.
-__host__ __device__ constexpr int ghost_base(int P, int S) {
-    return S == 1 || 32 * lane_positions(P, S) >= P ? 0 : P - 32 * lane_positions(P, S);
-}
-__host__ __device__ constexpr int ghost_window(int P, int S) {
-    return ghost_base(P, S) == 0 ? 0 : 32 * lane_positions(P, S) - ghost_base(P, S);
-}
-
 // One direction on the image in shared memory (element (step row s, position p) is pixel VERT ? s W + p :
-// p W + s), run by S warps: warp `part` holds positions base + q + 32 k (lane q, k < K). S = 2 (ghost
-// positions, see lane_positions): at the start of every GHOST_STEPS-step chunk but the first, each part writes
-// the states of its own positions inside the shared window to `xch` (two buffers of the window by chunk parity),
-// the two warps meet at named barrier `bar`, and each reads the other's into its ghost positions; a part stores
-// only the positions it owns, computed exactly as with S = 1 (the same operations on the same values: the
-// outputs are equal bit for bit). CLAMPED: some pixel of the image is below Eq. 2's clamp, so m is read where
-// flagged, else m = 1 - l - r. The step loop is unrolled twice only (two input buffers by parity): an eight-fold
-// unroll made each direction's loop ~16 KB of code, past the instruction cache a warp scheduler keeps (NOTES.md
-// Round 8). BLK (blocked, S = 1 only): lane q holds the K contiguous positions q K + k instead, so only the ends of
-// its block need a neighbour from another lane (two shuffles per step instead of 2 K, no lane-0/31 selects); the
-// same arithmetic per position, so the outputs are equal bit for bit.
-template <int DT, int H, int W, bool VERT, bool REV, bool CLAMPED, int S, bool BLK = false>
-__device__ __forceinline__ void scan_direction(const char* smem, u16* hplane, int part, float* xch, int bar) {
-    static_assert(!BLK || S == 1, "the blocked layout runs a direction on one warp");
+// p W + s), run by one warp: lane q holds positions q + 32 k (k < K = ceil(P / 32)), so its shared-memory reads
+// of a row or column hit 32 distinct banks. CLAMPED: some pixel of the image is below Eq. 2's clamp, so m is
+// read where flagged, else m = 1 - l - r. The step loop is unrolled twice only (two input buffers by parity): an
+// eight-fold unroll made each direction's loop ~16 KB of code, past the instruction cache a warp scheduler keeps
+// (NOTES.md Round 8).
+template <int DT, int H, int W, bool VERT, bool REV, bool CLAMPED>
+__device__ __forceinline__ void scan_direction(const char* smem, u16* hplane) {
     typedef ImageLayout<H, W> Lay;
-    constexpr int L = VERT ? H : W, P = VERT ? W : H, K = lane_positions(P, S), WP = (W + 7) / 8 * 8;
-    constexpr int BASE1 = ghost_base(P, S), XW = ghost_window(P, S), OWN = S == 1 ? P : (P + 1) / 2;
-    constexpr int POS_K = BLK ? 1 : 32;  // positions from one k to the next
-    constexpr int K_OFF = VERT ? POS_K : POS_K * W, STEP = VERT ? W : 1, CHUNKS = (L + 7) / 8;  // in pixels
-    // position P - 1: lane LAST_LANE's k = K_LAST of the part(s) covering it (part 1's last lane when it starts at
-    // BASE1 > 0, else as with S = 1)
-    constexpr int K_LAST = BLK ? (P - 1) % K : BASE1 > 0 ? K - 1 : (P - 1) / 32;
-    constexpr int LAST_LANE = BLK ? (P - 1) / K : BASE1 > 0 ? 31 : (P - 1) & 31;
-    const int lane = threadIdx.x & 31, base = S == 1 || part == 0 ? 0 : BASE1;
-    const int first = BLK ? lane * K : base + lane;  // this lane's position at k = 0
-    const bool first_part = S == 1 || part == 0 || BASE1 == 0, owns_last = S == 1 || part == 1 || BASE1 == 0;
-    const bool tail = first + POS_K * (K - 1) < P;  // the last k holds a position (interleaved, S = 1: k < K - 1 does)
-    auto on = [&](int k) { return BLK ? first + k < P : k < K - 1 || tail; };
-    // whether position k of this lane is this part's own (stored, sent at an exchange) or a ghost (received)
-    auto own = [&](int k) { return S == 1 || (part == 0 ? lane + 32 * k < OWN : base + lane + 32 * k >= OWN); };
-    const float* bx = reinterpret_cast<const float*>(smem + Lay::BX) + (VERT ? first : first * W);
-    const u32* lr = reinterpret_cast<const u32*>(smem + Lay::LR) + (VERT ? first : first * W);
-    const u16* mf = reinterpret_cast<const u16*>(smem + Lay::MF) + (VERT ? first : first * W);
+    constexpr int L = VERT ? H : W, P = VERT ? W : H, K = (P + 31) / 32, WP = (W + 7) / 8 * 8;
+    constexpr int K_OFF = VERT ? 32 : 32 * W, STEP = VERT ? W : 1, CHUNKS = (L + 7) / 8;  // in pixels
+    constexpr int K_LAST = K - 1, LAST_LANE = (P - 1) & 31;  // position P - 1
+    const int lane = threadIdx.x & 31;
+    const bool tail = lane + 32 * (K - 1) < P;  // the last k holds a position (k < K - 1 always does)
+    auto on = [&](int k) { return k < K - 1 || tail; };
+    const float* bx = reinterpret_cast<const float*>(smem + Lay::BX) + (VERT ? lane : lane * W);
+    const u32* lr = reinterpret_cast<const u32*>(smem + Lay::LR) + (VERT ? lane : lane * W);
+    const u16* mf = reinterpret_cast<const u16*>(smem + Lay::MF) + (VERT ? lane : lane * W);
     const float4* edge = reinterpret_cast<const float4*>(smem + Lay::EDGE) + (VERT ? 0 : 2 * H);
-    u16* const hrow = hplane + first;  // vertical scans: this lane's first position in row 0 of the states
+    u16* const hrow = hplane + lane;  // vertical scans: this lane's first position in row 0 of the states
     struct In { float bx; u32 lr, m; };
     auto load = [&](int s, In (&v)[K], float4& e0, float4& e1) {
         const int o = s * STEP;
@@ -326,8 +289,8 @@ __device__ __forceinline__ void scan_direction(const char* smem, u16* hplane, in
                 if (CLAMPED) v[k].m = mf[o + k * K_OFF];
             }
         }
-        if (lane == 0 && first_part) e0 = edge[s];
-        if (lane == LAST_LANE && owns_last) e1 = edge[L + s];
+        if (lane == 0) e0 = edge[s];
+        if (lane == LAST_LANE) e1 = edge[L + s];
     };
     float h[K];
     In buf[2][K];
@@ -350,35 +313,28 @@ __device__ __forceinline__ void scan_direction(const char* smem, u16* hplane, in
         if (sn >= 0 && sn < L) load(sn, buf[PAR ^ 1], e[PAR ^ 1][0], e[PAR ^ 1][1]);
         const In (&cur)[K] = buf[PAR];
         const float4 e0 = e[PAR][0], e1 = e[PAR][1];
-        float up[K], dn[K], ho[K];  // interleaved: the neighbours by shuffles; blocked: the states before the step
+        float up[K], dn[K];
 #pragma unroll
         for (int k = 0; k < K; ++k) {
-            if (BLK) {
-                ho[k] = h[k];
-            } else {
-                up[k] = __shfl_sync(0xffffffffu, h[k], (lane + 31) & 31);
-                dn[k] = __shfl_sync(0xffffffffu, h[k], (lane + 1) & 31);
-            }
+            up[k] = __shfl_sync(0xffffffffu, h[k], (lane + 31) & 31);
+            dn[k] = __shfl_sync(0xffffffffu, h[k], (lane + 1) & 31);
         }
-        // blocked: the left neighbour of k = 0 and the right one of k = K - 1 from the lanes beside (lane 0's and
-        // lane 31's wrap around to positions the edge rule weights by 0 or past P, held at 0)
-        const float left0 = BLK ? __shfl_sync(0xffffffffu, h[K - 1], (lane + 31) & 31) : 0.0f;
-        const float rightk = BLK ? __shfl_sync(0xffffffffu, h[0], (lane + 1) & 31) : 0.0f;
 #pragma unroll
         for (int k = 0; k < K; ++k) {
-            // past a ghost part's outer end: 0 (the error it brings stays in the ghost positions)
-            const float hl = BLK ? (k > 0 ? ho[k - 1] : left0) : lane == 0 ? (k > 0 ? up[k - 1] : 0.0f) : up[k];
-            const float hr = BLK ? (k < K - 1 ? ho[k + 1] : rightk) : lane == 31 ? (k < K - 1 ? dn[k + 1] : 0.0f) : dn[k];
+            // lane 0 at k = 0 and lane 31 at k = K - 1 wrap around to positions the edge rule weights by 0 (or
+            // past P, held at 0)
+            const float hl = lane == 0 ? (k > 0 ? up[k - 1] : 0.0f) : up[k];
+            const float hr = lane == 31 ? (k < K - 1 ? dn[k + 1] : 0.0f) : dn[k];
             float gl = f16_to_f32(cur[k].lr & 0xffffu), gr = f16_to_f32(cur[k].lr >> 16), gm = 1.0f - gl - gr;
             if (CLAMPED && (cur[k].m & 0x8000u)) gm = f16_to_f32(cur[k].m & 0x7fffu);
-            if (k == K_LAST && lane == LAST_LANE && owns_last) { gl = e1.x; gm = e1.y; gr = e1.z; }
-            if (k == 0 && lane == 0 && first_part) { gl = e0.x; gm = e0.y; gr = e0.z; }
+            if (k == K_LAST && lane == LAST_LANE) { gl = e1.x; gm = e1.y; gr = e1.z; }
+            if (k == 0 && lane == 0) { gl = e0.x; gm = e0.y; gr = e0.z; }
             // the own state's term first: only the last two FFMAs wait on the shuffles
-            const float hn = fmaf(gl, hl, fmaf(gr, hr, fmaf(gm, BLK ? ho[k] : h[k], cur[k].bx)));
+            const float hn = fmaf(gl, hl, fmaf(gr, hr, fmaf(gm, h[k], cur[k].bx)));
             if (live) h[k] = on(k) ? hn : 0.0f;
             const u32 hv = live ? (u32)pack1(h[k], DT) : 0u;
             if (VERT) {
-                if (live && on(k) && own(k)) hrow[s * WP + POS_K * k] = (u16)hv;
+                if (live && on(k)) hrow[s * WP + 32 * k] = (u16)hv;
             } else if (REV) {  // columns descending: shift up, the new one at the bottom (the first ends at the top)
                 pk[k][3] = __funnelshift_l(pk[k][2], pk[k][3], 16); pk[k][2] = __funnelshift_l(pk[k][1], pk[k][2], 16);
                 pk[k][1] = __funnelshift_l(pk[k][0], pk[k][1], 16); pk[k][0] = (pk[k][0] << 16) | hv;
@@ -388,29 +344,10 @@ __device__ __forceinline__ void scan_direction(const char* smem, u16* hplane, in
             }
         }
     };
-    // S = 2: the exchange of the window's states between the parts (buffer by chunk parity: the other part read
-    // the previous use of a buffer before it reached the barrier in between)
-    auto exchange = [&](int ci) {
-        float* xb = xch + (ci & 1) * XW;
-#pragma unroll
-        for (int k = 0; k < K; ++k) {
-            const int p = base + lane + 32 * k;
-            if (on(k) && own(k) && p >= BASE1 && p < BASE1 + XW) xb[p - BASE1] = h[k];
-        }
-        named_barrier(bar, 64);
-#pragma unroll
-        for (int k = 0; k < K; ++k) {
-            const int p = base + lane + 32 * k;
-            if (on(k) && !own(k) && p >= BASE1 && p < BASE1 + XW) h[k] = xb[p - BASE1];
-        }
-    };
     load(REV ? L - 1 : 0, buf[0], e[0][0], e[0][1]);
 #pragma unroll 1
     for (int ci = 0; ci < CHUNKS; ++ci) {
         const int c8 = REV ? CHUNKS - 1 - ci : ci;  // steps 8 c8 .. 8 c8 + 7 in image order
-        if constexpr (XW > 0) {
-            if (ci > 0) exchange(ci);
-        }
 #pragma unroll 1
         for (int t = 0; t < 8; t += 2) {
             step(Int<0>(), REV ? 8 * c8 + 7 - t : 8 * c8 + t);
@@ -419,32 +356,20 @@ __device__ __forceinline__ void scan_direction(const char* smem, u16* hplane, in
         if (!VERT) {
 #pragma unroll
             for (int k = 0; k < K; ++k)
-                if (on(k) && own(k))
-                    *reinterpret_cast<uint4*>(hplane + (first + POS_K * k) * WP + 8 * c8) =
+                if (on(k))
+                    *reinterpret_cast<uint4*>(hplane + (lane + 32 * k) * WP + 8 * c8) =
                         make_uint4(pk[k][0], pk[k][1], pk[k][2], pk[k][3]);
         }
     }
 }
 
-// Floats of the S = 2 exchange buffers per direction: two windows of the longer axis (0 for S = 1).
-template <int H, int W, int S> struct Exchange {
-    static constexpr int PER_DIRECTION = 2 * (ghost_window(W, S) > ghost_window(H, S) ? ghost_window(W, S) : ghost_window(H, S));
-};
-
-// Warp `warp` of the 4 S scan warps: direction warp % 4, part warp / 4 of it (both parts on one scheduler).
-// BLOCKED: the blocked layout for the directions where its shared-memory reads conflict no more than the
-// interleaved ones (a lane's stride is K pixels along a row, K W along a column; interleaved 1 and W).
-template <int DT, int H, int W, bool CLAMPED, int S, bool BLOCKED>
-__device__ __forceinline__ void scan_warp(int warp, const char* smem, u16* hplane, float* xch) {
-    constexpr int KV = lane_positions(W, 1), KH = lane_positions(H, 1);
-    constexpr bool BV = BLOCKED && S == 1 && KV > 1 && KV % 2 == 1;
-    constexpr bool BH = BLOCKED && S == 1 && KH > 1 && ((KH * W) % 2 == 1 || W % 2 == 0);
-    const int d = S == 1 ? warp : warp & 3, part = S == 1 ? 0 : warp >> 2;
-    float* x = xch + Exchange<H, W, S>::PER_DIRECTION * d;
-    if (d == 0) scan_direction<DT, H, W, true, false, CLAMPED, S, BV>(smem, hplane, part, x, 1 + d);
-    else if (d == 1) scan_direction<DT, H, W, true, true, CLAMPED, S, BV>(smem, hplane, part, x, 1 + d);
-    else if (d == 2) scan_direction<DT, H, W, false, false, CLAMPED, S, BH>(smem, hplane, part, x, 1 + d);
-    else scan_direction<DT, H, W, false, true, CLAMPED, S, BH>(smem, hplane, part, x, 1 + d);
+// Scan warp `warp` (0-3) runs direction `warp` (tb, bt, lr, rl).
+template <int DT, int H, int W, bool CLAMPED>
+__device__ __forceinline__ void scan_warp(int warp, const char* smem, u16* hplane) {
+    if (warp == 0) scan_direction<DT, H, W, true, false, CLAMPED>(smem, hplane);
+    else if (warp == 1) scan_direction<DT, H, W, true, true, CLAMPED>(smem, hplane);
+    else if (warp == 2) scan_direction<DT, H, W, false, false, CLAMPED>(smem, hplane);
+    else scan_direction<DT, H, W, false, true, CLAMPED>(smem, hplane);
 }
 
 // Ask L2 for the interior 16-byte words of an image's plane (nothing outside the image; rows contiguous).
@@ -497,8 +422,7 @@ __device__ __forceinline__ void combine_image(const u16* h0, i64 pstride, const 
 
 __device__ __forceinline__ long long clock_now() { long long t; asm volatile("mov.u64 %0, %%clock64;" : "=l"(t)); return t; }
 
-template <int DT, int NT, int MINB, int H, int W, int S = 1, bool PREFETCH = false, bool ROWS = true,
-          bool BLOCKED = false>
+template <int DT, int NT, int MINB, int H, int W, bool PREFETCH = false, bool ROWS = true>
 __global__ void __launch_bounds__(NT, MINB)
 cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u16* __restrict__ u,
                 const u16* __restrict__ g, const u16* __restrict__ bias, const u16* __restrict__ xbias,
@@ -506,11 +430,9 @@ cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u1
                 i64 sxb, i64 sxc, i64 sxh, i64 slb, i64 slc, i64 slh, i64 sub, i64 suc, i64 suh,
                 i64 sgb, i64 sgk, i64 sgc, i64 sgh, i64 syb, i64 syc) {
     constexpr int WP = (W + 7) / 8 * 8;
-    constexpr int SCAN = 128 * S;  // threads of the scan warps; the others help
+    constexpr int SCAN = 128;  // threads of the four scan warps; the others help
     static_assert(NT >= SCAN + 32, "warps past the scan warps combine the previous image: at least one helper warp");
     extern __shared__ __align__(16) char smem[];
-    // S = 2: the exchange buffers (Exchange) after the image
-    float* xch = reinterpret_cast<float*>(smem + ImageLayout<H, W>::BYTES);
     const int tid = threadIdx.x, warp = tid >> 5, images = B * C;
     const i64 pstride = (i64)B * C * (H * WP);  // one direction's states
     long long tsum[6] = {0, 0, 0, 0, 0, 0};
@@ -533,11 +455,11 @@ cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u1
         const bool clamped = __syncthreads_or(ROWS ? load_rows<DT, H, W, MINB == 1>(smem, src, rows, z, warp, NT / 32)
                                                    : load_image<DT, H, W>(smem, src, rows, z, tid, NT));
         const long long t1 = clock_now();
-        // 2. scan (warps 0 .. 4 S - 1); the others combine the previous image (and ask L2 for the next one's planes)
-        if (warp < 4 * S) {
-            u16* hplane = hs + (((i64)(S == 1 ? warp : warp & 3) * B + b) * C + c) * (i64)(H * WP);
-            if (clamped) scan_warp<DT, H, W, true, S, BLOCKED>(warp, smem, hplane, xch);
-            else scan_warp<DT, H, W, false, S, BLOCKED>(warp, smem, hplane, xch);
+        // 2. scan (warps 0-3); the others combine the previous image (and ask L2 for the next one's planes)
+        if (warp < 4) {
+            u16* hplane = hs + (((i64)warp * B + b) * C + c) * (i64)(H * WP);
+            if (clamped) scan_warp<DT, H, W, true>(warp, smem, hplane);
+            else scan_warp<DT, H, W, false>(warp, smem, hplane);
             if (tid == 0) tsum[1] += clock_now() - t1;
         } else {
             if constexpr (PREFETCH) {
@@ -578,55 +500,30 @@ cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u1
 IMAGE_SOURCE = PREAMBLE + HELPERS + _IMAGE_KERNEL
 
 
-GHOST_STEPS = 8  # the source's GHOST_STEPS: steps between the exchanges of two warps per direction
-
-
-def lane_positions(P: int, split: int = 1) -> int:
-    """Positions a lane holds of a direction over P positions (the source's ``lane_positions``): all of them on
-    one warp; on two, half of them plus GHOST_STEPS ghost positions each (or all, where that is no fewer)."""
-    own = (P + 1) // 2
-    if split == 1 or own + GHOST_STEPS >= P:
-        return -(-P // 32)
-    return -(-(own + GHOST_STEPS) // 32)
-
-
-def ghost_window(P: int, split: int = 1) -> int:
-    """Positions both warps of a direction cover and exchange (the source's ``ghost_window``; 0: no exchange)."""
-    K = lane_positions(P, split)
-    return 0 if split == 1 or 32 * K >= P else 32 * K - (P - 32 * K)
-
-
-def smem_bytes(H: int, W: int, split: int = 1) -> int:
-    """Dynamic shared memory of ``cgspn_image_fwd`` at an H x W image (``ImageLayout`` in the source), plus the
-    exchange buffers of two warps per direction (``Exchange``: 4 directions x 2 windows of floats)."""
+def smem_bytes(H: int, W: int) -> int:
+    """Dynamic shared memory of ``cgspn_image_fwd`` at an H x W image (``ImageLayout`` in the source)."""
     r16 = lambda n: (n + 15) // 16 * 16  # noqa: E731
-    exchange = 4 * 2 * max(ghost_window(H, split), ghost_window(W, split)) * 4
-    return 2 * r16(4 * H * W) + r16(2 * H * W) + 32 * (H + W) + exchange
+    return 2 * r16(4 * H * W) + r16(2 * H * W) + 32 * (H + W)
 
 
-def _smem_blocks(H: int, W: int, split: int = 1, smem_per_sm: int = 233472, reserved: int = 1024) -> int:
+def _smem_blocks(H: int, W: int, smem_per_sm: int = 233472, reserved: int = 1024) -> int:
     """Images that fit one SM's shared memory (sm_90: 228 KB, 1 KB reserved per block), at most 4."""
-    return max(1, min(4, smem_per_sm // (smem_bytes(H, W, split) + reserved)))
+    return max(1, min(4, smem_per_sm // (smem_bytes(H, W) + reserved)))
 
 
 class ImageConfig(NamedTuple):
     """Launch choices of the image forward (the default is the fastest measured; the others are kept for A/B,
-    ``suite/gpu/cgspn_image_check.py --variants``; NOTES.md Rounds 9-10): ``split`` warps per direction (1 or 2; 2
-    splits a direction's positions in halves with GHOST_STEPS ghost positions each and exchanges them every
-    GHOST_STEPS steps, so that two warps per scheduler hide the per-step chain), ``prefetch`` (a helper thread asks
-    L2 for the next image's planes by ``cp.async.bulk.prefetch`` while the current one is scanned), ``threads`` per
-    block (0: :func:`threads`; more helper warps combine faster beside the scan), ``blocks`` (0: the launch bound's
-    blocks per SM as :func:`blocks_per_sm` chooses them; else that many where shared memory allows, fewer
+    ``suite/gpu/cgspn_image_check.py --variants``; NOTES.md Rounds 9-10): ``prefetch`` (a helper thread asks L2 for
+    the next image's planes by ``cp.async.bulk.prefetch`` while the current one is scanned), ``threads`` per block
+    (0: :func:`threads`; more helper warps combine faster beside the scan), ``blocks`` (0: the launch bound's
+    blocks per SM as :func:`launch_blocks` chooses them; else that many where shared memory allows, fewer
     registers), ``rows`` (the load by rows, a warp per row and a lane per column; False: 16-byte words of the planes,
-    the design before round 10), ``blocked`` (a lane holds K contiguous positions of a direction, not every 32nd:
-    two shuffles per step instead of 2 K)."""
+    the design before round 10)."""
 
-    split: int = 1
     prefetch: bool = False
     threads: int = 0
     blocks: int = 0
     rows: bool = True
-    blocked: bool = False
 
 
 DEFAULT_CONFIG = ImageConfig()
@@ -635,49 +532,40 @@ DEFAULT_CONFIG = ImageConfig()
 def register_threads(H: int, W: int) -> int:
     """Threads per SM the launch bound keeps: 576 where a lane holds at most 3 positions (sides <= 96; 18 warps per
     SM leave 96 registers per thread, enough for the scan's buffers there), else 512 (128 registers; the buffers
-    grow with the positions per lane: 135 registers at 147, where one block of 384 threads gets 168)."""
+    grow with the positions per lane: at 147 one block of 384 threads gets 168, the load by rows uses 167)."""
     return 576 if max(H, W) <= 96 else 512
 
 
-def threads(H: int, W: int, split: int = 1) -> int:
-    """Threads per block: the 4 ``split`` scan warps plus at least two helper warps for the loads and the combine
-    (the helpers combine the previous image while the scan warps scan: one helper warp took longer than the scan at
-    74 and 37, two measured 1.15x / 1.32x faster there, results/h200/2026-11-30-image-v4), more where the blocks
-    shared memory allows share 512 threads per SM: 192-384."""
-    return max(128 * split + 64, min(384, 512 // _smem_blocks(H, W, split) // 32 * 32))
-
-
-def blocks_per_sm(H: int, W: int, split: int = 1) -> int:
-    """Blocks per SM the launch bound asks for: as many as shared memory allows, at most 4, and no more than fit
-    :func:`register_threads` at :func:`threads`."""
-    return max(1, min(_smem_blocks(H, W, split), register_threads(H, W) // threads(H, W, split)))
+def threads(H: int, W: int) -> int:
+    """Threads per block: the 4 scan warps plus at least two helper warps for the loads and the combine (the helpers
+    combine the previous image while the scan warps scan: one helper warp took longer than the scan at 74 and 37,
+    two measured 1.15x / 1.32x faster there, results/h200/2026-11-30-image-v4), more where the blocks shared
+    memory allows share 512 threads per SM: 192-384."""
+    return max(192, min(384, 512 // _smem_blocks(H, W) // 32 * 32))
 
 
 def check_config(config: ImageConfig) -> None:
     """A clear error for a configuration the kernel cannot take (the field and the allowed values)."""
-    if config.split not in (1, 2):
-        raise ValueError(f"config.split: {config.split} is not one of 1, 2")
-    low = 128 * config.split + 32
-    if config.threads and not (low <= config.threads <= 1024 and config.threads % 32 == 0):
-        raise ValueError(f"config.threads: {config.threads} is not 0 or a multiple of 32 in [{low}, 1024]")
+    if config.threads and not (160 <= config.threads <= 1024 and config.threads % 32 == 0):
+        raise ValueError(f"config.threads: {config.threads} is not 0 or a multiple of 32 in [160, 1024]")
     if not 0 <= config.blocks <= 32:
         raise ValueError(f"config.blocks: {config.blocks} is not in [0, 32]")
 
 
 def launch_threads(H: int, W: int, config: ImageConfig = DEFAULT_CONFIG) -> int:
     """Threads per block under ``config``."""
-    return config.threads or threads(H, W, config.split)
+    return config.threads or threads(H, W)
 
 
 def launch_blocks(H: int, W: int, config: ImageConfig = DEFAULT_CONFIG) -> int:
-    """The launch bound's blocks per SM under ``config``."""
-    cap = config.blocks or register_threads(H, W) // launch_threads(H, W, config)  # blocks_per_sm's rule at these threads
-    return max(1, min(cap, _smem_blocks(H, W, config.split)))
+    """The launch bound's blocks per SM under ``config``: ``config.blocks``, else as many as fit
+    :func:`register_threads` at :func:`launch_threads`; no more than shared memory allows, at least one."""
+    cap = config.blocks or register_threads(H, W) // launch_threads(H, W, config)
+    return max(1, min(cap, _smem_blocks(H, W)))
 
 
 def expression(dt: int, H: int, W: int, config: ImageConfig = DEFAULT_CONFIG) -> str:
     """The kernel instantiation for storage type ``dt`` (1 bf16, 2 fp16) at an H x W image."""
     flag = lambda b: "true" if b else "false"  # noqa: E731
-    tail = "" if config == DEFAULT_CONFIG else \
-        f", {config.split}, {flag(config.prefetch)}, {flag(config.rows)}, {flag(config.blocked)}"
+    tail = "" if config == DEFAULT_CONFIG else f", {flag(config.prefetch)}, {flag(config.rows)}"
     return f"cgspn_image_fwd<{dt}, {launch_threads(H, W, config)}, {launch_blocks(H, W, config)}, {H}, {W}{tail}>"

@@ -24,13 +24,10 @@ if not torch.cuda.is_available():
 from kernels.cgspn import cgspn_scan_reference, cuda_image, cuda_scan, head_views  # noqa: E402
 from kernels.cgspn import scan as scan_module  # noqa: E402
 from kernels.cgspn.cuda_image_source import (  # noqa: E402
-    GHOST_STEPS,
     IMAGE_SOURCE,
     ImageConfig,
-    blocks_per_sm,
     expression,
-    ghost_window,
-    lane_positions,
+    launch_blocks,
     smem_bytes,
     threads,
 )
@@ -62,69 +59,43 @@ def test_resources_of_the_target_grid():
     """147 x 147 (2058 px) fits: bx (fp32), the packed gates, the clamp flags and the edge gates, 225,536 bytes of
     the H100/H200's 232,448 per block, 384 threads, one block per SM; 149 x 149 is the largest square image that
     fits, 150 x 150 is not. Smaller images take three blocks per SM (the launch bound's minimum), 192 threads."""
-    assert smem_bytes(147, 147) == 225536 and threads(147, 147) == 384 and blocks_per_sm(147, 147) == 1
+    assert smem_bytes(147, 147) == 225536 and threads(147, 147) == 384 and launch_blocks(147, 147) == 1
     assert smem_bytes(149, 149) <= 232448 < smem_bytes(150, 150)
-    assert (threads(74, 74), blocks_per_sm(74, 74)) == (192, 3) and (threads(27, 27), blocks_per_sm(27, 27)) == (192, 3)
+    assert (threads(74, 74), launch_blocks(74, 74)) == (192, 3) and (threads(27, 27), launch_blocks(27, 27)) == (192, 3)
     assert expression(1, 147, 147) == "cgspn_image_fwd<1, 384, 1, 147, 147>"
 
 
 def test_every_grid_has_two_helper_warps():
-    """The scan warps (4 per warp split) scan while the others combine the previous image: a block of only scan
-    warps would leave every image but a block's last without y (the source asserts at least one helper); one
-    helper's combine outlasted the scan at 74, two measured faster. No launch bound asks for more than 576 threads
-    per SM (96 registers), and only where a lane holds at most 3 positions; else 512 (128 registers)."""
+    """The four scan warps scan while the others combine the previous image: a block of only scan warps would leave
+    every image but a block's last without y (the source asserts at least one helper); one helper's combine
+    outlasted the scan at 74, two measured faster. No launch bound asks for more than 576 threads per SM (96
+    registers), and only where a lane holds at most 3 positions; else 512 (128 registers)."""
     grids = [(h, w) for h in (1, 2, 7, 27, 37, 54, 74, 100, 147, 149) for w in (1, 3, 27, 37, 74, 147, 149)]
-    for split in (1, 2):
-        assert all(threads(h, w, split) >= 128 * split + 64 and threads(h, w, split) % 32 == 0 for h, w in grids)
-        assert all(threads(h, w, split) * blocks_per_sm(h, w, split) <= (576 if max(h, w) <= 96 else 512)
-                   for h, w in grids)
+    assert all(threads(h, w) >= 128 + 64 and threads(h, w) % 32 == 0 for h, w in grids)
+    assert all(threads(h, w) * launch_blocks(h, w) <= (576 if max(h, w) <= 96 else 512) for h, w in grids)
     assert "static_assert(NT >= SCAN + 32" in IMAGE_SOURCE
 
 
 def test_launch_configurations():
     """The default instantiation names only the template's leading arguments; the opt-in configurations add
-    theirs (two warps per direction: 320-384 threads and their exchange windows; the load by rows); a bad split is
-    refused by name before anything touches a GPU."""
+    theirs (the L2 prefetch, the load by rows or by 16-byte words); a bad field is refused by name before anything
+    touches a GPU."""
     assert expression(1, 147, 147, ImageConfig()) == "cgspn_image_fwd<1, 384, 1, 147, 147>"
-    assert expression(2, 74, 74, ImageConfig(split=2, prefetch=True)) == \
-        "cgspn_image_fwd<2, 320, 1, 74, 74, 2, true, true, false>"
-    # two blocks of two warps per direction at 74, where shared memory allows them; one at 147
-    assert expression(1, 74, 74, ImageConfig(split=2, blocks=2)) == "cgspn_image_fwd<1, 320, 2, 74, 74, 2, false, true, false>"
-    assert expression(1, 147, 147, ImageConfig(split=2, blocks=2, rows=False)) == \
-        "cgspn_image_fwd<1, 384, 1, 147, 147, 2, false, false, false>"
+    assert expression(2, 74, 74, ImageConfig(prefetch=True)) == "cgspn_image_fwd<2, 192, 3, 74, 74, true, true>"
+    assert expression(1, 147, 147, ImageConfig(rows=False)) == "cgspn_image_fwd<1, 384, 1, 147, 147, false, false>"
+    # explicit blocks per SM where shared memory allows them; one at 147
+    assert expression(1, 74, 74, ImageConfig(blocks=2)) == "cgspn_image_fwd<1, 192, 2, 74, 74, false, true>"
+    assert expression(1, 147, 147, ImageConfig(blocks=2)) == "cgspn_image_fwd<1, 384, 1, 147, 147, false, true>"
     # the default before round 9 at 74: one helper warp, three blocks per SM
     assert expression(1, 74, 74) == "cgspn_image_fwd<1, 192, 3, 74, 74>"
-    assert expression(1, 74, 74, ImageConfig(threads=160, blocks=3)) == \
-        "cgspn_image_fwd<1, 160, 3, 74, 74, 1, false, true, false>"
+    assert expression(1, 74, 74, ImageConfig(threads=160, blocks=3)) == "cgspn_image_fwd<1, 160, 3, 74, 74, false, true>"
     x, head = planar_inputs(1, 3, 4, 8)
     multiple = r"is not 0 or a multiple of 32 in"
-    for config, message in ((ImageConfig(split=3), "config.split: 3 is not one of 1, 2"),
-                            (ImageConfig(threads=128), rf"config.threads: 128 {multiple} \[160, 1024\]"),
-                            (ImageConfig(split=2, threads=200), rf"config.threads: 200 {multiple} \[288, 1024\]"),
+    for config, message in ((ImageConfig(threads=128), rf"config.threads: 128 {multiple} \[160, 1024\]"),
+                            (ImageConfig(threads=200), rf"config.threads: 200 {multiple} \[160, 1024\]"),
                             (ImageConfig(blocks=-1), r"config.blocks: -1 is not in \[0, 32\]")):
         with pytest.raises(ValueError, match=message):
             cuda_image.scan_forward(x, *head_views(head), config=config)
-
-
-def test_ghost_positions_keep_owned_states_exact():
-    """Two warps per direction: part 0 covers [0, 32 K), part 1 [P - 32 K, P), each owns one half; between two
-    exchanges (GHOST_STEPS steps) the error entering at a part's truncated end moves one position per step, so it
-    must not reach an owned position: at least GHOST_STEPS ghost positions on each side of the split. Where one
-    warp covers P, both compute every position and nothing is exchanged. The exchange buffers fit 147 x 147 (one
-    block per SM) but not 149 x 149, which the host refuses by name."""
-    for P in range(1, 193):
-        K = lane_positions(P, 2)
-        assert K <= lane_positions(P, 1)
-        own = (P + 1) // 2
-        if 32 * K >= P:
-            assert ghost_window(P, 2) == 0
-            continue
-        base1 = P - 32 * K
-        assert 32 * K - own >= GHOST_STEPS and own - base1 >= GHOST_STEPS
-        assert ghost_window(P, 2) == 32 * K - base1 > 0
-    assert (lane_positions(147, 2), ghost_window(147, 2), lane_positions(74, 2), ghost_window(74, 2)) == (3, 45, 2, 54)
-    assert smem_bytes(147, 147, 2) == smem_bytes(147, 147) + 4 * 2 * 45 * 4 <= 232448 < smem_bytes(149, 149, 2)
-    assert smem_bytes(27, 27, 2) == smem_bytes(27, 27)  # one warp covers 27: no exchange
 
 
 @cpu_only
@@ -244,18 +215,16 @@ def test_compiled_planar_layer_has_no_graph_break():
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc (CUDA toolkit) to compile the image kernel's source")
 def test_image_source_compiles_for_sm90_without_spills(tmp_path):
     """The benchmark grids' instantiations (bf16 and fp16 at 147, bf16 at 74, 37 and 27, two blocks of 256 at
-    100, 9 x 190), and the opt-in configurations at 149, 147, 74, 37 x 54 and 20 x 73, through ptxas for sm_90: no
-    spills within their launch bounds (147: 384 threads, one block per SM; 27-74: 192 threads, three blocks)."""
+    100, 9 x 190, the largest image 149 x 149), and the opt-in configurations at 147, 74 and 20 x 73, through ptxas
+    for sm_90: no spills within their launch bounds (147: 384 threads, one block per SM; 27-74: 192 threads, three
+    blocks)."""
     args = "(const u16*, const u16*, const u16*, const u16*, const u16*, const u16*, u16*, u16*, long long*, int, int" \
            + ", i64" * 15 + ")"
     path = tmp_path / "image.cu"
     grids = ((1, 147, 147), (2, 147, 147), (1, 74, 74), (2, 74, 74), (1, 37, 37), (1, 27, 27), (1, 100, 100), (1, 9, 190),
-             (1, 147, 147, ImageConfig(2, True)), (1, 74, 74, ImageConfig(2)), (1, 147, 147, ImageConfig(1, True)),
-             (1, 74, 74, ImageConfig(2, blocks=2)), (1, 74, 74, ImageConfig(threads=160, blocks=3)),
-             (1, 147, 147, ImageConfig(rows=False)),
-             (1, 74, 74, ImageConfig(rows=False)), (1, 20, 73, ImageConfig(2)), (1, 147, 147, ImageConfig(blocked=True)),
-             (2, 147, 147, ImageConfig(blocked=True)), (1, 74, 74, ImageConfig(blocked=True)),
-             (1, 37, 54, ImageConfig(blocked=True)), (1, 149, 149, ImageConfig(blocked=True, prefetch=True)))
+             (1, 149, 149), (1, 147, 147, ImageConfig(prefetch=True)), (1, 147, 147, ImageConfig(rows=False)),
+             (2, 74, 74, ImageConfig(rows=False)), (1, 74, 74, ImageConfig(threads=160, blocks=3)),
+             (1, 20, 73, ImageConfig(prefetch=True)))
     path.write_text(IMAGE_SOURCE + "".join(f"\ntemplate __global__ void {expression(*g)}{args};" for g in grids))
     proc = subprocess.run(["nvcc", "-arch=sm_90", "-std=c++17", "-Xptxas", "-v", "-c", str(path), "-o", str(tmp_path / "i.o")],
                           capture_output=True, text=True, timeout=600)
