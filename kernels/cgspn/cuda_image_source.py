@@ -79,19 +79,15 @@ __device__ __forceinline__ float4 edge_gates(float sl, float sm, float sr, bool 
 // condition is voted over the warp's active lanes so that the saturated arithmetic is a branch the warp skips
 // (computed beside the products and selected, it doubled the reciprocals of the load).
 __device__ __forceinline__ bool interior_gates(float a, float b, float c, float& gl, float& gm, float& gr) {
+    const auto ratios = [&] {
+        const float bc = b * c, ac = a * c, ab = a * b;
+        const float inv = rcp_approx(bc + ac + ab);
+        gl = bc * inv; gm = ac * inv; gr = ab * inv;
+        return false;
+    };
     const bool products = fmaxf(a, fmaxf(b, c)) < 1e6f;
-    if (__all_sync(__activemask(), products)) {
-        const float bc = b * c, ac = a * c, ab = a * b;
-        const float inv = rcp_approx(bc + ac + ab);
-        gl = bc * inv; gm = ac * inv; gr = ab * inv;
-        return false;
-    }
-    if (products) {
-        const float bc = b * c, ac = a * c, ab = a * b;
-        const float inv = rcp_approx(bc + ac + ab);
-        gl = bc * inv; gm = ac * inv; gr = ab * inv;
-        return false;
-    }
+    if (__all_sync(__activemask(), products)) return ratios();
+    if (products) return ratios();
     const float sl = rcp_approx(a), sm = rcp_approx(b), sr = rcp_approx(c);
     const float den = sl + sm + sr;
     const float inv = rcp_approx(fmaxf(den, CGSPN_GATE_EPS));
