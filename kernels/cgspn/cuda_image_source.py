@@ -11,7 +11,7 @@ Layout it needs: planar (channel-major) inputs, i.e. unit stride along W -- elem
 element of every 32-byte sector; the C-GSPN layer produces planar heads directly from its GEMMs instead
 (:mod:`kernels.cgspn.layer`, ``layout="planar"``).
 
-Kernel ``cgspn_image_fwd<DT, NT, MINB, H, W, PREFETCH, ROWS>`` (NOTES.md Rounds 8-10 for the design's
+Kernel ``cgspn_image_fwd<DT, NT, MINB, H, W, PREFETCH, LOAD, AHEAD>`` (NOTES.md Rounds 8-10 for the design's
 measurements): persistent blocks (the grid fills the GPU, image ``c B + b`` after image), NT threads (launch bound:
 MINB blocks per SM); H and W are template arguments, so every shared-memory offset is an immediate. Warps 0-3 scan,
 the others help. Per image:
@@ -22,10 +22,12 @@ the others help. Per image:
    taken as ``1 - l - r`` of the rounded values so the weights sum to exactly 1 (below the clamp they do not:
    m is then kept with its sign bit set in a third array), and for pixels on an edge of a scan's state axis
    (j = 0 / W-1 for the vertical scans, i = 0 / H-1 for the horizontal ones) Eq. 2's edge rule in fp32.
-   ROWS (the default): warp w converts rows w, w + NT/32, ..., lane q columns q, q + 32, ... (2-byte loads, any
-   row strides; with one block per SM the next row's loads in flight during the conversion). Else (the design
-   before round 10): when the five planes' rows are contiguous and their addresses share their phase mod 16, a
-   thread reads 16-byte words of all five (two words' loads in flight), otherwise element by element.
+   LOAD 1 (rows, the default): warp w converts rows w, w + NT/32, ..., lane q columns q, q + 32, ... (2-byte
+   loads, any row strides; AHEAD rows' loads in flight during the conversion: by default one where one block
+   fills an SM). LOAD 2 (pairs): the same by aligned 4-byte words, two pixels per register in flight, where the
+   planes' rows share their 4-byte phase. LOAD 0 (words, the design before round 10): when the five planes' rows
+   are contiguous and their addresses share their phase mod 16, a thread reads 16-byte words of all five (two
+   words' loads in flight), otherwise element by element.
 2. scan (warps 0-3): warp d runs direction d (tb, bt, lr, rl) alone -- no block barrier per step. Lane q
    holds the fp32 states of positions q, q + 32, ... (ceil(P / 32) positions), so a warp's shared-memory
    reads of a row or column hit 32 distinct banks; the neighbours h[p-1], h[p+1] arrive by two rotating
@@ -210,38 +212,95 @@ __device__ __forceinline__ bool load_image(char* smem, const u16* const (&src)[5
     return clamped;
 }
 
-// Load one image by rows (ROWS): warp w of n converts rows w, w + n, ...; lane q columns q, q + 32, ... (2-byte
-// loads, a warp's 64 contiguous bytes per plane and k; any row strides); PIPE: the next row's 5 K values loaded
-// while the current one converts (one block per SM; with several, the other blocks cover the latency and the
-// registers are short). No index division, the edge rule's rows warp-uniform; shared-memory stores of consecutive
-// lanes are consecutive words (conflict-free). Returns whether a pixel of this warp's was clamped.
-template <int DT, int H, int W, bool PIPE>
+// Load one image by rows (LOAD 1 and 2): warp w of n converts rows w, w + n, ...; AHEAD rows' values loaded while
+// the current one converts (1 at one block per SM, the default; 0 with several, where the other blocks cover the
+// latency and the registers are short; 2 a ring of three rows, the loop unrolled three times). PAIRS = false (LOAD
+// 1): lane q takes columns q, q + 32, ... by 2-byte loads (any row strides). PAIRS (LOAD 2, where the five planes'
+// rows share their 4-byte phase): lane q takes the aligned 4-byte words q, q + 32, ... of each row, two pixels a
+// register in flight (a row's end words by 2-byte loads of their pixels inside it, nothing outside the row read).
+// No index division, the edge rule's rows warp-uniform. Returns whether a pixel of this warp's was clamped.
+template <int DT, int H, int W, int AHEAD, bool PAIRS>
 __device__ __forceinline__ bool load_rows(char* smem, const u16* const (&src)[5], const i64 (&rows)[5], const Biases& z,
                                           int w, int n) {
-    constexpr int KW = (W + 31) / 32;
+    constexpr int SLOTS = PAIRS ? (W + 2) / 2 : W;  // values a row spans: pixels, or 4-byte words at either phase
+    constexpr int KW = (SLOTS + 31) / 32;
     const int lane = threadIdx.x & 31;
-    const bool tail = lane + 32 * (KW - 1) < W;
+    const bool tail = lane + 32 * (KW - 1) < SLOTS;
+    // PAIRS: row i starts at pixel `phase(i)` of its first 4-byte word (the same for the five planes)
+    const int phase0 = (int)((reinterpret_cast<unsigned long long>(src[0]) >> 1) & 1ull), odd_rows = (int)(rows[0] & 1);
+    auto phase = [&](int i) { return phase0 ^ (i & odd_rows); };
     bool clamped = false;
-    u32 cur[KW][5], nxt[KW][5];
     auto fetch = [&](int i, u32 (&v)[KW][5]) {
+        const int f = PAIRS ? phase(i) : 0;
 #pragma unroll
         for (int q = 0; q < 5; ++q) {
-            const u16* row = src[q] + i * rows[q] + lane;
+            const u16* row = src[q] + i * rows[q];
 #pragma unroll
-            for (int k = 0; k < KW; ++k)
-                if (k < KW - 1 || tail) v[k][q] = (u32)__ldg(row + 32 * k);
+            for (int k = 0; k < KW; ++k) {
+                if (k < KW - 1 || tail) {
+                    if (!PAIRS) {
+                        v[k][q] = (u32)__ldg(row + lane + 32 * k);
+                    } else {
+                        const int j = 2 * (lane + 32 * k) - f;  // the word's first pixel (-1 at phase 1)
+                        if (j >= 0 && j + 1 < W) {
+                            v[k][q] = __ldg(reinterpret_cast<const unsigned int*>(row + j));
+                        } else {
+                            const u32 lo = j >= 0 && j < W ? (u32)__ldg(row + j) : 0u;
+                            const u32 hi = j + 1 >= 0 && j + 1 < W ? (u32)__ldg(row + j + 1) : 0u;
+                            v[k][q] = lo | (hi << 16);
+                        }
+                    }
+                }
+            }
         }
     };
+    auto convert = [&](int i, const u32 (&v)[KW][5]) {
+        const int f = PAIRS ? phase(i) : 0;
+#pragma unroll
+        for (int k = 0; k < KW; ++k) {
+            if (k < KW - 1 || tail) {
+                if (!PAIRS) {
+                    clamped |= convert_pixel<DT, H, W>(smem, i, lane + 32 * k, v[k][0], v[k][1], v[k][2], v[k][3],
+                                                       v[k][4], z);
+                } else {
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        const int j = 2 * (lane + 32 * k) - f + e;
+                        if (j >= 0 && j < W)
+                            clamped |= convert_pixel<DT, H, W>(smem, i, j, v[k][0] >> (16 * e), v[k][1] >> (16 * e),
+                                                               v[k][2] >> (16 * e), v[k][3] >> (16 * e),
+                                                               v[k][4] >> (16 * e), z);
+                    }
+                }
+            }
+        }
+    };
+    if constexpr (AHEAD >= 2) {
+        u32 ring[AHEAD + 1][KW][5];
+#pragma unroll
+        for (int d = 0; d < AHEAD; ++d)
+            if (w + d * n < H) fetch(w + d * n, ring[d]);
+#pragma unroll 1
+        for (int i0 = w; i0 < H; i0 += (AHEAD + 1) * n) {
+#pragma unroll
+            for (int u = 0; u <= AHEAD; ++u) {
+                const int i = i0 + u * n;
+                if (i < H) {
+                    if (i + AHEAD * n < H) fetch(i + AHEAD * n, ring[(u + AHEAD) % (AHEAD + 1)]);
+                    convert(i, ring[u]);
+                }
+            }
+        }
+        return clamped;
+    }
+    constexpr bool PIPE = AHEAD == 1;
+    u32 cur[KW][5], nxt[KW][5];
     if (PIPE && w < H) fetch(w, cur);
 #pragma unroll 1
     for (int i = w; i < H; i += n) {
         if (!PIPE) fetch(i, cur);
         else if (i + n < H) fetch(i + n, nxt);
-#pragma unroll
-        for (int k = 0; k < KW; ++k)
-            if (k < KW - 1 || tail)
-                clamped |= convert_pixel<DT, H, W>(smem, i, lane + 32 * k, cur[k][0], cur[k][1], cur[k][2], cur[k][3],
-                                                   cur[k][4], z);
+        convert(i, cur);
         if (PIPE) {
 #pragma unroll
             for (int k = 0; k < KW; ++k)
@@ -250,6 +309,17 @@ __device__ __forceinline__ bool load_rows(char* smem, const u16* const (&src)[5]
         }
     }
     return clamped;
+}
+
+// Whether the five planes' rows share their 4-byte phase in every row (the planar layer's layout), so the load can
+// take 4-byte words (LOAD 2)
+__device__ __forceinline__ bool same_phase(const u16* const (&src)[5], const i64 (&rows)[5]) {
+    bool same = true;
+#pragma unroll
+    for (int q = 1; q < 5; ++q)
+        same = same && ((reinterpret_cast<unsigned long long>(src[q]) ^ reinterpret_cast<unsigned long long>(src[0])) & 2ull) == 0
+               && ((rows[q] ^ rows[0]) & 1) == 0;
+    return same && (reinterpret_cast<unsigned long long>(src[0]) & 1ull) == 0;
 }
 
 template <int N> struct Int { static constexpr int value = N; };
@@ -418,7 +488,7 @@ __device__ __forceinline__ void combine_image(const u16* h0, i64 pstride, const 
 
 __device__ __forceinline__ long long clock_now() { long long t; asm volatile("mov.u64 %0, %%clock64;" : "=l"(t)); return t; }
 
-template <int DT, int NT, int MINB, int H, int W, bool PREFETCH = false, bool ROWS = true>
+template <int DT, int NT, int MINB, int H, int W, bool PREFETCH = false, int LOAD = 1, int AHEAD = -1>
 __global__ void __launch_bounds__(NT, MINB)
 cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u16* __restrict__ u,
                 const u16* __restrict__ g, const u16* __restrict__ bias, const u16* __restrict__ xbias,
@@ -448,8 +518,15 @@ cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u1
         const u16* const src[5] = {x + b * sxb + (i64)c * sxc, lam + b * slb + (i64)c * slc, gb, gb + sgk, gb + 2 * sgk};
         const i64 rows[5] = {sxh, slh, sgh, sgh, sgh};
         const Biases z = biases_of<DT>(bias, xbias, c, C);
-        const bool clamped = __syncthreads_or(ROWS ? load_rows<DT, H, W, MINB == 1>(smem, src, rows, z, warp, NT / 32)
-                                                   : load_image<DT, H, W>(smem, src, rows, z, tid, NT));
+        constexpr int AH = AHEAD < 0 ? MINB == 1 : AHEAD;
+        const bool mine = [&] {
+            if constexpr (LOAD == 0) return load_image<DT, H, W>(smem, src, rows, z, tid, NT);
+            if constexpr (LOAD == 2) {
+                if (same_phase(src, rows)) return load_rows<DT, H, W, AH, true>(smem, src, rows, z, warp, NT / 32);
+            }
+            return load_rows<DT, H, W, AH, false>(smem, src, rows, z, warp, NT / 32);
+        }();
+        const bool clamped = __syncthreads_or(mine);
         const long long t1 = clock_now();
         // 2. scan (warps 0-3); the others combine the previous image (and ask L2 for the next one's planes)
         if (warp < 4) {
@@ -513,13 +590,20 @@ class ImageConfig(NamedTuple):
     the next image's planes by ``cp.async.bulk.prefetch`` while the current one is scanned), ``threads`` per block
     (0: :func:`threads`; more helper warps combine faster beside the scan), ``blocks`` (0: the launch bound's
     blocks per SM as :func:`launch_blocks` chooses them; else that many where shared memory allows, fewer
-    registers), ``rows`` (the load by rows, a warp per row and a lane per column; False: 16-byte words of the planes,
-    the design before round 10)."""
+    registers), ``load`` (``rows``: a warp per row, a lane per column, 2-byte loads; ``pairs``: the same by 4-byte
+    words where the planes' rows share their phase; ``words``: 16-byte words of the planes per thread, the design
+    before round 10), ``ahead`` (rows whose loads are in flight while a warp converts one: 0-2; -1: one where one
+    block fills an SM, else none)."""
 
     prefetch: bool = False
     threads: int = 0
     blocks: int = 0
-    rows: bool = True
+    load: str = "rows"
+    ahead: int = -1
+
+
+#: ``ImageConfig.load`` as the kernel's LOAD template argument
+LOADS = {"words": 0, "rows": 1, "pairs": 2}
 
 
 DEFAULT_CONFIG = ImageConfig()
@@ -546,6 +630,10 @@ def check_config(config: ImageConfig) -> None:
         raise ValueError(f"config.threads: {config.threads} is not 0 or a multiple of 32 in [160, 1024]")
     if not 0 <= config.blocks <= 32:
         raise ValueError(f"config.blocks: {config.blocks} is not in [0, 32]")
+    if config.load not in LOADS:
+        raise ValueError(f"config.load: {config.load!r} is not one of {', '.join(LOADS)}")
+    if config.ahead not in (-1, 0, 1, 2):
+        raise ValueError(f"config.ahead: {config.ahead} is not one of -1, 0, 1, 2")
 
 
 def launch_threads(H: int, W: int, config: ImageConfig = DEFAULT_CONFIG) -> int:
@@ -563,5 +651,5 @@ def launch_blocks(H: int, W: int, config: ImageConfig = DEFAULT_CONFIG) -> int:
 def expression(dt: int, H: int, W: int, config: ImageConfig = DEFAULT_CONFIG) -> str:
     """The kernel instantiation for storage type ``dt`` (1 bf16, 2 fp16) at an H x W image."""
     flag = lambda b: "true" if b else "false"  # noqa: E731
-    tail = "" if config == DEFAULT_CONFIG else f", {flag(config.prefetch)}, {flag(config.rows)}"
+    tail = "" if config == DEFAULT_CONFIG else f", {flag(config.prefetch)}, {LOADS[config.load]}, {config.ahead}"
     return f"cgspn_image_fwd<{dt}, {launch_threads(H, W, config)}, {launch_blocks(H, W, config)}, {H}, {W}{tail}>"
