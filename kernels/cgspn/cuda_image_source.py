@@ -24,8 +24,7 @@ the others help. Per image:
    (j = 0 / W-1 for the vertical scans, i = 0 / H-1 for the horizontal ones) Eq. 2's edge rule in fp32.
    LOAD 1 (rows, the default): warp w converts rows w, w + NT/32, ..., lane q columns q, q + 32, ... (2-byte
    loads, any row strides; AHEAD rows' loads in flight during the conversion: by default one where one block
-   fills an SM). LOAD 2 (pairs): the same by aligned 4-byte words, two pixels per register in flight, where the
-   planes' rows share their 4-byte phase. LOAD 0 (words, the design before round 10): when the five planes' rows
+   fills an SM). LOAD 0 (words, the design before round 10): when the five planes' rows
    are contiguous and their addresses share their phase mod 16, a thread reads 16-byte words of all five (two
    words' loads in flight), otherwise element by element.
 2. scan (warps 0-3): warp d runs direction d (tb, bt, lr, rl) alone -- no block barrier per step. Lane q
@@ -212,68 +211,33 @@ __device__ __forceinline__ bool load_image(char* smem, const u16* const (&src)[5
     return clamped;
 }
 
-// Load one image by rows (LOAD 1 and 2): warp w of n converts rows w, w + n, ...; AHEAD rows' values loaded while
-// the current one converts (1 at one block per SM, the default; 0 with several, where the other blocks cover the
-// latency and the registers are short; 2 a ring of three rows, the loop unrolled three times). PAIRS = false (LOAD
-// 1): lane q takes columns q, q + 32, ... by 2-byte loads (any row strides). PAIRS (LOAD 2, where the five planes'
-// rows share their 4-byte phase): lane q takes the aligned 4-byte words q, q + 32, ... of each row, two pixels a
-// register in flight (a row's end words by 2-byte loads of their pixels inside it, nothing outside the row read).
-// No index division, the edge rule's rows warp-uniform. Returns whether a pixel of this warp's was clamped.
-template <int DT, int H, int W, int AHEAD, bool PAIRS>
+// Load one image by rows (LOAD 1): warp w of n converts rows w, w + n, ...; lane q columns q, q + 32, ... (2-byte
+// loads, a warp's 64 contiguous bytes per plane and k; any row strides); AHEAD rows' 5 K values loaded while the
+// current one converts (1 at one block per SM, the default; 0 with several, where the other blocks cover the
+// latency and the registers are short; 2 a ring of three rows, the loop unrolled three times). No index division,
+// the edge rule's rows warp-uniform; shared-memory stores of consecutive lanes are consecutive words
+// (conflict-free). Returns whether a pixel of this warp's was clamped.
+template <int DT, int H, int W, int AHEAD>
 __device__ __forceinline__ bool load_rows(char* smem, const u16* const (&src)[5], const i64 (&rows)[5], const Biases& z,
                                           int w, int n) {
-    constexpr int SLOTS = PAIRS ? (W + 2) / 2 : W;  // values a row spans: pixels, or 4-byte words at either phase
-    constexpr int KW = (SLOTS + 31) / 32;
+    constexpr int KW = (W + 31) / 32;
     const int lane = threadIdx.x & 31;
-    const bool tail = lane + 32 * (KW - 1) < SLOTS;
-    // PAIRS: row i starts at pixel `phase(i)` of its first 4-byte word (the same for the five planes)
-    const int phase0 = (int)((reinterpret_cast<unsigned long long>(src[0]) >> 1) & 1ull), odd_rows = (int)(rows[0] & 1);
-    auto phase = [&](int i) { return phase0 ^ (i & odd_rows); };
+    const bool tail = lane + 32 * (KW - 1) < W;
     bool clamped = false;
     auto fetch = [&](int i, u32 (&v)[KW][5]) {
-        const int f = PAIRS ? phase(i) : 0;
 #pragma unroll
         for (int q = 0; q < 5; ++q) {
-            const u16* row = src[q] + i * rows[q];
+            const u16* row = src[q] + i * rows[q] + lane;
 #pragma unroll
-            for (int k = 0; k < KW; ++k) {
-                if (k < KW - 1 || tail) {
-                    if (!PAIRS) {
-                        v[k][q] = (u32)__ldg(row + lane + 32 * k);
-                    } else {
-                        const int j = 2 * (lane + 32 * k) - f;  // the word's first pixel (-1 at phase 1)
-                        if (j >= 0 && j + 1 < W) {
-                            v[k][q] = __ldg(reinterpret_cast<const unsigned int*>(row + j));
-                        } else {
-                            const u32 lo = j >= 0 && j < W ? (u32)__ldg(row + j) : 0u;
-                            const u32 hi = j + 1 >= 0 && j + 1 < W ? (u32)__ldg(row + j + 1) : 0u;
-                            v[k][q] = lo | (hi << 16);
-                        }
-                    }
-                }
-            }
+            for (int k = 0; k < KW; ++k)
+                if (k < KW - 1 || tail) v[k][q] = (u32)__ldg(row + 32 * k);
         }
     };
     auto convert = [&](int i, const u32 (&v)[KW][5]) {
-        const int f = PAIRS ? phase(i) : 0;
 #pragma unroll
-        for (int k = 0; k < KW; ++k) {
-            if (k < KW - 1 || tail) {
-                if (!PAIRS) {
-                    clamped |= convert_pixel<DT, H, W>(smem, i, lane + 32 * k, v[k][0], v[k][1], v[k][2], v[k][3],
-                                                       v[k][4], z);
-                } else {
-#pragma unroll
-                    for (int e = 0; e < 2; ++e) {
-                        const int j = 2 * (lane + 32 * k) - f + e;
-                        if (j >= 0 && j < W)
-                            clamped |= convert_pixel<DT, H, W>(smem, i, j, v[k][0] >> (16 * e), v[k][1] >> (16 * e),
-                                                               v[k][2] >> (16 * e), v[k][3] >> (16 * e),
-                                                               v[k][4] >> (16 * e), z);
-                    }
-                }
-            }
-        }
+        for (int k = 0; k < KW; ++k)
+            if (k < KW - 1 || tail)
+                clamped |= convert_pixel<DT, H, W>(smem, i, lane + 32 * k, v[k][0], v[k][1], v[k][2], v[k][3], v[k][4], z);
     };
     if constexpr (AHEAD >= 2) {
         u32 ring[AHEAD + 1][KW][5];
@@ -309,17 +273,6 @@ __device__ __forceinline__ bool load_rows(char* smem, const u16* const (&src)[5]
         }
     }
     return clamped;
-}
-
-// Whether the five planes' rows share their 4-byte phase in every row (the planar layer's layout), so the load can
-// take 4-byte words (LOAD 2)
-__device__ __forceinline__ bool same_phase(const u16* const (&src)[5], const i64 (&rows)[5]) {
-    bool same = true;
-#pragma unroll
-    for (int q = 1; q < 5; ++q)
-        same = same && ((reinterpret_cast<unsigned long long>(src[q]) ^ reinterpret_cast<unsigned long long>(src[0])) & 2ull) == 0
-               && ((rows[q] ^ rows[0]) & 1) == 0;
-    return same && (reinterpret_cast<unsigned long long>(src[0]) & 1ull) == 0;
 }
 
 template <int N> struct Int { static constexpr int value = N; };
@@ -521,10 +474,7 @@ cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u1
         constexpr int AH = AHEAD < 0 ? MINB == 1 : AHEAD;
         const bool mine = [&] {
             if constexpr (LOAD == 0) return load_image<DT, H, W>(smem, src, rows, z, tid, NT);
-            if constexpr (LOAD == 2) {
-                if (same_phase(src, rows)) return load_rows<DT, H, W, AH, true>(smem, src, rows, z, warp, NT / 32);
-            }
-            return load_rows<DT, H, W, AH, false>(smem, src, rows, z, warp, NT / 32);
+            else return load_rows<DT, H, W, AH>(smem, src, rows, z, warp, NT / 32);
         }();
         const bool clamped = __syncthreads_or(mine);
         const long long t1 = clock_now();
@@ -590,10 +540,9 @@ class ImageConfig(NamedTuple):
     the next image's planes by ``cp.async.bulk.prefetch`` while the current one is scanned), ``threads`` per block
     (0: :func:`threads`; more helper warps combine faster beside the scan), ``blocks`` (0: the launch bound's
     blocks per SM as :func:`launch_blocks` chooses them; else that many where shared memory allows, fewer
-    registers), ``load`` (``rows``: a warp per row, a lane per column, 2-byte loads; ``pairs``: the same by 4-byte
-    words where the planes' rows share their phase; ``words``: 16-byte words of the planes per thread, the design
-    before round 10), ``ahead`` (rows whose loads are in flight while a warp converts one: 0-2; -1: one where one
-    block fills an SM, else none)."""
+    registers), ``load`` (``rows``: a warp per row, a lane per column, 2-byte loads; ``words``: 16-byte words of the
+    planes per thread, the design before round 10), ``ahead`` (rows whose loads are in flight while a warp converts
+    one: 0-2; -1: one where one block fills an SM, else none)."""
 
     prefetch: bool = False
     threads: int = 0
@@ -603,7 +552,7 @@ class ImageConfig(NamedTuple):
 
 
 #: ``ImageConfig.load`` as the kernel's LOAD template argument
-LOADS = {"words": 0, "rows": 1, "pairs": 2}
+LOADS = {"words": 0, "rows": 1}
 
 
 DEFAULT_CONFIG = ImageConfig()

@@ -83,8 +83,7 @@ def test_launch_configurations():
     assert expression(1, 147, 147, ImageConfig()) == "cgspn_image_fwd<1, 384, 1, 147, 147>"
     assert expression(2, 74, 74, ImageConfig(prefetch=True)) == "cgspn_image_fwd<2, 192, 3, 74, 74, true, 1, -1>"
     assert expression(1, 147, 147, ImageConfig(load="words")) == "cgspn_image_fwd<1, 384, 1, 147, 147, false, 0, -1>"
-    assert expression(1, 147, 147, ImageConfig(load="pairs", threads=256, ahead=2)) == \
-        "cgspn_image_fwd<1, 256, 1, 147, 147, false, 2, 2>"
+    assert expression(1, 147, 147, ImageConfig(threads=256, ahead=2)) == "cgspn_image_fwd<1, 256, 1, 147, 147, false, 1, 2>"
     # explicit blocks per SM where shared memory allows them; one at 147
     assert expression(1, 74, 74, ImageConfig(blocks=2)) == "cgspn_image_fwd<1, 192, 2, 74, 74, false, 1, -1>"
     assert expression(1, 147, 147, ImageConfig(blocks=2)) == "cgspn_image_fwd<1, 384, 1, 147, 147, false, 1, -1>"
@@ -96,7 +95,7 @@ def test_launch_configurations():
     for config, message in ((ImageConfig(threads=128), rf"config.threads: 128 {multiple} \[160, 1024\]"),
                             (ImageConfig(threads=200), rf"config.threads: 200 {multiple} \[160, 1024\]"),
                             (ImageConfig(blocks=-1), r"config.blocks: -1 is not in \[0, 32\]"),
-                            (ImageConfig(load="cols"), "config.load: 'cols' is not one of words, rows, pairs"),
+                            (ImageConfig(load="cols"), "config.load: 'cols' is not one of words, rows"),
                             (ImageConfig(ahead=3), "config.ahead: 3 is not one of -1, 0, 1, 2")):
         with pytest.raises(ValueError, match=message):
             cuda_image.scan_forward(x, *head_views(head), config=config)
@@ -228,8 +227,7 @@ def test_image_source_compiles_for_sm90_without_spills(tmp_path):
     grids = ((1, 147, 147), (2, 147, 147), (1, 74, 74), (2, 74, 74), (1, 37, 37), (1, 27, 27), (1, 100, 100), (1, 9, 190),
              (1, 149, 149), (1, 147, 147, ImageConfig(prefetch=True)), (1, 147, 147, ImageConfig(load="words")),
              (2, 74, 74, ImageConfig(load="words")), (1, 74, 74, ImageConfig(threads=160, blocks=3)),
-             (1, 20, 73, ImageConfig(prefetch=True)), (1, 147, 147, ImageConfig(threads=256, ahead=2)),
-             (1, 147, 147, ImageConfig(load="pairs", threads=256, ahead=2)))
+             (1, 20, 73, ImageConfig(prefetch=True)), (1, 147, 147, ImageConfig(threads=256, ahead=2)))
     path.write_text(IMAGE_SOURCE + "".join(f"\ntemplate __global__ void {expression(*g)}{args};" for g in grids))
     proc = subprocess.run(["nvcc", "-arch=sm_90", "-std=c++17", "-Xptxas", "-v", "-c", str(path), "-o", str(tmp_path / "i.o")],
                           capture_output=True, text=True, timeout=600)
