@@ -138,20 +138,6 @@ __device__ __forceinline__ float sigmoid_tanh(float r) {
 }
 __device__ __forceinline__ float rcp_approx(float v) { float y; asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(v)); return y; }
 
-__device__ __forceinline__ unsigned smem_u32(const void* p) {
-    unsigned long long a;
-    asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(p));
-    return (unsigned)a;
-}
-// 16 bytes global -> shared, asynchronous, L2 only (cg); zero-filled when !pred (no bytes read)
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool pred) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
-                 :: "r"(smem_u32(dst)), "l"(src), "r"(pred ? 16 : 0) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N> __device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" :: "n"(N) : "memory");
-}
 """
 
 _ROW_KERNELS = r"""
@@ -303,6 +289,21 @@ __global__ void cgspn_fwd_regs(const void* __restrict__ x, const void* __restric
                 if (p0 + k < P) store_vec<DT, VEC>(hs, bh + r * hs_ + k * hp, nc, h[k]);
         }
     }
+}
+
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+    unsigned long long a;
+    asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(p));
+    return (unsigned)a;
+}
+// 16 bytes global -> shared, asynchronous, L2 only (cg); zero-filled when !pred (no bytes read)
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool pred) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
+                 :: "r"(smem_u32(dst)), "l"(src), "r"(pred ? 16 : 0) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" :: "n"(N) : "memory");
 }
 
 // One step of the adjoint (the forward's recurrence transposed) for a thread's PPT positions: with the products
