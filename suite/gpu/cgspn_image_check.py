@@ -213,7 +213,7 @@ def main(argv=None) -> int:
                              f"{', '.join(VARIANTS)}): bit-for-bit against the default configuration, then timed")
     parser.add_argument("--brief", action="store_true",
                         help="forward timings (image and row kernels, B=32 C_c=64 bf16, grids 27-147) and a subset of the "
-                             "checks (both load paths, clamped gates, edges, the largest grid)")
+                             "checks (both planar layouts, clamped gates, edges, the largest grid)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if not torch.cuda.is_available():
@@ -370,9 +370,10 @@ def run_checks(checks) -> bool:
 
 
 def run_brief_checks(checks) -> bool:
-    """A subset of :func:`run_checks`: the 16-byte load path (planar-cb) and the element path (planar, the five
-    planes at different phases), both dtypes, biases; clamped and saturated gates; 1-pixel sides, odd grids; the
-    largest grid; B=32 at every benchmark grid (several images per block) against an fp32 reference."""
+    """A subset of :func:`run_checks`: the planar-cb layout and the planar one ((B, C, H, W) storage: other
+    batch and channel strides, the five planes at other phases), both dtypes, biases; clamped and saturated
+    gates; 1-pixel sides, odd grids; the largest grid; B=32 at every benchmark grid (several images per block)
+    against an fp32 reference."""
     log = CheckLog(checks)
     bf16, fp16 = torch.bfloat16, torch.float16
     cases = [("3x37x54x40 bf16 planar-cb", lambda: check_image((3, 37, 54, 40), bf16, layout="planar-cb"), TOLERANCE[bf16]),
