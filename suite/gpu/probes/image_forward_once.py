@@ -1,7 +1,7 @@
 """One shape's C-GSPN image forward, launched a few times: the target of an Nsight Compute pass.
 
     ncu --kernel-name regex:cgspn_image --launch-skip 1 --launch-count 1 --section SpeedOfLight \
-        python -m suite.gpu.probes.image_forward_once 32 147 147 64 [split=2,rows=1]
+        python -m suite.gpu.probes.image_forward_once 32 147 147 64 [load=words,ahead=0]
 
 The optional fifth argument is an ``ImageConfig`` as ``field=value`` pairs (integers, or the load's name; default:
 the default configuration).
