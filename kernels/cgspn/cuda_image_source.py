@@ -456,6 +456,15 @@ cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u1
     const i64 pstride = (i64)B * C * (H * WP);  // one direction's states
     long long tsum[6] = {0, 0, 0, 0, 0, 0};
     int prev = -1;  // the image whose states the helper warps combine during the next scan
+    // image img = c B + b: its planes x, lam, l, m, r (element (i, j) at src[q] + i rows[q] + j)
+    const i64 rows[5] = {sxh, slh, sgh, sgh, sgh};
+    auto planes = [&](int img, const u16* (&src)[5]) {
+        const int c = img / B;
+        const i64 b = img - c * B;
+        const u16* gb = g + b * sgb + (i64)c * sgc;
+        src[0] = x + b * sxb + (i64)c * sxc; src[1] = lam + b * slb + (i64)c * slc;
+        src[2] = gb; src[3] = gb + sgk; src[4] = gb + 2 * sgk;
+    };
     auto combine = [&](int img, int t, int n) {
         const int c = img / B;
         const i64 b = img - c * B;
@@ -467,9 +476,8 @@ cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u1
         const i64 b = img - c * B;
         const long long t0 = clock_now();
         // 1. load (the previous scan finished at the barrier closing the last iteration)
-        const u16* gb = g + b * sgb + (i64)c * sgc;
-        const u16* const src[5] = {x + b * sxb + (i64)c * sxc, lam + b * slb + (i64)c * slc, gb, gb + sgk, gb + 2 * sgk};
-        const i64 rows[5] = {sxh, slh, sgh, sgh, sgh};
+        const u16* src[5];
+        planes(img, src);
         const Biases z = biases_of<DT>(bias, xbias, c, C);
         constexpr int AH = AHEAD < 0 ? MINB == 1 : AHEAD;
         const bool mine = [&] {
@@ -488,13 +496,10 @@ cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u1
             if constexpr (PREFETCH) {
                 const int next = img + gridDim.x;
                 if (tid == SCAN && next < images) {
-                    const int nc = next / B;
-                    const i64 nb = next - nc * B;
-                    const u16* ng = g + nb * sgb + (i64)nc * sgc;
-                    prefetch_plane_l2(x + nb * sxb + (i64)nc * sxc, sxh, H, W);
-                    prefetch_plane_l2(lam + nb * slb + (i64)nc * slc, slh, H, W);
+                    const u16* nsrc[5];
+                    planes(next, nsrc);
 #pragma unroll
-                    for (int q = 0; q < 3; ++q) prefetch_plane_l2(ng + q * sgk, sgh, H, W);
+                    for (int q = 0; q < 5; ++q) prefetch_plane_l2(nsrc[q], rows[q], H, W);
                 }
             }
             if (prev >= 0) {
