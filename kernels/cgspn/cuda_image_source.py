@@ -167,7 +167,9 @@ __device__ __forceinline__ bool convert_pixel(char* smem, int i, int j, u32 rx, 
     } else {
         // l and r rounded to multiples of 2^-12 (absolute error <= 2^-13, as fine as fp16 on [0.25, 0.5) and finer
         // above), l + r <= 1 kept so that m = 1 - l - r >= 0; a clamped pixel is marked, the scan recomputes it
-        const u32 b16 = pack1(bx, DT);
+        // bx's 16 bits from a 32-bit conversion: from pack1's 16-bit result, ptxas 13.0 compiled the low byte's
+        // store as a numeric F2I.U8.F16 conversion of those bits (wrong for both types)
+        const u32 b16 = pack2(bx, 0.0f, DT) & 0xffffu;
         const u32 ql = min(__float2uint_rn(gl * 4096.0f), 4095u);
         const u32 qr = min(min(__float2uint_rn(gr * 4096.0f), 4095u), 4096u - ql);
         reinterpret_cast<u32*>(smem + Lay::G)[k] = (b16 >> 8) | (clamped ? COMPACT_CLAMPED : (ql << 8) | (qr << 20));

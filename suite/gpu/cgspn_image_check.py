@@ -397,7 +397,8 @@ def run_brief_checks(checks) -> bool:
 #: flight, 1.07x faster at 74, 1.07x slower at 147) and the grids they run at
 VARIANTS = {"prefetch": ImageConfig(prefetch=True), "words": ImageConfig(load="words"),
             "t256-ahead2": ImageConfig(threads=256, ahead=2), "one-helper": ImageConfig(threads=160, blocks=3),
-            "compact": ImageConfig(form="compact"), "compact-t192": ImageConfig(form="compact", threads=192)}
+            "compact": ImageConfig(form="compact"), "compact-t192": ImageConfig(form="compact", threads=192),
+            "compact-1block": ImageConfig(form="compact", threads=384, blocks=1)}
 VARIANT_GRIDS = ((147, 147), (74, 74), (27, 27), (37, 37), (37, 54), (1, 7), (6, 1), (20, 73), (40, 33), (149, 149))
 
 
