@@ -129,7 +129,7 @@ def scan_forward(x: torch.Tensor, lam: torch.Tensor, u: torch.Tensor, gates: tor
         raise ValueError(f"timing: expected an int64 tensor of at least {TIMING_SLOTS * blocks} elements")
     pointer = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
     cuda_scan.launch(expression(_DTYPE_CODE[x.dtype], H, W, config), (blocks, 1, 1), launch_threads(H, W, config),
-                     smem_bytes(H, W, config.form), index,
+                     smem_bytes(H, W), index,
                      (x.data_ptr(), lam.data_ptr(), u.data_ptr(), gates.data_ptr(), pointer(bias), pointer(x_bias),
                       hs.data_ptr(), y.data_ptr(), pointer(timing), B, C,
                       sx[0], sx[3], sx[1], sl[0], sl[3], sl[1], su[0], su[3], su[1], sg[0], sg[3], sg[4], sg[1], sy[0], sy[3]),

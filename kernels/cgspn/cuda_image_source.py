@@ -96,33 +96,13 @@ __device__ __forceinline__ bool interior_gates(float a, float b, float c, float&
     return den < CGSPN_GATE_EPS;
 }
 
-// One image in shared memory, in the scan's form (byte offsets from the dynamic shared memory's start).
-// FORM 0 (full, 10 bytes per pixel): float bx[HW] | u32 lr[HW] (fp16 l | fp16 r << 16) | u16 mf[HW] (0, or the
-// clamped m with its sign bit set) | float4 edge_v[2][H] (j = 0, j = W-1) | float4 edge_h[2][W] (i = 0, i = H-1).
-// FORM 1 (compact, 5 bytes per pixel: two 147 x 147 images fit one SM): u32 g[HW] (bx's high byte | l << 8 |
-// r << 20, l and r in units of 2^-12; l = r = 4095 marks a pixel below Eq. 2's clamp) | u8 xlo[HW] (bx's low
-// byte; bx rounded to the data's 16-bit type) | float edge[2 (H + W)][3] (the same order as FORM 0's).
-template <int H, int W, int FORM> struct ImageLayout;
-template <int H, int W> struct ImageLayout<H, W, 0> {
+// One image in shared memory, in the scan's form (byte offsets from the dynamic shared memory's start):
+// float bx[HW] | u32 lr[HW] (fp16 l | fp16 r << 16) | u16 mf[HW] (0, or the clamped m with its sign bit set)
+// | float4 edge_v[2][H] (j = 0, j = W-1) | float4 edge_h[2][W] (i = 0, i = H-1)
+template <int H, int W> struct ImageLayout {
     static constexpr int HW = H * W, BX = 0, LR = (4 * HW + 15) / 16 * 16, MF = 2 * LR;
     static constexpr int EDGE = MF + (2 * HW + 15) / 16 * 16, BYTES = EDGE + 32 * (H + W);
 };
-template <int H, int W> struct ImageLayout<H, W, 1> {
-    static constexpr int HW = H * W, G = 0, XLO = 4 * HW, EDGE = (5 * HW + 15) / 16 * 16, BYTES = EDGE + 24 * (H + W);
-};
-//: the compact form's gate units (l = q 2^-12) and its marker of a clamped pixel (l = r = 4095)
-#define COMPACT_CLAMPED 0xffffff00u
-
-// Edge entry idx (0 .. 2 (H + W) - 1) of the image's edge gates (l, m, r in x, y, z)
-template <int FORM> __device__ __forceinline__ void store_edge(char* base, int idx, float4 v) {
-    if constexpr (FORM == 0) reinterpret_cast<float4*>(base)[idx] = v;
-    else { float* p = reinterpret_cast<float*>(base) + 3 * idx; p[0] = v.x; p[1] = v.y; p[2] = v.z; }
-}
-template <int FORM> __device__ __forceinline__ float4 load_edge(const char* base, int idx) {
-    if constexpr (FORM == 0) return reinterpret_cast<const float4*>(base)[idx];
-    const float* p = reinterpret_cast<const float*>(base) + 3 * idx;
-    return make_float4(p[0], p[1], p[2], 0.0f);
-}
 
 // One channel's biases; the gates' as their exponent's addend, -log2(e) times the bias (e^-(g + z) = 2^(g nl + z nl):
 // one FFMA per gate)
@@ -139,49 +119,31 @@ template <int DT> __device__ __forceinline__ Biases biases_of(const u16* bias, c
     return z;
 }
 
-// a_k = 1 + exp(-(g_k + bias_k)) of a pixel's three raw gate logits (the biases as their exponents' addends)
-template <int DT> __device__ __forceinline__ float3 gate_exponents(u32 rgl, u32 rgm, u32 rgr, const Biases& z) {
-    return make_float3(1.0f + ex2_approx(fmaf(raw_f<DT>(rgl), NEG_LOG2E, z.l)),
-                       1.0f + ex2_approx(fmaf(raw_f<DT>(rgm), NEG_LOG2E, z.m)),
-                       1.0f + ex2_approx(fmaf(raw_f<DT>(rgr), NEG_LOG2E, z.r)));
-}
-
 // Pixel k = (i, j) of the raw planes (2-byte values) into the scan's form; returns whether Eq. 2's clamp applied.
-template <int DT, int H, int W, int FORM>
+template <int DT, int H, int W>
 __device__ __forceinline__ bool convert_pixel(char* smem, int i, int j, u32 rx, u32 rlam, u32 rgl, u32 rgm, u32 rgr,
                                               const Biases& z) {
-    typedef ImageLayout<H, W, FORM> Lay;
+    typedef ImageLayout<H, W> Lay;
     const int k = i * W + j;
-    const float bx = (raw_f<DT>(rx) + z.x) * (raw_f<DT>(rlam) + z.lam);
-    const float3 e = gate_exponents<DT>(rgl, rgm, rgr, z);
-    const float a = e.x, b = e.y, c = e.z;
+    reinterpret_cast<float*>(smem + Lay::BX)[k] = (raw_f<DT>(rx) + z.x) * (raw_f<DT>(rlam) + z.lam);
+    const float a = 1.0f + ex2_approx(fmaf(raw_f<DT>(rgl), NEG_LOG2E, z.l));
+    const float b = 1.0f + ex2_approx(fmaf(raw_f<DT>(rgm), NEG_LOG2E, z.m));
+    const float c = 1.0f + ex2_approx(fmaf(raw_f<DT>(rgr), NEG_LOG2E, z.r));
     float gl, gm, gr;
     const bool clamped = interior_gates(a, b, c, gl, gm, gr);
-    if constexpr (FORM == 0) {
-        reinterpret_cast<float*>(smem + Lay::BX)[k] = bx;
-        reinterpret_cast<u32*>(smem + Lay::LR)[k] = pack2(gl, gr, 2);
-        // m as 1 - l - r of the *rounded* l and r, so the weights sum to exactly 1 (no mass lost per step: an fp16
-        // m of its own lost 3.5% over 147 steps of all-equal gates); below the clamp the sum is not 1 and m is kept
-        // with the sign bit set (a -0 underflow included)
-        reinterpret_cast<u16*>(smem + Lay::MF)[k] = clamped ? (u16)(pack1(gm, 2) | 0x8000u) : (u16)0;
-    } else {
-        // l and r rounded to multiples of 2^-12 (absolute error <= 2^-13, as fine as fp16 on [0.25, 0.5) and finer
-        // above), l + r <= 1 kept so that m = 1 - l - r >= 0; a clamped pixel is marked, the scan recomputes it
-        // bx's 16 bits from a 32-bit conversion: from pack1's 16-bit result, ptxas 13.0 compiled the low byte's
-        // store as a numeric F2I.U8.F16 conversion of those bits (wrong for both types)
-        const u32 b16 = pack2(bx, 0.0f, DT) & 0xffffu;
-        const u32 ql = min(__float2uint_rn(gl * 4096.0f), 4095u);
-        const u32 qr = min(min(__float2uint_rn(gr * 4096.0f), 4095u), 4096u - ql);
-        reinterpret_cast<u32*>(smem + Lay::G)[k] = (b16 >> 8) | (clamped ? COMPACT_CLAMPED : (ql << 8) | (qr << 20));
-        reinterpret_cast<unsigned char*>(smem + Lay::XLO)[k] = (unsigned char)(b16 & 0xffu);
-    }
+    reinterpret_cast<u32*>(smem + Lay::LR)[k] = pack2(gl, gr, 2);
+    // m as 1 - l - r of the *rounded* l and r, so the weights sum to exactly 1 (no mass lost per step: an fp16
+    // m of its own lost 3.5% over 147 steps of all-equal gates); below the clamp the sum is not 1 and m is kept
+    // with the sign bit set (a -0 underflow included)
+    reinterpret_cast<u16*>(smem + Lay::MF)[k] = clamped ? (u16)(pack1(gm, 2) | 0x8000u) : (u16)0;
     if (j == 0 || j == W - 1 || i == 0 || i == H - 1) {
-        char* edges = smem + Lay::EDGE;  // edge_v[2][H], then edge_h[2][W]
+        float4* edge_v = reinterpret_cast<float4*>(smem + Lay::EDGE);
+        float4* edge_h = edge_v + 2 * H;
         const float sl = rcp_approx(a), sm = rcp_approx(b), sr = rcp_approx(c);
-        if (j == 0) store_edge<FORM>(edges, i, edge_gates(sl, sm, sr, false, W > 1));
-        if (j == W - 1) store_edge<FORM>(edges, H + i, edge_gates(sl, sm, sr, W > 1, false));
-        if (i == 0) store_edge<FORM>(edges, 2 * H + j, edge_gates(sl, sm, sr, false, H > 1));
-        if (i == H - 1) store_edge<FORM>(edges, 2 * H + W + j, edge_gates(sl, sm, sr, H > 1, false));
+        if (j == 0) edge_v[i] = edge_gates(sl, sm, sr, false, W > 1);
+        if (j == W - 1) edge_v[H + i] = edge_gates(sl, sm, sr, W > 1, false);
+        if (i == 0) edge_h[j] = edge_gates(sl, sm, sr, false, H > 1);
+        if (i == H - 1) edge_h[W + j] = edge_gates(sl, sm, sr, H > 1, false);
     }
     return clamped;
 }
@@ -202,7 +164,7 @@ __device__ __forceinline__ uint4 window_word(const char* al, int m, int phase, i
 
 // Load one image (plane q's element (i, j) at src[q] + i rows[q] + j) into shared memory; threads [t0, t0 + n).
 // Returns whether some pixel of this thread's was below Eq. 2's clamp.
-template <int DT, int H, int W, int FORM>
+template <int DT, int H, int W>
 __device__ __forceinline__ bool load_image(char* smem, const u16* const (&src)[5], const i64 (&rows)[5], const Biases& z,
                                            int t, int n) {
     constexpr int HW = H * W;
@@ -232,7 +194,7 @@ __device__ __forceinline__ bool load_image(char* smem, const u16* const (&src)[5
                 for (int e = 0; e < 8; ++e) {
                     const int k = k0 + e, i = k / W;
                     if (k >= 0 && k < HW)
-                        clamped |= convert_pixel<DT, H, W, FORM>(smem, i, k - i * W, half_of(v[s][0], e), half_of(v[s][1], e),
+                        clamped |= convert_pixel<DT, H, W>(smem, i, k - i * W, half_of(v[s][0], e), half_of(v[s][1], e),
                                                            half_of(v[s][2], e), half_of(v[s][3], e), half_of(v[s][4], e), z);
                 }
             }
@@ -244,7 +206,7 @@ __device__ __forceinline__ bool load_image(char* smem, const u16* const (&src)[5
         u32 r[5];
 #pragma unroll
         for (int q = 0; q < 5; ++q) r[q] = (u32)__ldg(src[q] + i * rows[q] + j);
-        clamped |= convert_pixel<DT, H, W, FORM>(smem, i, j, r[0], r[1], r[2], r[3], r[4], z);
+        clamped |= convert_pixel<DT, H, W>(smem, i, j, r[0], r[1], r[2], r[3], r[4], z);
     }
     return clamped;
 }
@@ -255,7 +217,7 @@ __device__ __forceinline__ bool load_image(char* smem, const u16* const (&src)[5
 // latency and the registers are short; 2 a ring of three rows, the loop unrolled three times). No index division,
 // the edge rule's rows warp-uniform; shared-memory stores of consecutive lanes are consecutive words
 // (conflict-free). Returns whether a pixel of this warp's was clamped.
-template <int DT, int H, int W, int AHEAD, int FORM>
+template <int DT, int H, int W, int AHEAD>
 __device__ __forceinline__ bool load_rows(char* smem, const u16* const (&src)[5], const i64 (&rows)[5], const Biases& z,
                                           int w, int n) {
     constexpr int KW = (W + 31) / 32;
@@ -275,7 +237,7 @@ __device__ __forceinline__ bool load_rows(char* smem, const u16* const (&src)[5]
 #pragma unroll
         for (int k = 0; k < KW; ++k)
             if (k < KW - 1 || tail)
-                clamped |= convert_pixel<DT, H, W, FORM>(smem, i, lane + 32 * k, v[k][0], v[k][1], v[k][2], v[k][3], v[k][4], z);
+                clamped |= convert_pixel<DT, H, W>(smem, i, lane + 32 * k, v[k][0], v[k][1], v[k][2], v[k][3], v[k][4], z);
     };
     if constexpr (AHEAD >= 2) {
         u32 ring[AHEAD + 1][KW][5];
@@ -318,43 +280,38 @@ template <int N> struct Int { static constexpr int value = N; };
 // One direction on the image in shared memory (element (step row s, position p) is pixel VERT ? s W + p :
 // p W + s), run by one warp: lane q holds positions q + 32 k (k < K = ceil(P / 32)), so its shared-memory reads
 // of a row or column hit 32 distinct banks. CLAMPED: some pixel of the image is below Eq. 2's clamp, so m is
-// read where flagged (FORM 0) or the marked pixel's gates recomputed from its raw logits (FORM 1: `gsrc` the l,
-// m, r planes, `grow` their row stride), else m = 1 - l - r. The step loop is unrolled twice only (two input
-// buffers by parity): an eight-fold unroll made each direction's loop ~16 KB of code, past the instruction cache
-// a warp scheduler keeps (NOTES.md Round 8).
-template <int DT, int H, int W, bool VERT, bool REV, bool CLAMPED, int FORM>
-__device__ __forceinline__ void scan_direction(const char* smem, u16* hplane, const u16* const* gsrc, i64 grow,
-                                               const Biases& z) {
-    typedef ImageLayout<H, W, FORM> Lay;
+// read where flagged, else m = 1 - l - r. The step loop is unrolled twice only (two input buffers by parity): an
+// eight-fold unroll made each direction's loop ~16 KB of code, past the instruction cache a warp scheduler keeps
+// (NOTES.md Round 8).
+template <int DT, int H, int W, bool VERT, bool REV, bool CLAMPED>
+__device__ __forceinline__ void scan_direction(const char* smem, u16* hplane) {
+    typedef ImageLayout<H, W> Lay;
     constexpr int L = VERT ? H : W, P = VERT ? W : H, K = (P + 31) / 32, WP = (W + 7) / 8 * 8;
     constexpr int K_OFF = VERT ? 32 : 32 * W, STEP = VERT ? W : 1, CHUNKS = (L + 7) / 8;  // in pixels
     constexpr int K_LAST = K - 1, LAST_LANE = (P - 1) & 31;  // position P - 1
     const int lane = threadIdx.x & 31;
     const bool tail = lane + 32 * (K - 1) < P;  // the last k holds a position (k < K - 1 always does)
     auto on = [&](int k) { return k < K - 1 || tail; };
-    const int first = VERT ? lane : lane * W;  // this lane's first position at step 0, in pixels
-    // FORM 0: bx, lr (fp16 l | r << 16), mf; FORM 1: g (bx's high byte | l << 8 | r << 20), xlo (bx's low byte)
-    const float* bx = reinterpret_cast<const float*>(smem) + first;
-    const u32* lr = reinterpret_cast<const u32*>(smem + (FORM == 0 ? ImageLayout<H, W, 0>::LR : 0)) + first;
-    const u16* mf = reinterpret_cast<const u16*>(smem + ImageLayout<H, W, 0>::MF) + first;
-    const unsigned char* xlo = reinterpret_cast<const unsigned char*>(smem + ImageLayout<H, W, 1>::XLO) + first;
-    const char* edge = smem + Lay::EDGE;
-    constexpr int E0 = VERT ? 0 : 2 * H;  // this axis' first edge entry
-    u16* const hrow = hplane + lane;  // vertical scans: this lane's first position in row 0 of the states
-    struct In { float bx; u32 lr, m; };  // FORM 1: g in lr, xlo in m
+    const float* bx = reinterpret_cast<const float*>(smem + Lay::BX) + (VERT ? lane : lane * W);
+    const u32* lr = reinterpret_cast<const u32*>(smem + Lay::LR) + (VERT ? lane : lane * W);
+    const u16* mf = reinterpret_cast<const u16*>(smem + Lay::MF) + (VERT ? lane : lane * W);
+    const float4* edge = reinterpret_cast<const float4*>(smem + Lay::EDGE) + (VERT ? 0 : 2 * H);
+    // vertical scans: this lane's first position in the states' row of the current step (advanced by a step's rows,
+    // not recomputed from s: the 64-bit address was 8 SASS per step)
+    u16* hrow = hplane + lane + (REV ? (L - 1) * WP : 0);
+    struct In { float bx; u32 lr, m; };
     auto load = [&](int s, In (&v)[K], float4& e0, float4& e1) {
         const int o = s * STEP;
 #pragma unroll
         for (int k = 0; k < K; ++k) {
             if (on(k)) {
-                if (FORM == 0) v[k].bx = bx[o + k * K_OFF];
+                v[k].bx = bx[o + k * K_OFF];
                 v[k].lr = lr[o + k * K_OFF];
-                if (FORM == 1) v[k].m = xlo[o + k * K_OFF];
-                else if (CLAMPED) v[k].m = mf[o + k * K_OFF];
+                if (CLAMPED) v[k].m = mf[o + k * K_OFF];
             }
         }
-        if (lane == 0) e0 = load_edge<FORM>(edge, E0 + s);
-        if (lane == LAST_LANE) e1 = load_edge<FORM>(edge, E0 + L + s);
+        if (lane == 0) e0 = edge[s];
+        if (lane == LAST_LANE) e1 = edge[L + s];
     };
     float h[K];
     In buf[2][K];
@@ -370,54 +327,38 @@ __device__ __forceinline__ void scan_direction(const char* smem, u16* hplane, co
     // step s of the scan, inputs in buf[PAR], the next step's loaded into buf[PAR ^ 1]
     auto step = [&](auto parity, int s) {
         constexpr int PAR = decltype(parity)::value;
-        const bool live = L % 8 == 0 || s < L;  // only the last chunk in image order has dead steps
+        // horizontal scans run in chunks of eight steps: only the last chunk in image order has dead steps
+        const bool live = VERT || L % 8 == 0 || s < L;
         const int sn = REV ? s - 1 : s + 1;
-        // the next step's inputs while this one computes; also at a dead step, so that a reverse scan's first
-        // live step (after dead ones) finds its row in the buffer of its parity
-        if (sn >= 0 && sn < L) load(sn, buf[PAR ^ 1], e[PAR ^ 1][0], e[PAR ^ 1][1]);
-        const In (&cur)[K] = buf[PAR];
-        const float4 e0 = e[PAR][0], e1 = e[PAR][1];
+        // the neighbours first: the shuffles are the step's critical path, and they would queue behind the next
+        // step's shared-memory loads (one pipe)
         float up[K], dn[K];
 #pragma unroll
         for (int k = 0; k < K; ++k) {
             up[k] = __shfl_sync(0xffffffffu, h[k], (lane + 31) & 31);
             dn[k] = __shfl_sync(0xffffffffu, h[k], (lane + 1) & 31);
         }
+        // the next step's inputs while this one computes; also at a dead step, so that a reverse scan's first
+        // live step (after dead ones) finds its row in the buffer of its parity
+        if (sn >= 0 && sn < L) load(sn, buf[PAR ^ 1], e[PAR ^ 1][0], e[PAR ^ 1][1]);
+        const In (&cur)[K] = buf[PAR];
+        const float4 e0 = e[PAR][0], e1 = e[PAR][1];
 #pragma unroll
         for (int k = 0; k < K; ++k) {
             // lane 0 at k = 0 and lane 31 at k = K - 1 wrap around to positions the edge rule weights by 0 (or
             // past P, held at 0)
             const float hl = lane == 0 ? (k > 0 ? up[k - 1] : 0.0f) : up[k];
             const float hr = lane == 31 ? (k < K - 1 ? dn[k + 1] : 0.0f) : dn[k];
-            float gl, gr, gm, sbx;
-            if constexpr (FORM == 0) {
-                gl = f16_to_f32(cur[k].lr & 0xffffu); gr = f16_to_f32(cur[k].lr >> 16); gm = 1.0f - gl - gr;
-                if (CLAMPED && (cur[k].m & 0x8000u)) gm = f16_to_f32(cur[k].m & 0x7fffu);
-                sbx = cur[k].bx;
-            } else {
-                // l = q 2^-12 exactly: the float 2^23 + 256 q (q at mantissa bits 8-19) times 2^-20, minus 8; r alike
-                const u32 g = cur[k].lr;
-                gl = fmaf(__uint_as_float((g & 0x000fff00u) | 0x4b000000u), 0x1p-20f, -8.0f);
-                gr = fmaf(__uint_as_float((g >> 20) | 0x4b000000u), 0x1p-12f, -2048.0f);
-                gm = 1.0f - gl - gr;
-                // bx: high byte from g, low byte from xlo (bf16: the float's top half; fp16: converted)
-                sbx = DT == 1 ? __uint_as_float(__byte_perm(g, cur[k].m, 0x0455u))
-                              : f16_to_f32(__byte_perm(g, cur[k].m, 0x5504u));
-                if (CLAMPED && (g | 0xffu) == 0xffffffffu) {  // a clamped pixel: Eq. 2 again from its raw logits
-                    const int p = lane + 32 * k, i = VERT ? s : p, j = VERT ? p : s;
-                    const i64 o = i * grow + j;
-                    const float3 a = gate_exponents<DT>(__ldg(gsrc[0] + o), __ldg(gsrc[1] + o), __ldg(gsrc[2] + o), z);
-                    interior_gates(a.x, a.y, a.z, gl, gm, gr);
-                }
-            }
+            float gl = f16_to_f32(cur[k].lr & 0xffffu), gr = f16_to_f32(cur[k].lr >> 16), gm = 1.0f - gl - gr;
+            if (CLAMPED && (cur[k].m & 0x8000u)) gm = f16_to_f32(cur[k].m & 0x7fffu);
             if (k == K_LAST && lane == LAST_LANE) { gl = e1.x; gm = e1.y; gr = e1.z; }
             if (k == 0 && lane == 0) { gl = e0.x; gm = e0.y; gr = e0.z; }
             // the own state's term first: only the last two FFMAs wait on the shuffles
-            const float hn = fmaf(gl, hl, fmaf(gr, hr, fmaf(gm, h[k], sbx)));
+            const float hn = fmaf(gl, hl, fmaf(gr, hr, fmaf(gm, h[k], cur[k].bx)));
             if (live) h[k] = on(k) ? hn : 0.0f;
             const u32 hv = live ? (u32)pack1(h[k], DT) : 0u;
             if (VERT) {
-                if (live && on(k)) hrow[s * WP + 32 * k] = (u16)hv;
+                if (on(k)) hrow[32 * k] = (u16)hv;
             } else if (REV) {  // columns descending: shift up, the new one at the bottom (the first ends at the top)
                 pk[k][3] = __funnelshift_l(pk[k][2], pk[k][3], 16); pk[k][2] = __funnelshift_l(pk[k][1], pk[k][2], 16);
                 pk[k][1] = __funnelshift_l(pk[k][0], pk[k][1], 16); pk[k][0] = (pk[k][0] << 16) | hv;
@@ -426,17 +367,25 @@ __device__ __forceinline__ void scan_direction(const char* smem, u16* hplane, co
                 pk[k][2] = __funnelshift_r(pk[k][2], pk[k][3], 16); pk[k][3] = (pk[k][3] >> 16) | (hv << 16);
             }
         }
+        if (VERT) hrow += REV ? -WP : WP;
     };
     load(REV ? L - 1 : 0, buf[0], e[0][0], e[0][1]);
+    if constexpr (VERT) {  // every step's row stored as it is computed: no chunks, no dead steps
 #pragma unroll 1
-    for (int ci = 0; ci < CHUNKS; ++ci) {
-        const int c8 = REV ? CHUNKS - 1 - ci : ci;  // steps 8 c8 .. 8 c8 + 7 in image order
-#pragma unroll 1
-        for (int t = 0; t < 8; t += 2) {
-            step(Int<0>(), REV ? 8 * c8 + 7 - t : 8 * c8 + t);
-            step(Int<1>(), REV ? 8 * c8 + 6 - t : 8 * c8 + t + 1);
+        for (int t = 0; t + 1 < L; t += 2) {
+            step(Int<0>(), REV ? L - 1 - t : t);
+            step(Int<1>(), REV ? L - 2 - t : t + 1);
         }
-        if (!VERT) {
+        if (L % 2) step(Int<0>(), REV ? 0 : L - 1);
+    } else {  // horizontal: eight columns of states packed per position, stored every eighth step
+#pragma unroll 1
+        for (int ci = 0; ci < CHUNKS; ++ci) {
+            const int c8 = REV ? CHUNKS - 1 - ci : ci;  // steps 8 c8 .. 8 c8 + 7 in image order
+#pragma unroll 1
+            for (int t = 0; t < 8; t += 2) {
+                step(Int<0>(), REV ? 8 * c8 + 7 - t : 8 * c8 + t);
+                step(Int<1>(), REV ? 8 * c8 + 6 - t : 8 * c8 + t + 1);
+            }
 #pragma unroll
             for (int k = 0; k < K; ++k)
                 if (on(k))
@@ -447,13 +396,12 @@ __device__ __forceinline__ void scan_direction(const char* smem, u16* hplane, co
 }
 
 // Scan warp `warp` (0-3) runs direction `warp` (tb, bt, lr, rl).
-template <int DT, int H, int W, bool CLAMPED, int FORM>
-__device__ __forceinline__ void scan_warp(int warp, const char* smem, u16* hplane, const u16* const* gsrc, i64 grow,
-                                          const Biases& z) {
-    if (warp == 0) scan_direction<DT, H, W, true, false, CLAMPED, FORM>(smem, hplane, gsrc, grow, z);
-    else if (warp == 1) scan_direction<DT, H, W, true, true, CLAMPED, FORM>(smem, hplane, gsrc, grow, z);
-    else if (warp == 2) scan_direction<DT, H, W, false, false, CLAMPED, FORM>(smem, hplane, gsrc, grow, z);
-    else scan_direction<DT, H, W, false, true, CLAMPED, FORM>(smem, hplane, gsrc, grow, z);
+template <int DT, int H, int W, bool CLAMPED>
+__device__ __forceinline__ void scan_warp(int warp, const char* smem, u16* hplane) {
+    if (warp == 0) scan_direction<DT, H, W, true, false, CLAMPED>(smem, hplane);
+    else if (warp == 1) scan_direction<DT, H, W, true, true, CLAMPED>(smem, hplane);
+    else if (warp == 2) scan_direction<DT, H, W, false, false, CLAMPED>(smem, hplane);
+    else scan_direction<DT, H, W, false, true, CLAMPED>(smem, hplane);
 }
 
 // Ask L2 for the interior 16-byte words of an image's plane (nothing outside the image; rows contiguous).
@@ -506,7 +454,7 @@ __device__ __forceinline__ void combine_image(const u16* h0, i64 pstride, const 
 
 __device__ __forceinline__ long long clock_now() { long long t; asm volatile("mov.u64 %0, %%clock64;" : "=l"(t)); return t; }
 
-template <int DT, int NT, int MINB, int H, int W, bool PREFETCH = false, int LOAD = 1, int AHEAD = -1, int FORM = 0>
+template <int DT, int NT, int MINB, int H, int W, bool PREFETCH = false, int LOAD = 1, int AHEAD = -1>
 __global__ void __launch_bounds__(NT, MINB)
 cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u16* __restrict__ u,
                 const u16* __restrict__ g, const u16* __restrict__ bias, const u16* __restrict__ xbias,
@@ -546,16 +494,16 @@ cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u1
         const Biases z = biases_of<DT>(bias, xbias, c, C);
         constexpr int AH = AHEAD < 0 ? MINB == 1 : AHEAD;
         const bool mine = [&] {
-            if constexpr (LOAD == 0) return load_image<DT, H, W, FORM>(smem, src, rows, z, tid, NT);
-            else return load_rows<DT, H, W, AH, FORM>(smem, src, rows, z, warp, NT / 32);
+            if constexpr (LOAD == 0) return load_image<DT, H, W>(smem, src, rows, z, tid, NT);
+            else return load_rows<DT, H, W, AH>(smem, src, rows, z, warp, NT / 32);
         }();
         const bool clamped = __syncthreads_or(mine);
         const long long t1 = clock_now();
         // 2. scan (warps 0-3); the others combine the previous image (and ask L2 for the next one's planes)
         if (warp < 4) {
             u16* hplane = hs + (((i64)warp * B + b) * C + c) * (i64)(H * WP);
-            if (clamped) scan_warp<DT, H, W, true, FORM>(warp, smem, hplane, src + 2, rows[2], z);
-            else scan_warp<DT, H, W, false, FORM>(warp, smem, hplane, src + 2, rows[2], z);
+            if (clamped) scan_warp<DT, H, W, true>(warp, smem, hplane);
+            else scan_warp<DT, H, W, false>(warp, smem, hplane);
             if (tid == 0) tsum[1] += clock_now() - t1;
         } else {
             if constexpr (PREFETCH) {
@@ -593,22 +541,15 @@ cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u1
 IMAGE_SOURCE = PREAMBLE + HELPERS + _IMAGE_KERNEL
 
 
-#: ``ImageConfig.form`` as the kernel's FORM template argument: the image in shared memory at 10 bytes per pixel
-#: (fp32 bx, fp16 l and r) or 5 (bx in the data's 16-bit type, l and r in units of 2^-12)
-FORMS = {"full": 0, "compact": 1}
-
-
-def smem_bytes(H: int, W: int, form: str = "full") -> int:
+def smem_bytes(H: int, W: int) -> int:
     """Dynamic shared memory of ``cgspn_image_fwd`` at an H x W image (``ImageLayout`` in the source)."""
     r16 = lambda n: (n + 15) // 16 * 16  # noqa: E731
-    if form == "compact":
-        return r16(5 * H * W) + 24 * (H + W)
     return 2 * r16(4 * H * W) + r16(2 * H * W) + 32 * (H + W)
 
 
-def _smem_blocks(H: int, W: int, form: str = "full", smem_per_sm: int = 233472, reserved: int = 1024) -> int:
+def _smem_blocks(H: int, W: int, smem_per_sm: int = 233472, reserved: int = 1024) -> int:
     """Images that fit one SM's shared memory (sm_90: 228 KB, 1 KB reserved per block), at most 4."""
-    return max(1, min(4, smem_per_sm // (smem_bytes(H, W, form) + reserved)))
+    return max(1, min(4, smem_per_sm // (smem_bytes(H, W) + reserved)))
 
 
 class ImageConfig(NamedTuple):
@@ -619,16 +560,13 @@ class ImageConfig(NamedTuple):
     blocks per SM as :func:`launch_blocks` chooses them; else that many where shared memory allows, fewer
     registers), ``load`` (``rows``: a warp per row, a lane per column, 2-byte loads; ``words``: 16-byte words of the
     planes per thread, the design before round 10), ``ahead`` (rows whose loads are in flight while a warp converts
-    one: 0-2; -1: one where one block fills an SM, else none), ``form`` (the image in shared memory: ``full``, 10
-    bytes per pixel, or ``compact``, 5: two 147 x 147 images per SM, bx rounded to the data's type and the gates to
-    2^-12, so its outputs differ from the full form's within the dtype's tolerance)."""
+    one: 0-2; -1: one where one block fills an SM, else none)."""
 
     prefetch: bool = False
     threads: int = 0
     blocks: int = 0
     load: str = "rows"
     ahead: int = -1
-    form: str = "full"
 
 
 #: ``ImageConfig.load`` as the kernel's LOAD template argument
@@ -645,12 +583,12 @@ def register_threads(H: int, W: int) -> int:
     return 576 if max(H, W) <= 96 else 512
 
 
-def threads(H: int, W: int, form: str = "full") -> int:
+def threads(H: int, W: int) -> int:
     """Threads per block: the 4 scan warps plus at least two helper warps for the loads and the combine (the helpers
     combine the previous image while the scan warps scan: one helper warp took longer than the scan at 74 and 37,
     two measured 1.15x / 1.32x faster there, results/h200/2026-11-30-image-v4), more where the blocks shared
     memory allows share 512 threads per SM: 192-384."""
-    return max(192, min(384, 512 // _smem_blocks(H, W, form) // 32 * 32))
+    return max(192, min(384, 512 // _smem_blocks(H, W) // 32 * 32))
 
 
 def check_config(config: ImageConfig) -> None:
@@ -663,26 +601,22 @@ def check_config(config: ImageConfig) -> None:
         raise ValueError(f"config.load: {config.load!r} is not one of {', '.join(LOADS)}")
     if config.ahead not in (-1, 0, 1, 2):
         raise ValueError(f"config.ahead: {config.ahead} is not one of -1, 0, 1, 2")
-    if config.form not in FORMS:
-        raise ValueError(f"config.form: {config.form!r} is not one of {', '.join(FORMS)}")
 
 
 def launch_threads(H: int, W: int, config: ImageConfig = DEFAULT_CONFIG) -> int:
     """Threads per block under ``config``."""
-    return config.threads or threads(H, W, config.form)
+    return config.threads or threads(H, W)
 
 
 def launch_blocks(H: int, W: int, config: ImageConfig = DEFAULT_CONFIG) -> int:
     """The launch bound's blocks per SM under ``config``: ``config.blocks``, else as many as fit
     :func:`register_threads` at :func:`launch_threads`; no more than shared memory allows, at least one."""
     cap = config.blocks or register_threads(H, W) // launch_threads(H, W, config)
-    return max(1, min(cap, _smem_blocks(H, W, config.form)))
+    return max(1, min(cap, _smem_blocks(H, W)))
 
 
 def expression(dt: int, H: int, W: int, config: ImageConfig = DEFAULT_CONFIG) -> str:
     """The kernel instantiation for storage type ``dt`` (1 bf16, 2 fp16) at an H x W image."""
     flag = lambda b: "true" if b else "false"  # noqa: E731
     tail = "" if config == DEFAULT_CONFIG else f", {flag(config.prefetch)}, {LOADS[config.load]}, {config.ahead}"
-    if config.form != DEFAULT_CONFIG.form:
-        tail += f", {FORMS[config.form]}"
     return f"cgspn_image_fwd<{dt}, {launch_threads(H, W, config)}, {launch_blocks(H, W, config)}, {H}, {W}{tail}>"
