@@ -43,7 +43,8 @@ measured slower and removed (NOTES.md Round 10).
 Optional per-channel biases, added in fp32: the head's ``(5 C,)`` in [u, lam, l, m, r] order and x's ``(C,)``
 (the layer folds its GEMM biases here instead of a pass over the planar GEMM outputs). Optional ``timing``
 (int64, 8 per block): clock cycles per phase summed over the block's images (load, scan, combine beside the
-scan, the scan phase's barrier-to-barrier time, the last combine, images), for ``suite/gpu`` probes.
+scan, the scan phase's barrier-to-barrier time, the last combine, images; then the block's start and end on the GPU's
+global nanosecond timer), for ``suite/gpu`` probes.
 """
 
 from typing import NamedTuple
@@ -453,6 +454,7 @@ __device__ __forceinline__ void combine_image(const u16* h0, i64 pstride, const 
 }
 
 __device__ __forceinline__ long long clock_now() { long long t; asm volatile("mov.u64 %0, %%clock64;" : "=l"(t)); return t; }
+__device__ __forceinline__ long long global_ns() { long long t; asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)); return t; }
 
 template <int DT, int NT, int MINB, int H, int W, bool PREFETCH = false, int LOAD = 1, int AHEAD = -1>
 __global__ void __launch_bounds__(NT, MINB)
@@ -468,6 +470,7 @@ cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u1
     const int tid = threadIdx.x, warp = tid >> 5, images = B * C;
     const i64 pstride = (i64)B * C * (H * WP);  // one direction's states
     long long tsum[6] = {0, 0, 0, 0, 0, 0};
+    const long long start_ns = timing != nullptr ? global_ns() : 0;
     int prev = -1;  // the image whose states the helper warps combine during the next scan
     // image img = c B + b: its planes x, lam, l, m, r (element (i, j) at src[q] + i rows[q] + j)
     const i64 rows[5] = {sxh, slh, sgh, sgh, sgh};
@@ -532,7 +535,10 @@ cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u1
         tsum[4] = clock_now() - t4;
         __syncthreads();
         long long* out = timing + 8 * (i64)blockIdx.x;
-        if (tid == 0) { out[0] = tsum[0]; out[1] = tsum[1]; out[3] = tsum[3]; out[4] = tsum[4]; out[5] = tsum[5]; }
+        if (tid == 0) {
+            out[0] = tsum[0]; out[1] = tsum[1]; out[3] = tsum[3]; out[4] = tsum[4]; out[5] = tsum[5];
+            out[6] = start_ns; out[7] = global_ns();
+        }
         if (tid == SCAN) out[2] = tsum[2];
     }
 }

@@ -172,11 +172,19 @@ def phase_timing(B, H, W, C, dtype=torch.bfloat16, config=DEFAULT_CONFIG) -> dic
     images = t[:, 5].sum().item()
     per_block = (t[:, 0] + t[:, 3] + t[:, 4]).mean().item()
     ms = start.elapsed_time(end)
+    begin, finish = t[:, 6], t[:, 7]  # global ns
+    lifetimes = finish - begin
     return {"B": B, "H": H, "W": W, "C": C, "config": str(config), "blocks": blocks, "images": images, "kernel_ms": ms,
             "cycles_per_image": {"load": t[:, 0].sum().item() / images, "scan": t[:, 1].sum().item() / images,
                                  "combine_beside_scan": t[:, 2].sum().item() / max(images - blocks, 1),
                                  "scan_phase": t[:, 3].sum().item() / images, "last_combine": t[:, 4].mean().item()},
-            "block_cycles_mean": per_block, "implied_ghz": per_block / (ms * 1e6)}
+            "block_cycles_mean": per_block, "implied_ghz": per_block / (ms * 1e6),
+            # where the kernel's time goes outside the blocks' counted phases: when the blocks start and end (global
+            # timer, relative to the first start), their lifetimes
+            "blocks_ns": {"first_to_last_end": (finish.max() - begin.min()).item(),
+                          "start_spread": (begin.max() - begin.min()).item(), "lifetime_mean": lifetimes.mean().item(),
+                          "lifetime_max": lifetimes.max().item(), "lifetime_min": lifetimes.min().item(),
+                          "cycles_per_ns_mean": per_block / lifetimes.mean().item()}}
 
 
 def time_layer(B, grid, dtype, mode, layout, copy_gbps):
