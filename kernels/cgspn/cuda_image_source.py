@@ -43,8 +43,8 @@ measured slower and removed (NOTES.md Round 10).
 Optional per-channel biases, added in fp32: the head's ``(5 C,)`` in [u, lam, l, m, r] order and x's ``(C,)``
 (the layer folds its GEMM biases here instead of a pass over the planar GEMM outputs). Optional ``timing``
 (int64, 8 per block): clock cycles per phase summed over the block's images (load, scan, combine beside the
-scan, the scan phase's barrier-to-barrier time, the last combine, images; then the block's start and end on the GPU's
-global nanosecond timer), for ``suite/gpu`` probes.
+scan, the scan phase's barrier-to-barrier time, the last combine, images; then the block's start and end and its load
+and scan phases summed on the GPU's global nanosecond timer), for ``suite/gpu`` probes.
 """
 
 from typing import NamedTuple
@@ -54,7 +54,7 @@ from kernels.cgspn.cuda_scan_source import HELPERS, PREAMBLE
 #: the most positions a lane holds (both grid sides <= 32 * MAX_LANE_POSITIONS)
 MAX_LANE_POSITIONS = 6
 #: int64 counters per block in the optional timing buffer
-TIMING_SLOTS = 8
+TIMING_SLOTS = 10
 
 _IMAGE_KERNEL = r"""
 template <int DT> __device__ __forceinline__ float raw_f(u32 v) {
@@ -470,7 +470,9 @@ cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u1
     const int tid = threadIdx.x, warp = tid >> 5, images = B * C;
     const i64 pstride = (i64)B * C * (H * WP);  // one direction's states
     long long tsum[6] = {0, 0, 0, 0, 0, 0};
-    const long long start_ns = timing != nullptr ? global_ns() : 0;
+    const bool timed = timing != nullptr;
+    const long long start_ns = timed ? global_ns() : 0;
+    long long load_ns = 0, scan_ns = 0;  // the phases on the global timer (clock64 need not tick at the nominal clock)
     int prev = -1;  // the image whose states the helper warps combine during the next scan
     // image img = c B + b: its planes x, lam, l, m, r (element (i, j) at src[q] + i rows[q] + j)
     const i64 rows[5] = {sxh, slh, sgh, sgh, sgh};
@@ -490,7 +492,7 @@ cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u1
     for (int img = blockIdx.x; img < images; img += gridDim.x) {
         const int c = img / B;
         const i64 b = img - c * B;
-        const long long t0 = clock_now();
+        const long long t0 = clock_now(), g0 = timed ? global_ns() : 0;
         // 1. load (the previous scan finished at the barrier closing the last iteration)
         const u16* src[5];
         planes(img, src);
@@ -501,7 +503,7 @@ cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u1
             else return load_rows<DT, H, W, AH>(smem, src, rows, z, warp, NT / 32);
         }();
         const bool clamped = __syncthreads_or(mine);
-        const long long t1 = clock_now();
+        const long long t1 = clock_now(), g1 = timed ? global_ns() : 0;
         // 2. scan (warps 0-3); the others combine the previous image (and ask L2 for the next one's planes)
         if (warp < 4) {
             u16* hplane = hs + (((i64)warp * B + b) * C + c) * (i64)(H * WP);
@@ -526,6 +528,7 @@ cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u1
         __syncthreads();  // the image's states are stored (and visible to the block); shared memory is free again
         tsum[0] += t1 - t0;
         tsum[3] += clock_now() - t1;
+        if (timed) { load_ns += g1 - g0; scan_ns += global_ns() - g1; }
         tsum[5] += 1;
         prev = img;
     }
@@ -534,17 +537,17 @@ cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u1
     if (timing != nullptr) {
         tsum[4] = clock_now() - t4;
         __syncthreads();
-        long long* out = timing + 8 * (i64)blockIdx.x;
+        long long* out = timing + TIMING_SLOTS * (i64)blockIdx.x;
         if (tid == 0) {
             out[0] = tsum[0]; out[1] = tsum[1]; out[3] = tsum[3]; out[4] = tsum[4]; out[5] = tsum[5];
-            out[6] = start_ns; out[7] = global_ns();
+            out[6] = start_ns; out[7] = global_ns(); out[8] = load_ns; out[9] = scan_ns;
         }
         if (tid == SCAN) out[2] = tsum[2];
     }
 }
 """
 
-IMAGE_SOURCE = PREAMBLE + HELPERS + _IMAGE_KERNEL
+IMAGE_SOURCE = PREAMBLE + HELPERS + f"#define TIMING_SLOTS {TIMING_SLOTS}\n" + _IMAGE_KERNEL
 
 
 def smem_bytes(H: int, W: int) -> int:

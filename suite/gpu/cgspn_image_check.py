@@ -184,7 +184,8 @@ def phase_timing(B, H, W, C, dtype=torch.bfloat16, config=DEFAULT_CONFIG) -> dic
             "blocks_ns": {"first_to_last_end": (finish.max() - begin.min()).item(),
                           "start_spread": (begin.max() - begin.min()).item(), "lifetime_mean": lifetimes.mean().item(),
                           "lifetime_max": lifetimes.max().item(), "lifetime_min": lifetimes.min().item(),
-                          "cycles_per_ns_mean": per_block / lifetimes.mean().item()}}
+                          "cycles_per_ns_mean": per_block / lifetimes.mean().item(),
+                          "load_per_image": t[:, 8].sum().item() / images, "scan_phase_per_image": t[:, 9].sum().item() / images}}
 
 
 def time_layer(B, grid, dtype, mode, layout, copy_gbps):
