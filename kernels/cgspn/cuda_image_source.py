@@ -44,7 +44,8 @@ Optional per-channel biases, added in fp32: the head's ``(5 C,)`` in [u, lam, l,
 (the layer folds its GEMM biases here instead of a pass over the planar GEMM outputs). Optional ``timing``
 (int64, 8 per block): clock cycles per phase summed over the block's images (load, scan, combine beside the
 scan, the scan phase's barrier-to-barrier time, the last combine, images; then the block's start and end and its load
-and scan phases summed on the GPU's global nanosecond timer), for ``suite/gpu`` probes.
+and scan phases summed, the first image's start and the loop's end, on the GPU's global nanosecond timer), for
+``suite/gpu`` probes.
 """
 
 from typing import NamedTuple
@@ -54,7 +55,7 @@ from kernels.cgspn.cuda_scan_source import HELPERS, PREAMBLE
 #: the most positions a lane holds (both grid sides <= 32 * MAX_LANE_POSITIONS)
 MAX_LANE_POSITIONS = 6
 #: int64 counters per block in the optional timing buffer
-TIMING_SLOTS = 10
+TIMING_SLOTS = 12
 
 _IMAGE_KERNEL = r"""
 template <int DT> __device__ __forceinline__ float raw_f(u32 v) {
@@ -472,7 +473,7 @@ cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u1
     long long tsum[6] = {0, 0, 0, 0, 0, 0};
     const bool timed = timing != nullptr;
     const long long start_ns = timed ? global_ns() : 0;
-    long long load_ns = 0, scan_ns = 0;  // the phases on the global timer (clock64 need not tick at the nominal clock)
+    long long load_ns = 0, scan_ns = 0, first_ns = -1;  // the phases on the global timer
     int prev = -1;  // the image whose states the helper warps combine during the next scan
     // image img = c B + b: its planes x, lam, l, m, r (element (i, j) at src[q] + i rows[q] + j)
     const i64 rows[5] = {sxh, slh, sgh, sgh, sgh};
@@ -493,6 +494,7 @@ cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u1
         const int c = img / B;
         const i64 b = img - c * B;
         const long long t0 = clock_now(), g0 = timed ? global_ns() : 0;
+        if (first_ns < 0) first_ns = g0;
         // 1. load (the previous scan finished at the barrier closing the last iteration)
         const u16* src[5];
         planes(img, src);
@@ -532,7 +534,7 @@ cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u1
         tsum[5] += 1;
         prev = img;
     }
-    const long long t4 = clock_now();
+    const long long t4 = clock_now(), loop_end_ns = timed ? global_ns() : 0;
     if (prev >= 0) combine(prev, tid, NT);  // 3. the last image, every warp
     if (timing != nullptr) {
         tsum[4] = clock_now() - t4;
@@ -540,7 +542,8 @@ cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u1
         long long* out = timing + TIMING_SLOTS * (i64)blockIdx.x;
         if (tid == 0) {
             out[0] = tsum[0]; out[1] = tsum[1]; out[3] = tsum[3]; out[4] = tsum[4]; out[5] = tsum[5];
-            out[6] = start_ns; out[7] = global_ns(); out[8] = load_ns; out[9] = scan_ns;
+            out[6] = start_ns; out[7] = global_ns(); out[8] = load_ns; out[9] = scan_ns; out[10] = first_ns;
+            out[11] = loop_end_ns;
         }
         if (tid == SCAN) out[2] = tsum[2];
     }

@@ -185,7 +185,11 @@ def phase_timing(B, H, W, C, dtype=torch.bfloat16, config=DEFAULT_CONFIG) -> dic
                           "start_spread": (begin.max() - begin.min()).item(), "lifetime_mean": lifetimes.mean().item(),
                           "lifetime_max": lifetimes.max().item(), "lifetime_min": lifetimes.min().item(),
                           "cycles_per_ns_mean": per_block / lifetimes.mean().item(),
-                          "load_per_image": t[:, 8].sum().item() / images, "scan_phase_per_image": t[:, 9].sum().item() / images}}
+                          "load_per_image": t[:, 8].sum().item() / images, "scan_phase_per_image": t[:, 9].sum().item() / images,
+                          # per block: entry to the first image, the loop, the loop's end to the block's end
+                          "before_loop_mean": (t[:, 10] - begin).mean().item(), "loop_mean": (t[:, 11] - t[:, 10]).mean().item(),
+                          "after_loop_mean": (finish - t[:, 11]).mean().item(),
+                          "phases_mean": (t[:, 8] + t[:, 9]).mean().item()}}
 
 
 def time_layer(B, grid, dtype, mode, layout, copy_gbps):
