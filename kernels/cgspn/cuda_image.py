@@ -128,7 +128,8 @@ def scan_forward(x: torch.Tensor, lam: torch.Tensor, u: torch.Tensor, gates: tor
     if timing is not None and (timing.dtype != torch.int64 or timing.numel() < TIMING_SLOTS * blocks):
         raise ValueError(f"timing: expected an int64 tensor of at least {TIMING_SLOTS * blocks} elements")
     pointer = lambda t: 0 if t is None else t.data_ptr()  # noqa: E731
-    cuda_scan.launch(expression(_DTYPE_CODE[x.dtype], H, W, config), (blocks, 1, 1), launch_threads(H, W, config),
+    cuda_scan.launch(expression(_DTYPE_CODE[x.dtype], H, W, config, timed=timing is not None), (blocks, 1, 1),
+                     launch_threads(H, W, config),
                      smem_bytes(H, W), index,
                      (x.data_ptr(), lam.data_ptr(), u.data_ptr(), gates.data_ptr(), pointer(bias), pointer(x_bias),
                       hs.data_ptr(), y.data_ptr(), pointer(timing), B, C,

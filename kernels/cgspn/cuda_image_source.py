@@ -11,7 +11,7 @@ Layout it needs: planar (channel-major) inputs, i.e. unit stride along W -- elem
 element of every 32-byte sector; the C-GSPN layer produces planar heads directly from its GEMMs instead
 (:mod:`kernels.cgspn.layer`, ``layout="planar"``).
 
-Kernel ``cgspn_image_fwd<DT, NT, MINB, H, W, PREFETCH, LOAD, AHEAD>`` (NOTES.md Rounds 8-10 for the design's
+Kernel ``cgspn_image_fwd<DT, NT, MINB, H, W, PREFETCH, AHEAD, TIMED>`` (NOTES.md Rounds 8-11 for the design's
 measurements): persistent blocks (the grid fills the GPU, image ``c B + b`` after image), NT threads (launch bound:
 MINB blocks per SM); H and W are template arguments, so every shared-memory offset is an immediate. Warps 0-3 scan,
 the others help. Per image:
@@ -22,30 +22,32 @@ the others help. Per image:
    taken as ``1 - l - r`` of the rounded values so the weights sum to exactly 1 (below the clamp they do not:
    m is then kept with its sign bit set in a third array), and for pixels on an edge of a scan's state axis
    (j = 0 / W-1 for the vertical scans, i = 0 / H-1 for the horizontal ones) Eq. 2's edge rule in fp32.
-   LOAD 1 (rows, the default): warp w converts rows w, w + NT/32, ..., lane q columns q, q + 32, ... (2-byte
-   loads, any row strides; AHEAD rows' loads in flight during the conversion: by default one where one block
-   fills an SM). LOAD 0 (words, the design before round 10): when the five planes' rows
-   are contiguous and their addresses share their phase mod 16, a thread reads 16-byte words of all five (two
-   words' loads in flight), otherwise element by element.
+   Warp w converts rows w, w + NT/32, ..., lane q columns q, q + 32, ... (2-byte loads, any row strides; AHEAD
+   rows' loads in flight during the conversion: by default one where one block fills an SM). (The design before
+   round 10, 16-byte words of the five planes per thread, was slower at every grid and was removed in round 11;
+   ``suite/gpu/probes/image_source_ab.py.txt`` compares against any earlier commit's source.)
 2. scan (warps 0-3): warp d runs direction d (tb, bt, lr, rl) alone -- no block barrier per step. Lane q
    holds the fp32 states of positions q, q + 32, ... (ceil(P / 32) positions), so a warp's shared-memory
    reads of a row or column hit 32 distinct banks; the neighbours h[p-1], h[p+1] arrive by two rotating
-   shuffles per position; the next step's inputs are read while the current one computes. States go to
-   ``hs (4, B, C, H, WP)`` in image order (WP = W rounded up to 8): vertical warps store each step's row,
-   horizontal ones shift eight columns per position into a 16-byte register and store it.
+   shuffles per position (issued first: they are the step's critical path); the next step's inputs are read
+   while the current one computes. States go to ``hs (4, B, C, H, WP)`` in image order (WP = W rounded up to 8):
+   vertical warps store each step's row, horizontal ones shift eight columns per position into a 16-byte
+   register and store it every eighth step.
    Meanwhile the other warps combine the previous image: ``y = (u + bias_u) * sum_d h_d`` from its states
    (L2, 16-byte reads), y planar (each image contiguous; batch and channel strides given).
 3. after the last image, every warp combines it.
-Opt-in launch configuration (:class:`ImageConfig`, NOTES.md Rounds 9-10): PREFETCH has a helper thread ask L2 for
+Opt-in launch configuration (:class:`ImageConfig`, NOTES.md Rounds 9-11): PREFETCH has a helper thread ask L2 for
 the next image's planes while the current one is scanned (faster at 27 and 37 only). Two warps per direction (a
 barrier per step; ghost positions exchanged every 8 steps) and a blocked layout of a lane's positions were
-measured slower and removed (NOTES.md Round 10).
+measured slower and removed (NOTES.md Round 10), so was a compact 5-byte-per-pixel form for two images per SM
+(Round 11).
 Optional per-channel biases, added in fp32: the head's ``(5 C,)`` in [u, lam, l, m, r] order and x's ``(C,)``
 (the layer folds its GEMM biases here instead of a pass over the planar GEMM outputs). Optional ``timing``
-(int64, 8 per block): clock cycles per phase summed over the block's images (load, scan, combine beside the
-scan, the scan phase's barrier-to-barrier time, the last combine, images; then the block's start and end and its load
-and scan phases summed, the first image's start and the loop's end, on the GPU's global nanosecond timer), for
-``suite/gpu`` probes.
+(int64, ``TIMING_SLOTS`` per block; a separate TIMED instantiation, so that the timestamps -- which keep memory
+operations on their side -- are not in the kernel that runs otherwise): clock cycles per phase summed over the
+block's images (load, scan, combine beside the scan, the scan phase's barrier-to-barrier time, the last combine,
+images; then the block's start and end and its load and scan phases summed, the first image's start and the loop's
+end, on the GPU's global nanosecond timer), for ``suite/gpu`` probes.
 """
 
 from typing import NamedTuple
@@ -63,10 +65,6 @@ template <int DT> __device__ __forceinline__ float raw_f(u32 v) {
 }
 template <int DT> __device__ __forceinline__ float ld_f(const u16* p) { return raw_f<DT>((u32)__ldg(p)); }
 __device__ __forceinline__ float ex2_approx(float v) { float y; asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(v)); return y; }
-__device__ __forceinline__ u32 half_of(const uint4& v, int e) {  // element e (0-7) of eight 2-byte values
-    const u32 w = e < 2 ? v.x : e < 4 ? v.y : e < 6 ? v.z : v.w;
-    return (e & 1) ? w >> 16 : w & 0xffffu;
-}
 
 // The three normalized gates of a pixel whose state-axis neighbours exist as has_l / has_r (Eq. 2).
 __device__ __forceinline__ float4 edge_gates(float sl, float sm, float sr, bool has_l, bool has_r) {
@@ -150,70 +148,7 @@ __device__ __forceinline__ bool convert_pixel(char* smem, int i, int j, u32 rx, 
     return clamped;
 }
 
-// 16-byte word m of the aligned window around an image occupying window bytes [phase, end): one vector load
-// when the word lies inside the image, else its bytes inside the image one element at a time (zeros elsewhere),
-// so nothing outside the image is read.
-__device__ __forceinline__ uint4 window_word(const char* al, int m, int phase, int end) {
-    const int lo = m << 4;
-    if (lo >= phase && lo + 16 <= end) return __ldg(reinterpret_cast<const uint4*>(al + lo));
-    u32 w[4] = {0u, 0u, 0u, 0u};
-#pragma unroll
-    for (int e = 0; e < 8; ++e)
-        if (lo + 2 * e >= phase && lo + 2 * e < end)
-            w[e >> 1] |= (u32)__ldg(reinterpret_cast<const u16*>(al + lo + 2 * e)) << (16 * (e & 1));
-    return make_uint4(w[0], w[1], w[2], w[3]);
-}
-
-// Load one image (plane q's element (i, j) at src[q] + i rows[q] + j) into shared memory; threads [t0, t0 + n).
-// Returns whether some pixel of this thread's was below Eq. 2's clamp.
-template <int DT, int H, int W>
-__device__ __forceinline__ bool load_image(char* smem, const u16* const (&src)[5], const i64 (&rows)[5], const Biases& z,
-                                           int t, int n) {
-    constexpr int HW = H * W;
-    bool clamped = false;
-    const unsigned long long a0 = reinterpret_cast<unsigned long long>(src[0]);
-    const int phase = (int)(a0 & 15ull);
-    bool words = true;
-#pragma unroll
-    for (int q = 0; q < 5; ++q)
-        words = words && (rows[q] == W || H == 1) && (int)(reinterpret_cast<unsigned long long>(src[q]) & 15ull) == phase;
-    if (words) {  // 16-byte words of all five planes, two words per thread in flight
-        const int end = phase + 2 * HW, nw = (end + 15) >> 4;
-        const char* al[5];
-#pragma unroll
-        for (int q = 0; q < 5; ++q) al[q] = reinterpret_cast<const char*>(src[q]) - phase;
-        for (int w0 = t; w0 < nw; w0 += 2 * n) {
-            uint4 v[2][5];
-#pragma unroll
-            for (int s = 0; s < 2; ++s)
-#pragma unroll
-                for (int q = 0; q < 5; ++q)
-                    v[s][q] = w0 + s * n < nw ? window_word(al[q], w0 + s * n, phase, end) : make_uint4(0u, 0u, 0u, 0u);
-#pragma unroll
-            for (int s = 0; s < 2; ++s) {
-                const int k0 = 8 * (w0 + s * n) - phase / 2;
-#pragma unroll
-                for (int e = 0; e < 8; ++e) {
-                    const int k = k0 + e, i = k / W;
-                    if (k >= 0 && k < HW)
-                        clamped |= convert_pixel<DT, H, W>(smem, i, k - i * W, half_of(v[s][0], e), half_of(v[s][1], e),
-                                                           half_of(v[s][2], e), half_of(v[s][3], e), half_of(v[s][4], e), z);
-                }
-            }
-        }
-        return clamped;
-    }
-    for (int k = t; k < HW; k += n) {  // any other layout: element by element
-        const int i = k / W, j = k - i * W;
-        u32 r[5];
-#pragma unroll
-        for (int q = 0; q < 5; ++q) r[q] = (u32)__ldg(src[q] + i * rows[q] + j);
-        clamped |= convert_pixel<DT, H, W>(smem, i, j, r[0], r[1], r[2], r[3], r[4], z);
-    }
-    return clamped;
-}
-
-// Load one image by rows (LOAD 1): warp w of n converts rows w, w + n, ...; lane q columns q, q + 32, ... (2-byte
+// Load one image by rows: warp w of n converts rows w, w + n, ...; lane q columns q, q + 32, ... (2-byte
 // loads, a warp's 64 contiguous bytes per plane and k; any row strides); AHEAD rows' 5 K values loaded while the
 // current one converts (1 at one block per SM, the default; 0 with several, where the other blocks cover the
 // latency and the registers are short; 2 a ring of three rows, the loop unrolled three times). No index division,
@@ -454,10 +389,22 @@ __device__ __forceinline__ void combine_image(const u16* h0, i64 pstride, const 
     }
 }
 
-__device__ __forceinline__ long long clock_now() { long long t; asm volatile("mov.u64 %0, %%clock64;" : "=l"(t)); return t; }
-__device__ __forceinline__ long long global_ns() { long long t; asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)); return t; }
+// Timestamps of a TIMED kernel: SM clock ticks and the global nanosecond timer. The memory clobber keeps the compiler
+// from moving loads and stores across them (without it the next image's first loads could be issued before the
+// load phase's first timestamp: round 11 found ~8 us per image outside the timed phases).
+template <bool TIMED> struct Stamp {  // (clock ticks, global ns); zeros and no instruction unless TIMED
+    long long tick = 0, ns = 0;
+    __device__ __forceinline__ static Stamp now() {
+        Stamp s;
+        if constexpr (TIMED) {
+            asm volatile("mov.u64 %0, %%clock64;" : "=l"(s.tick) :: "memory");
+            asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(s.ns) :: "memory");
+        }
+        return s;
+    }
+};
 
-template <int DT, int NT, int MINB, int H, int W, bool PREFETCH = false, int LOAD = 1, int AHEAD = -1>
+template <int DT, int NT, int MINB, int H, int W, bool PREFETCH = false, int AHEAD = -1, bool TIMED = false>
 __global__ void __launch_bounds__(NT, MINB)
 cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u16* __restrict__ u,
                 const u16* __restrict__ g, const u16* __restrict__ bias, const u16* __restrict__ xbias,
@@ -470,10 +417,12 @@ cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u1
     extern __shared__ __align__(16) char smem[];
     const int tid = threadIdx.x, warp = tid >> 5, images = B * C;
     const i64 pstride = (i64)B * C * (H * WP);  // one direction's states
-    long long tsum[6] = {0, 0, 0, 0, 0, 0};
-    const bool timed = timing != nullptr;
-    const long long start_ns = timed ? global_ns() : 0;
-    long long load_ns = 0, scan_ns = 0, first_ns = -1;  // the phases on the global timer
+    typedef Stamp<TIMED> St;
+    // TIMED: clock ticks of the load, of warp 0's scan, of the first helper's combine, of the scan phase, of the last
+    // combine, images; the load's and the scan phase's global ns
+    long long tsum[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    const St start = St::now();
+    long long first_ns = -1;
     int prev = -1;  // the image whose states the helper warps combine during the next scan
     // image img = c B + b: its planes x, lam, l, m, r (element (i, j) at src[q] + i rows[q] + j)
     const i64 rows[5] = {sxh, slh, sgh, sgh, sgh};
@@ -493,25 +442,24 @@ cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u1
     for (int img = blockIdx.x; img < images; img += gridDim.x) {
         const int c = img / B;
         const i64 b = img - c * B;
-        const long long t0 = clock_now(), g0 = timed ? global_ns() : 0;
-        if (first_ns < 0) first_ns = g0;
+        const St t0 = St::now();
+        if (first_ns < 0) first_ns = t0.ns;
         // 1. load (the previous scan finished at the barrier closing the last iteration)
         const u16* src[5];
         planes(img, src);
         const Biases z = biases_of<DT>(bias, xbias, c, C);
         constexpr int AH = AHEAD < 0 ? MINB == 1 : AHEAD;
         const bool mine = [&] {
-            if constexpr (LOAD == 0) return load_image<DT, H, W>(smem, src, rows, z, tid, NT);
-            else return load_rows<DT, H, W, AH>(smem, src, rows, z, warp, NT / 32);
+            return load_rows<DT, H, W, AH>(smem, src, rows, z, warp, NT / 32);
         }();
         const bool clamped = __syncthreads_or(mine);
-        const long long t1 = clock_now(), g1 = timed ? global_ns() : 0;
+        const St t1 = St::now();
         // 2. scan (warps 0-3); the others combine the previous image (and ask L2 for the next one's planes)
         if (warp < 4) {
             u16* hplane = hs + (((i64)warp * B + b) * C + c) * (i64)(H * WP);
             if (clamped) scan_warp<DT, H, W, true>(warp, smem, hplane);
             else scan_warp<DT, H, W, false>(warp, smem, hplane);
-            if (tid == 0) tsum[1] += clock_now() - t1;
+            if (tid == 0) tsum[1] += St::now().tick - t1.tick;
         } else {
             if constexpr (PREFETCH) {
                 const int next = img + gridDim.x;
@@ -524,26 +472,25 @@ cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u1
             }
             if (prev >= 0) {
                 combine(prev, tid - SCAN, NT - SCAN);
-                if (tid == SCAN) tsum[2] += clock_now() - t1;
+                if (tid == SCAN) tsum[2] += St::now().tick - t1.tick;
             }
         }
         __syncthreads();  // the image's states are stored (and visible to the block); shared memory is free again
-        tsum[0] += t1 - t0;
-        tsum[3] += clock_now() - t1;
-        if (timed) { load_ns += g1 - g0; scan_ns += global_ns() - g1; }
+        const St t2 = St::now();
+        tsum[0] += t1.tick - t0.tick; tsum[3] += t2.tick - t1.tick; tsum[6] += t1.ns - t0.ns; tsum[7] += t2.ns - t1.ns;
         tsum[5] += 1;
         prev = img;
     }
-    const long long t4 = clock_now(), loop_end_ns = timed ? global_ns() : 0;
+    const St t4 = St::now();
     if (prev >= 0) combine(prev, tid, NT);  // 3. the last image, every warp
-    if (timing != nullptr) {
-        tsum[4] = clock_now() - t4;
+    if constexpr (TIMED) {
+        const St t5 = St::now();
+        tsum[4] = t5.tick - t4.tick;
         __syncthreads();
         long long* out = timing + TIMING_SLOTS * (i64)blockIdx.x;
         if (tid == 0) {
             out[0] = tsum[0]; out[1] = tsum[1]; out[3] = tsum[3]; out[4] = tsum[4]; out[5] = tsum[5];
-            out[6] = start_ns; out[7] = global_ns(); out[8] = load_ns; out[9] = scan_ns; out[10] = first_ns;
-            out[11] = loop_end_ns;
+            out[6] = start.ns; out[7] = t5.ns; out[8] = tsum[6]; out[9] = tsum[7]; out[10] = first_ns; out[11] = t4.ns;
         }
         if (tid == SCAN) out[2] = tsum[2];
     }
@@ -570,19 +517,13 @@ class ImageConfig(NamedTuple):
     the next image's planes by ``cp.async.bulk.prefetch`` while the current one is scanned), ``threads`` per block
     (0: :func:`threads`; more helper warps combine faster beside the scan), ``blocks`` (0: the launch bound's
     blocks per SM as :func:`launch_blocks` chooses them; else that many where shared memory allows, fewer
-    registers), ``load`` (``rows``: a warp per row, a lane per column, 2-byte loads; ``words``: 16-byte words of the
-    planes per thread, the design before round 10), ``ahead`` (rows whose loads are in flight while a warp converts
-    one: 0-2; -1: one where one block fills an SM, else none)."""
+    registers), ``ahead`` (rows whose loads are in flight while a warp converts one: 0-2; -1: one where one block
+    fills an SM, else none)."""
 
     prefetch: bool = False
     threads: int = 0
     blocks: int = 0
-    load: str = "rows"
     ahead: int = -1
-
-
-#: ``ImageConfig.load`` as the kernel's LOAD template argument
-LOADS = {"words": 0, "rows": 1}
 
 
 DEFAULT_CONFIG = ImageConfig()
@@ -609,8 +550,6 @@ def check_config(config: ImageConfig) -> None:
         raise ValueError(f"config.threads: {config.threads} is not 0 or a multiple of 32 in [160, 1024]")
     if not 0 <= config.blocks <= 32:
         raise ValueError(f"config.blocks: {config.blocks} is not in [0, 32]")
-    if config.load not in LOADS:
-        raise ValueError(f"config.load: {config.load!r} is not one of {', '.join(LOADS)}")
     if config.ahead not in (-1, 0, 1, 2):
         raise ValueError(f"config.ahead: {config.ahead} is not one of -1, 0, 1, 2")
 
@@ -627,8 +566,11 @@ def launch_blocks(H: int, W: int, config: ImageConfig = DEFAULT_CONFIG) -> int:
     return max(1, min(cap, _smem_blocks(H, W)))
 
 
-def expression(dt: int, H: int, W: int, config: ImageConfig = DEFAULT_CONFIG) -> str:
-    """The kernel instantiation for storage type ``dt`` (1 bf16, 2 fp16) at an H x W image."""
+def expression(dt: int, H: int, W: int, config: ImageConfig = DEFAULT_CONFIG, timed: bool = False) -> str:
+    """The kernel instantiation for storage type ``dt`` (1 bf16, 2 fp16) at an H x W image; ``timed``: the one that
+    fills the per-phase timing buffer (the others have no timestamp in their code)."""
     flag = lambda b: "true" if b else "false"  # noqa: E731
-    tail = "" if config == DEFAULT_CONFIG else f", {flag(config.prefetch)}, {LOADS[config.load]}, {config.ahead}"
+    tail = "" if config == DEFAULT_CONFIG and not timed else f", {flag(config.prefetch)}, {config.ahead}"
+    if timed:
+        tail += ", true"
     return f"cgspn_image_fwd<{dt}, {launch_threads(H, W, config)}, {launch_blocks(H, W, config)}, {H}, {W}{tail}>"

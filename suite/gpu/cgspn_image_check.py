@@ -19,7 +19,8 @@ Run on an H100/H200 from the repository root::
 
 ``--brief``: forward timings and a subset of the checks; ``--phases``: first, the kernel's per-phase clock
 counters; ``--variants``: only the opt-in launch configurations (``ImageConfig``: an L2 prefetch of the next image,
-the load by 16-byte words, one helper warp), bit for bit against the default configuration, then timed.
+two helper warps with two rows' loads in flight, one helper warp), bit for bit against the default configuration,
+then timed.
 Writes ``<out>/image_check.json``; prints a table last. Exit status 1 when a check fails.
 """
 
@@ -406,9 +407,9 @@ def run_brief_checks(checks) -> bool:
 
 
 #: the opt-in launch configurations by name (``--variants [NAME ...]``; ``one-helper`` is the default before round
-#: 9 at grids <= 74, ``words`` the load before round 10; ``t256-ahead2`` two helper warps and two rows' loads in
+#: 9 at grids <= 74; ``t256-ahead2`` two helper warps and two rows' loads in
 #: flight, 1.07x faster at 74, 1.07x slower at 147) and the grids they run at
-VARIANTS = {"prefetch": ImageConfig(prefetch=True), "words": ImageConfig(load="words"),
+VARIANTS = {"prefetch": ImageConfig(prefetch=True),
             "t256-ahead2": ImageConfig(threads=256, ahead=2), "one-helper": ImageConfig(threads=160, blocks=3)}
 VARIANT_GRIDS = ((147, 147), (74, 74), (27, 27), (37, 37), (37, 54), (1, 7), (6, 1), (20, 73), (40, 33), (149, 149))
 

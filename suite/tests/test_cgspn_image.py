@@ -24,6 +24,7 @@ if not torch.cuda.is_available():
 from kernels.cgspn import cgspn_scan_reference, cuda_image, cuda_scan, head_views  # noqa: E402
 from kernels.cgspn import scan as scan_module  # noqa: E402
 from kernels.cgspn.cuda_image_source import (  # noqa: E402
+    DEFAULT_CONFIG,
     IMAGE_SOURCE,
     ImageConfig,
     expression,
@@ -78,24 +79,24 @@ def test_every_grid_has_two_helper_warps():
 
 def test_launch_configurations():
     """The default instantiation names only the template's leading arguments; the opt-in configurations add
-    theirs (the L2 prefetch, the load and its rows in flight); a bad field is refused by name before anything
-    touches a GPU."""
+    theirs (the L2 prefetch, the rows in flight), the timed one its flag; a bad field is refused by name before
+    anything touches a GPU."""
     assert expression(1, 147, 147, ImageConfig()) == "cgspn_image_fwd<1, 384, 1, 147, 147>"
-    assert expression(2, 74, 74, ImageConfig(prefetch=True)) == "cgspn_image_fwd<2, 192, 3, 74, 74, true, 1, -1>"
-    assert expression(1, 147, 147, ImageConfig(load="words")) == "cgspn_image_fwd<1, 384, 1, 147, 147, false, 0, -1>"
-    assert expression(1, 147, 147, ImageConfig(threads=256, ahead=2)) == "cgspn_image_fwd<1, 256, 1, 147, 147, false, 1, 2>"
+    assert expression(2, 74, 74, ImageConfig(prefetch=True)) == "cgspn_image_fwd<2, 192, 3, 74, 74, true, -1>"
+    assert expression(1, 147, 147, ImageConfig(threads=256, ahead=2)) == "cgspn_image_fwd<1, 256, 1, 147, 147, false, 2>"
+    assert expression(1, 147, 147, timed=True) == "cgspn_image_fwd<1, 384, 1, 147, 147, false, -1, true>"
+    assert expression(2, 74, 74, ImageConfig(prefetch=True), timed=True) == "cgspn_image_fwd<2, 192, 3, 74, 74, true, -1, true>"
     # explicit blocks per SM where shared memory allows them; one at 147
-    assert expression(1, 74, 74, ImageConfig(blocks=2)) == "cgspn_image_fwd<1, 192, 2, 74, 74, false, 1, -1>"
-    assert expression(1, 147, 147, ImageConfig(blocks=2)) == "cgspn_image_fwd<1, 384, 1, 147, 147, false, 1, -1>"
+    assert expression(1, 74, 74, ImageConfig(blocks=2)) == "cgspn_image_fwd<1, 192, 2, 74, 74, false, -1>"
+    assert expression(1, 147, 147, ImageConfig(blocks=2)) == "cgspn_image_fwd<1, 384, 1, 147, 147, false, -1>"
     # the default before round 9 at 74: one helper warp, three blocks per SM
     assert expression(1, 74, 74) == "cgspn_image_fwd<1, 192, 3, 74, 74>"
-    assert expression(1, 74, 74, ImageConfig(threads=160, blocks=3)) == "cgspn_image_fwd<1, 160, 3, 74, 74, false, 1, -1>"
+    assert expression(1, 74, 74, ImageConfig(threads=160, blocks=3)) == "cgspn_image_fwd<1, 160, 3, 74, 74, false, -1>"
     x, head = planar_inputs(1, 3, 4, 8)
     multiple = r"is not 0 or a multiple of 32 in"
     for config, message in ((ImageConfig(threads=128), rf"config.threads: 128 {multiple} \[160, 1024\]"),
                             (ImageConfig(threads=200), rf"config.threads: 200 {multiple} \[160, 1024\]"),
                             (ImageConfig(blocks=-1), r"config.blocks: -1 is not in \[0, 32\]"),
-                            (ImageConfig(load="cols"), "config.load: 'cols' is not one of words, rows"),
                             (ImageConfig(ahead=3), "config.ahead: 3 is not one of -1, 0, 1, 2")):
         with pytest.raises(ValueError, match=message):
             cuda_image.scan_forward(x, *head_views(head), config=config)
@@ -218,16 +219,16 @@ def test_compiled_planar_layer_has_no_graph_break():
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc (CUDA toolkit) to compile the image kernel's source")
 def test_image_source_compiles_for_sm90_without_spills(tmp_path):
     """The benchmark grids' instantiations (bf16 and fp16 at 147, bf16 at 74, 37 and 27, two blocks of 256 at
-    100, 9 x 190, the largest image 149 x 149), and the opt-in configurations at 147, 74 and 20 x 73, through ptxas
-    for sm_90: no spills within their launch bounds (147: 384 threads, one block per SM; 27-74: 192 threads, three
-    blocks)."""
+    100, 9 x 190, the largest image 149 x 149), the opt-in configurations at 147, 74 and 20 x 73 and the timed
+    instantiations, through ptxas for sm_90: no spills within their launch bounds (147: 384 threads, one block per
+    SM; 27-74: 192 threads, three blocks)."""
     args = "(const u16*, const u16*, const u16*, const u16*, const u16*, const u16*, u16*, u16*, long long*, int, int" \
            + ", i64" * 15 + ")"
     path = tmp_path / "image.cu"
     grids = ((1, 147, 147), (2, 147, 147), (1, 74, 74), (2, 74, 74), (1, 37, 37), (1, 27, 27), (1, 100, 100), (1, 9, 190),
-             (1, 149, 149), (1, 147, 147, ImageConfig(prefetch=True)), (1, 147, 147, ImageConfig(load="words")),
-             (2, 74, 74, ImageConfig(load="words")), (1, 74, 74, ImageConfig(threads=160, blocks=3)),
-             (1, 20, 73, ImageConfig(prefetch=True)), (1, 147, 147, ImageConfig(threads=256, ahead=2)))
+             (1, 149, 149), (1, 147, 147, ImageConfig(prefetch=True)), (1, 74, 74, ImageConfig(threads=160, blocks=3)),
+             (1, 20, 73, ImageConfig(prefetch=True)), (1, 147, 147, ImageConfig(threads=256, ahead=2)),
+             (1, 147, 147, DEFAULT_CONFIG, True), (2, 74, 74, DEFAULT_CONFIG, True))
     path.write_text(IMAGE_SOURCE + "".join(f"\ntemplate __global__ void {expression(*g)}{args};" for g in grids))
     proc = subprocess.run(["nvcc", "-arch=sm_90", "-std=c++17", "-Xptxas", "-v", "-c", str(path), "-o", str(tmp_path / "i.o")],
                           capture_output=True, text=True, timeout=600)
