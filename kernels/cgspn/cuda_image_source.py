@@ -57,7 +57,7 @@ from kernels.cgspn.cuda_scan_source import HELPERS, PREAMBLE
 #: the most positions a lane holds (both grid sides <= 32 * MAX_LANE_POSITIONS)
 MAX_LANE_POSITIONS = 6
 #: int64 counters per block in the optional timing buffer
-TIMING_SLOTS = 12
+TIMING_SLOTS = 14
 
 _IMAGE_KERNEL = r"""
 template <int DT> __device__ __forceinline__ float raw_f(u32 v) {
@@ -422,7 +422,8 @@ cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u1
     // combine, images; the load's and the scan phase's global ns
     long long tsum[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     const St start = St::now();
-    long long first_ns = -1;
+    long long first_ns = -1, gap_ns = 0, gap_ticks = 0;  // between one image's end and the next one's start
+    St last = start;
     int prev = -1;  // the image whose states the helper warps combine during the next scan
     // image img = c B + b: its planes x, lam, l, m, r (element (i, j) at src[q] + i rows[q] + j)
     const i64 rows[5] = {sxh, slh, sgh, sgh, sgh};
@@ -444,6 +445,7 @@ cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u1
         const i64 b = img - c * B;
         const St t0 = St::now();
         if (first_ns < 0) first_ns = t0.ns;
+        else { gap_ns += t0.ns - last.ns; gap_ticks += t0.tick - last.tick; }
         // 1. load (the previous scan finished at the barrier closing the last iteration)
         const u16* src[5];
         planes(img, src);
@@ -480,6 +482,7 @@ cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u1
         tsum[0] += t1.tick - t0.tick; tsum[3] += t2.tick - t1.tick; tsum[6] += t1.ns - t0.ns; tsum[7] += t2.ns - t1.ns;
         tsum[5] += 1;
         prev = img;
+        last = t2;
     }
     const St t4 = St::now();
     if (prev >= 0) combine(prev, tid, NT);  // 3. the last image, every warp
@@ -491,6 +494,7 @@ cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u1
         if (tid == 0) {
             out[0] = tsum[0]; out[1] = tsum[1]; out[3] = tsum[3]; out[4] = tsum[4]; out[5] = tsum[5];
             out[6] = start.ns; out[7] = t5.ns; out[8] = tsum[6]; out[9] = tsum[7]; out[10] = first_ns; out[11] = t4.ns;
+            out[12] = gap_ns; out[13] = gap_ticks;
         }
         if (tid == SCAN) out[2] = tsum[2];
     }

@@ -190,7 +190,8 @@ def phase_timing(B, H, W, C, dtype=torch.bfloat16, config=DEFAULT_CONFIG) -> dic
                           # per block: entry to the first image, the loop, the loop's end to the block's end
                           "before_loop_mean": (t[:, 10] - begin).mean().item(), "loop_mean": (t[:, 11] - t[:, 10]).mean().item(),
                           "after_loop_mean": (finish - t[:, 11]).mean().item(),
-                          "phases_mean": (t[:, 8] + t[:, 9]).mean().item()}}
+                          "phases_mean": (t[:, 8] + t[:, 9]).mean().item(), "gaps_mean": t[:, 12].mean().item(),
+                          "gap_ticks_mean": t[:, 13].mean().item()}}
 
 
 def time_layer(B, grid, dtype, mode, layout, copy_gbps):
