@@ -60,6 +60,23 @@ MAX_LANE_POSITIONS = 6
 TIMING_SLOTS = 14
 
 _IMAGE_KERNEL = r"""
+// L2 eviction priorities (sm_80+): the states stay in L2 until the combine reads them (evict_last), the combine's
+// reads let them go (evict_first); y is written once (evict_first). Measured in round 11: 1.02x at 147 (the combine
+// beside the scan 37k -> 33k cycles per image), bit for bit the same outputs; hints on the inputs changed nothing.
+__device__ __forceinline__ unsigned long long l2_evict_first() {
+    unsigned long long p; asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(p)); return p;
+}
+__device__ __forceinline__ unsigned long long l2_evict_last() {
+    unsigned long long p; asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(p)); return p;
+}
+__device__ __forceinline__ void st_u16_hint(u16* a, u16 v, unsigned long long policy) {
+    asm volatile("st.global.L2::cache_hint.u16 [%0], %1, %2;" :: "l"(a), "h"(v), "l"(policy) : "memory");
+}
+__device__ __forceinline__ void st_v4_hint(void* a, uint4 v, unsigned long long policy) {
+    asm volatile("st.global.L2::cache_hint.v4.u32 [%0], {%1, %2, %3, %4}, %5;"
+                 :: "l"(a), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w), "l"(policy) : "memory");
+}
+
 template <int DT> __device__ __forceinline__ float raw_f(u32 v) {
     return DT == 1 ? __uint_as_float(v << 16) : f16_to_f32(v);
 }
@@ -295,7 +312,7 @@ __device__ __forceinline__ void scan_direction(const char* smem, u16* hplane) {
             if (live) h[k] = on(k) ? hn : 0.0f;
             const u32 hv = live ? (u32)pack1(h[k], DT) : 0u;
             if (VERT) {
-                if (on(k)) hrow[32 * k] = (u16)hv;
+                if (on(k)) st_u16_hint(hrow + 32 * k, (u16)hv, l2_evict_last());
             } else if (REV) {  // columns descending: shift up, the new one at the bottom (the first ends at the top)
                 pk[k][3] = __funnelshift_l(pk[k][2], pk[k][3], 16); pk[k][2] = __funnelshift_l(pk[k][1], pk[k][2], 16);
                 pk[k][1] = __funnelshift_l(pk[k][0], pk[k][1], 16); pk[k][0] = (pk[k][0] << 16) | hv;
@@ -326,8 +343,8 @@ __device__ __forceinline__ void scan_direction(const char* smem, u16* hplane) {
 #pragma unroll
             for (int k = 0; k < K; ++k)
                 if (on(k))
-                    *reinterpret_cast<uint4*>(hplane + (lane + 32 * k) * WP + 8 * c8) =
-                        make_uint4(pk[k][0], pk[k][1], pk[k][2], pk[k][3]);
+                    st_v4_hint(hplane + (lane + 32 * k) * WP + 8 * c8, make_uint4(pk[k][0], pk[k][1], pk[k][2], pk[k][3]),
+                               l2_evict_last());
         }
     }
 }
@@ -363,8 +380,8 @@ __device__ __forceinline__ void combine_image(const u16* h0, i64 pstride, const 
             const int it = min(it0 + s * n, ITEMS - 1), i = it / PER_ROW, j0 = (it - i * PER_ROW) * 8;
 #pragma unroll
             for (int d = 0; d < 4; ++d)
-                asm("ld.global.cg.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v[s][d].x), "=r"(v[s][d].y), "=r"(v[s][d].z),
-                    "=r"(v[s][d].w) : "l"(h0 + d * pstride + i * WP + j0));
+                asm("ld.global.cg.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;" : "=r"(v[s][d].x), "=r"(v[s][d].y),
+                    "=r"(v[s][d].z), "=r"(v[s][d].w) : "l"(h0 + d * pstride + i * WP + j0), "l"(l2_evict_first()));
 #pragma unroll
             for (int e = 0; e < 8; ++e) uu[s][e] = j0 + e < W ? ld_f<DT>(ub + i * suh + j0 + e) : 0.0f;
         }
@@ -384,7 +401,7 @@ __device__ __forceinline__ void combine_image(const u16* h0, i64 pstride, const 
             }
 #pragma unroll
             for (int e = 0; e < 8; ++e)
-                if (j0 + e < W) yb[i * W + j0 + e] = pack1((uu[s][e] + bias_u) * acc[e], DT);
+                if (j0 + e < W) st_u16_hint(yb + i * W + j0 + e, pack1((uu[s][e] + bias_u) * acc[e], DT), l2_evict_first());
         }
     }
 }
