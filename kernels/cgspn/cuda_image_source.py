@@ -46,8 +46,9 @@ Optional per-channel biases, added in fp32: the head's ``(5 C,)`` in [u, lam, l,
 (int64, ``TIMING_SLOTS`` per block; a separate TIMED instantiation, so that the timestamps -- which keep memory
 operations on their side -- are not in the kernel that runs otherwise): clock cycles per phase summed over the
 block's images (load, scan, combine beside the scan, the scan phase's barrier-to-barrier time, the last combine,
-images; then the block's start and end and its load and scan phases summed, the first image's start and the loop's
-end, on the GPU's global nanosecond timer), for ``suite/gpu`` probes.
+images; then the block's start and end, its load and scan phases summed, the first image's start and the loop's end,
+on the GPU's global nanosecond timer; then the gaps between one image's end and the next one's start summed, in ns
+and in ticks), for ``suite/gpu`` probes.
 """
 
 from typing import NamedTuple
@@ -407,8 +408,8 @@ __device__ __forceinline__ void combine_image(const u16* h0, i64 pstride, const 
 }
 
 // Timestamps of a TIMED kernel: SM clock ticks and the global nanosecond timer. The memory clobber keeps the compiler
-// from moving loads and stores across them (without it the next image's first loads could be issued before the
-// load phase's first timestamp: round 11 found ~8 us per image outside the timed phases).
+// from moving loads and stores across them, so a phase's timestamps bracket its memory operations (round 11: the
+// ~8 us per image between one image's end and the next one's start stayed the same with and without it).
 template <bool TIMED> struct Stamp {  // (clock ticks, global ns); zeros and no instruction unless TIMED
     long long tick = 0, ns = 0;
     __device__ __forceinline__ static Stamp now() {
@@ -439,7 +440,7 @@ cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u1
     // combine, images; the load's and the scan phase's global ns
     long long tsum[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     const St start = St::now();
-    long long first_ns = -1, gap_ns = 0, gap_ticks = 0;  // between one image's end and the next one's start
+    long long first_ns = -1, gap_ns = 0, gap_ticks = 0;  // TIMED: the gaps between one image's end and the next one's start
     St last = start;
     int prev = -1;  // the image whose states the helper warps combine during the next scan
     // image img = c B + b: its planes x, lam, l, m, r (element (i, j) at src[q] + i rows[q] + j)
@@ -461,17 +462,16 @@ cgspn_image_fwd(const u16* __restrict__ x, const u16* __restrict__ lam, const u1
         const int c = img / B;
         const i64 b = img - c * B;
         const St t0 = St::now();
-        if (first_ns < 0) first_ns = t0.ns;
-        else { gap_ns += t0.ns - last.ns; gap_ticks += t0.tick - last.tick; }
+        if constexpr (TIMED) {
+            if (first_ns < 0) first_ns = t0.ns;
+            else { gap_ns += t0.ns - last.ns; gap_ticks += t0.tick - last.tick; }
+        }
         // 1. load (the previous scan finished at the barrier closing the last iteration)
         const u16* src[5];
         planes(img, src);
         const Biases z = biases_of<DT>(bias, xbias, c, C);
         constexpr int AH = AHEAD < 0 ? MINB == 1 : AHEAD;
-        const bool mine = [&] {
-            return load_rows<DT, H, W, AH>(smem, src, rows, z, warp, NT / 32);
-        }();
-        const bool clamped = __syncthreads_or(mine);
+        const bool clamped = __syncthreads_or(load_rows<DT, H, W, AH>(smem, src, rows, z, warp, NT / 32));
         const St t1 = St::now();
         // 2. scan (warps 0-3); the others combine the previous image (and ask L2 for the next one's planes)
         if (warp < 4) {

@@ -180,8 +180,9 @@ def phase_timing(B, H, W, C, dtype=torch.bfloat16, config=DEFAULT_CONFIG) -> dic
                                  "combine_beside_scan": t[:, 2].sum().item() / max(images - blocks, 1),
                                  "scan_phase": t[:, 3].sum().item() / images, "last_combine": t[:, 4].mean().item()},
             "block_cycles_mean": per_block, "implied_ghz": per_block / (ms * 1e6),
-            # where the kernel's time goes outside the blocks' counted phases: when the blocks start and end (global
-            # timer, relative to the first start), their lifetimes
+            # where the kernel's time goes outside the blocks' counted phases, on the global timer (ns): how far apart
+            # the blocks start and end, their lives; cycles_per_ns_mean is the counted ticks per ns of a block's life,
+            # not the clock rate (the phases tick at the nominal clock; the rest of the life is the gaps)
             "blocks_ns": {"first_to_last_end": (finish.max() - begin.min()).item(),
                           "start_spread": (begin.max() - begin.min()).item(), "lifetime_mean": lifetimes.mean().item(),
                           "lifetime_max": lifetimes.max().item(), "lifetime_min": lifetimes.min().item(),
