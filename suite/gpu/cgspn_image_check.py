@@ -252,7 +252,8 @@ def main(argv=None) -> int:
     if args.variants is not None:
         configs = [VARIANTS[name] for name in args.variants or VARIANTS]
         grids = {(H, W, dt) for H, W in VARIANT_GRIDS for dt in (torch.bfloat16, torch.float16)}
-        report["precompile_seconds"] = round(precompile(grids, configs=(ImageConfig(), *configs)), 1)
+        phase_grids = {(g, g, torch.bfloat16) for g in (74, 147)}
+        report["precompile_seconds"] = round(precompile(grids, configs=(ImageConfig(), *configs), timed_shapes=phase_grids), 1)
         print(f"[precompile] {len(grids)} grids x {1 + len(configs)} configurations in "
               f"{report['precompile_seconds']} s", flush=True)
         report["checks_pass"] = ok = variant_checks(report["checks"], configs)
@@ -265,12 +266,6 @@ def main(argv=None) -> int:
         save()
         print(f"\nchecks: {'ALL PASS' if ok else 'FAILURES (see above / JSON)'}")
         return 0 if ok else 1
-    if args.phases:
-        report["phases"] = []
-        for grid in (74, 147) if args.brief else (27, 37, 74, 147):
-            report["phases"].append(phase_timing(32, grid, grid, 64))
-            print(f"[phases] {json.dumps(report['phases'][-1])}", flush=True)
-        save()
     modes = ("fwd",) if args.brief else ("fwd", "fwd+bwd")
     cases = [] if args.skip_timings else [(32, g, g, 64, bf16, m) for g in (27, 37, 74, 147) for m in modes]
     ways = WAYS[:2] if args.brief else WAYS
@@ -280,8 +275,16 @@ def main(argv=None) -> int:
                   (32, 74, 74, 32, bf16, "fwd"), (32, 147, 147, 32, bf16, "fwd"), (32, 147, 147, 384, bf16, "fwd")]
     grids = {(H, W, dtype) for _, H, W, _, dtype, _ in cases}
     grids |= {(H, W, dt) for H, W in (BRIEF_GRIDS if args.brief else CHECK_GRIDS) for dt in (torch.bfloat16, torch.float16)}
-    report["precompile_seconds"] = round(precompile(grids), 1)
+    phase_grids = ((74, 147) if args.brief else (27, 37, 74, 147)) if args.phases else ()
+    grids |= {(g, g, bf16) for g in phase_grids}
+    report["precompile_seconds"] = round(precompile(grids, timed_shapes={(g, g, bf16) for g in phase_grids}), 1)
     print(f"[precompile] {len(grids)} grids in {report['precompile_seconds']} s", flush=True)
+    if args.phases:
+        report["phases"] = []
+        for grid in phase_grids:
+            report["phases"].append(phase_timing(32, grid, grid, 64))
+            print(f"[phases] {json.dumps(report['phases'][-1])}", flush=True)
+        save()
     for B, H, W, C, dtype, mode in cases:
         for layout, variant in ways:
             try:
@@ -476,24 +479,25 @@ def variant_timings(copy_gbps, save, rows, configs) -> list:
     return rows
 
 
-def precompile(shapes, workers=12, configs=(DEFAULT_CONFIG,)) -> float:
-    """Compile the image kernel's instantiations for ``shapes`` ((H, W, dtype)) and ``configs`` in parallel
-    processes, so the checks and timings load them from CuPy's disk cache (each grid is its own instantiation);
-    seconds taken."""
+def precompile(shapes, workers=12, configs=(DEFAULT_CONFIG,), timed_shapes=(), source=IMAGE_SOURCE) -> float:
+    """Compile ``source``'s image-kernel instantiations for ``shapes`` ((H, W, dtype)) and ``configs``, and the
+    TIMED ones (:func:`phase_timing`) for ``timed_shapes``, in parallel processes, so the checks and timings load
+    them from CuPy's disk cache (each grid is its own instantiation); seconds taken."""
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
     t0 = time.perf_counter()
-    expressions = sorted({expression(1 if dtype == torch.bfloat16 else 2, H, W, config)
-                          for H, W, dtype in shapes for config in configs})
+    code = lambda dtype: 1 if dtype == torch.bfloat16 else 2  # noqa: E731
+    expressions = {expression(code(dtype), H, W, config) for H, W, dtype in shapes for config in configs}
+    expressions |= {expression(code(dtype), H, W, config, timed=True) for H, W, dtype in timed_shapes for config in configs}
     with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        list(pool.map(_compile_one, expressions))
+        list(pool.map(_compile_one, sorted(expressions), [source] * len(expressions)))
     return time.perf_counter() - t0
 
 
-def _compile_one(expr: str) -> None:
+def _compile_one(expr: str, source: str) -> None:
     from kernels.cgspn import cuda_scan
-    cuda_scan._module(expr, IMAGE_SOURCE)
+    cuda_scan._module(expr, source)
 
 
 if __name__ == "__main__":
